@@ -1,0 +1,172 @@
+"""Datasets: the embedded offline sets and (see ``tfds_data``) prepared tensorflow-datasets sets.
+
+Every source is a :class:`DataSource`: ``size`` examples of shape ``input_shape = (H, W, C)`` with
+integer labels in ``[0, num_classes)``; ``examples(indices)`` returns ``(images [n, H, W, C] float32 in
+[0, 1], labels [n] int32)``. Indices are stable: index ``i`` is the same image on every machine.
+
+Embedded sets (``dlg_jax/embedded_data.npz``, ~0.5 MB, real images that registry packages ship, rebuilt
+bit-for-bit by :func:`build_embedded_arrays` from scikit-image and scikit-learn):
+
+- ``colour``: 100 CIFAR-like 32x32x3 crops of the 10 colour photographs bundled with scikit-image
+  (astronaut, chelsea, coffee, rocket, hubble_deep_field, immunohistochemistry, retina,
+  stereo_motorcycle) and scikit-learn (china, flower); the label is the source photo; index
+  ``i`` is crop ``i // 10`` of photo ``i % 10``.
+- ``digits``: the first 200 of scikit-learn's 8x8 handwritten digits (UCI), scaled to 20x20 and padded
+  to MNIST's 28x28x1 layout; labels 0-9.
+- ``faces``: scikit-image's 200 LFW crops (25x25) scaled to 32x32x1; label 0 = face, 1 = non-face;
+  even indices are faces, odd indices non-faces.
+"""
+
+import dataclasses
+import functools
+import os
+from importlib import resources
+from typing import Callable, Sequence
+
+import numpy as np
+
+from dlg_jax.errors import DLGInputError, check_choice
+
+EMBEDDED_NAMES = ("colour", "digits", "faces")
+EMBEDDED_FILE = "embedded_data.npz"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSource:
+    """A dataset split: ``examples(indices) -> (images [n, H, W, C] float32 in [0, 1], labels [n])``."""
+
+    name: str
+    size: int
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    class_names: tuple[str, ...]
+    read: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+    def check_indices(self, indices: Sequence[int]) -> np.ndarray:
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        bad = indices[(indices < 0) | (indices >= self.size)]
+        if bad.size:
+            raise DLGInputError(
+                f"index {int(bad[0])} is outside dataset {self.name!r}; allowed: 0 to {self.size - 1}"
+            )
+        return indices
+
+    def examples(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        indices = self.check_indices(indices)
+        images, labels = self.read(indices)
+        return images.astype(np.float32), labels.astype(np.int32)
+
+
+@functools.cache
+def _embedded_arrays() -> dict[str, np.ndarray]:
+    with resources.files("dlg_jax").joinpath(EMBEDDED_FILE).open("rb") as handle:
+        with np.load(handle) as npz:
+            return {key: npz[key] for key in npz.files}
+
+
+def embedded_source(name: str) -> DataSource:
+    check_choice("dataset", name, EMBEDDED_NAMES)
+    arrays = _embedded_arrays()
+    images, labels = arrays[f"{name}_images"], arrays[f"{name}_labels"]
+    class_names = tuple(str(c) for c in arrays[f"{name}_class_names"])
+    return DataSource(
+        name=name,
+        size=len(images),
+        input_shape=tuple(images.shape[1:]),
+        num_classes=len(class_names),
+        class_names=class_names,
+        read=lambda idx: (images[idx] / np.float32(255.0), labels[idx]),
+    )
+
+
+def dataset_names() -> tuple[str, ...]:
+    from dlg_jax.tfds_data import TFDS_NAMES
+
+    return EMBEDDED_NAMES + TFDS_NAMES
+
+
+def get_dataset(name: str, *, split: str | None = None, data_dir: str | os.PathLike | None = None,
+                image_size: int | None = None) -> DataSource:
+    """The :class:`DataSource` called ``name`` (an embedded set, or a tfds set prepared in ``data_dir``)."""
+    check_choice("dataset", name, dataset_names())
+    if name in EMBEDDED_NAMES:
+        if split not in (None, "train"):
+            raise DLGInputError(f"unknown split {split!r} for embedded dataset {name!r}; allowed: train")
+        if data_dir is not None or image_size is not None:
+            raise DLGInputError(f"embedded dataset {name!r} takes no data_dir or image_size")
+        return embedded_source(name)
+    from dlg_jax.tfds_data import tfds_source
+
+    return tfds_source(name, split=split, data_dir=data_dir, image_size=image_size)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Building the embedded file (needs scikit-image and scikit-learn, in the ``dev`` extra).
+
+COLOUR_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
+                 "retina", "stereo_motorcycle", "china", "flower")
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
+
+
+def _colour_crops(photo: np.ndarray) -> list[np.ndarray]:
+    """The centred square (1 crop) and a 3x3 grid of half-size squares over it (9 crops), at 32x32."""
+    from skimage.transform import resize
+
+    height, width = photo.shape[:2]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    square = photo[top:top + side, left:left + side] / 255.0
+    crops = [square]
+    half, step = side // 2, side // 4
+    for row in range(3):
+        for col in range(3):
+            crops.append(square[row * step:row * step + half, col * step:col * step + half])
+    return [_to_uint8(resize(c, (32, 32, 3), order=1, anti_aliasing=True)) for c in crops]
+
+
+def build_embedded_arrays() -> dict[str, np.ndarray]:
+    """Rebuild the arrays of ``embedded_data.npz`` from the images scikit-image and scikit-learn ship."""
+    import skimage.data
+    from skimage.transform import resize
+    from sklearn.datasets import load_digits, load_sample_images
+
+    samples = load_sample_images()
+    sample_photos = {os.path.splitext(os.path.basename(f))[0]: im
+                     for f, im in zip(samples.filenames, samples.images)}
+    photos = []
+    for name in COLOUR_PHOTOS:
+        photo = sample_photos[name] if name in sample_photos else getattr(skimage.data, name)()
+        photos.append(photo[0] if isinstance(photo, tuple) else photo)
+    crops = [_colour_crops(photo) for photo in photos]  # [photo][crop]
+    colour_images = np.stack([crops[p][c] for c in range(10) for p in range(10)])
+    colour_labels = np.tile(np.arange(10), 10)
+
+    digits = load_digits()
+    digit_images = np.stack([
+        np.pad(resize(d / 16.0, (20, 20), order=1, anti_aliasing=False), 4) for d in digits.images[:200]
+    ])[..., None]
+    faces = skimage.data.lfw_subset()  # [200, 25, 25]: 100 faces then 100 non-faces
+    order = np.stack([np.arange(100), np.arange(100, 200)], axis=1).reshape(-1)
+    face_images = np.stack([resize(faces[i], (32, 32), order=1, anti_aliasing=False) for i in order])[..., None]
+    return {
+        "colour_images": colour_images, "colour_labels": colour_labels.astype(np.int32),
+        "colour_class_names": np.array(COLOUR_PHOTOS),
+        "digits_images": _to_uint8(digit_images), "digits_labels": digits.target[:200].astype(np.int32),
+        "digits_class_names": np.array([str(d) for d in range(10)]),
+        "faces_images": _to_uint8(face_images), "faces_labels": (order >= 100).astype(np.int32),
+        "faces_class_names": np.array(["face", "non-face"]),
+    }
+
+
+if __name__ == "__main__":  # python -m dlg_jax.data: rewrite the embedded file
+    from dlg_jax.files import atomic_write_bytes
+    import io
+
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **build_embedded_arrays())
+    target = os.path.join(os.path.dirname(__file__), EMBEDDED_FILE)
+    atomic_write_bytes(target, buffer.getvalue())
+    print(f"wrote {target} ({len(buffer.getvalue()) / 1e3:.0f} kB)")

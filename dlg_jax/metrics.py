@@ -1,0 +1,112 @@
+"""Reconstruction quality: MSE, PSNR, SSIM and label accuracy, per target and aggregated.
+
+Images are compared in the data range [0, 1]; reconstructions are clipped to it first. For a target
+with ``B`` private images ``x [B, H, W, C]`` and reconstructions ``x' [B, H, W, C]``:
+
+    MSE  = mean (x' - x)^2                      PSNR = 10 log10(1 / MSE) dB
+    SSIM = structural similarity (Wang et al. 2004), Gaussian window 11, sigma 1.5 (dm-pix)
+
+With ``B > 1`` the order of the reconstructed slots is arbitrary, so slots are first matched to private
+images by an optimal assignment (Hungarian method, ``scipy.optimize.linear_sum_assignment``) on pairwise
+MSE (or negative SSIM). ``duplicates`` counts slots whose reconstruction is closer to another slot's
+reconstruction (PSNR >= ``duplicate_psnr`` dB between the two) while their private images differ, i.e.
+two slots collapsed onto one image.
+"""
+
+import dataclasses
+
+import dm_pix as pix
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from dlg_jax.errors import check_choice
+
+ASSIGNMENT_COSTS = ("mse", "ssim")
+
+
+@jax.jit
+def _pairwise(reconstructions, truths):
+    """MSE and SSIM of every (reconstruction i, truth j) pair: ``[T, B, B]`` each."""
+    a = jnp.clip(reconstructions, 0.0, 1.0)[:, :, None]
+    b = truths[:, None, :]
+    a, b = jnp.broadcast_arrays(a, b)
+    mse = jnp.mean((a - b) ** 2, axis=(-3, -2, -1))
+    shape = a.shape
+    ssim = pix.ssim(a.reshape(-1, *shape[-3:]), b.reshape(-1, *shape[-3:])).reshape(shape[:-3])
+    return mse, ssim
+
+
+def psnr_from_mse(mse):
+    return 10.0 * np.log10(1.0 / np.maximum(mse, 1e-12))
+
+
+@dataclasses.dataclass
+class ReconstructionMetrics:
+    """Per target ``[T]`` (means over the batch slots) and per slot ``[T, B]`` after assignment.
+
+    ``assignment [T, B]``: reconstructed slot assigned to private image ``b``; ``label_accuracy [T]``
+    compares recovered labels (in the assigned order) with the true ones.
+    """
+
+    mse: np.ndarray
+    psnr: np.ndarray
+    ssim: np.ndarray
+    label_accuracy: np.ndarray
+    slot_mse: np.ndarray
+    slot_psnr: np.ndarray
+    slot_ssim: np.ndarray
+    assignment: np.ndarray
+    duplicates: np.ndarray
+
+    def summary(self) -> dict:
+        """Aggregates over targets: means, medians and the success rate (PSNR >= 30 dB)."""
+        return {
+            "targets": int(len(self.mse)),
+            "mse_mean": float(np.mean(self.mse)),
+            "psnr_mean": float(np.mean(self.psnr)),
+            "psnr_median": float(np.median(self.psnr)),
+            "ssim_mean": float(np.mean(self.ssim)),
+            "label_accuracy": float(np.mean(self.label_accuracy)),
+            "success_rate_psnr30": float(np.mean(self.slot_psnr.min(axis=1) >= 30.0)),
+            "duplicates": int(np.sum(self.duplicates)),
+        }
+
+    def per_target(self) -> list[dict]:
+        return [
+            {"mse": float(self.mse[t]), "psnr": float(self.psnr[t]), "ssim": float(self.ssim[t]),
+             "label_accuracy": float(self.label_accuracy[t]), "assignment": self.assignment[t].tolist(),
+             "slot_psnr": self.slot_psnr[t].tolist(), "duplicates": int(self.duplicates[t])}
+            for t in range(len(self.mse))
+        ]
+
+
+def evaluate(reconstructions: np.ndarray, truths: np.ndarray, recovered_labels: np.ndarray,
+             true_labels: np.ndarray, *, assignment_cost: str = "mse",
+             duplicate_psnr: float = 30.0) -> ReconstructionMetrics:
+    """Score ``reconstructions [T, B, H, W, C]`` against ``truths [T, B, H, W, C]``; labels ``[T, B]``."""
+    check_choice("assignment cost", assignment_cost, ASSIGNMENT_COSTS)
+    reconstructions = np.asarray(reconstructions, np.float32)
+    truths = np.asarray(truths, np.float32)
+    mse, ssim = (np.asarray(m, np.float64) for m in _pairwise(reconstructions, truths))
+    targets, slots = mse.shape[:2]
+    assignment = np.zeros((targets, slots), np.int64)
+    for t in range(targets):
+        cost = mse[t] if assignment_cost == "mse" else -ssim[t]
+        rows, cols = linear_sum_assignment(cost)  # rows: reconstructed slot, cols: private image
+        assignment[t, cols] = rows
+    index = np.arange(slots)
+    slot_mse = np.stack([mse[t, assignment[t], index] for t in range(targets)])
+    slot_ssim = np.stack([ssim[t, assignment[t], index] for t in range(targets)])
+    labels = np.take_along_axis(np.asarray(recovered_labels), assignment, axis=1)
+    self_mse, _ = (np.asarray(m) for m in _pairwise(reconstructions, np.clip(reconstructions, 0, 1)))
+    truth_mse, _ = (np.asarray(m) for m in _pairwise(truths, truths))
+    twin = (psnr_from_mse(self_mse) >= duplicate_psnr) & (psnr_from_mse(truth_mse) < duplicate_psnr)
+    twin &= ~np.eye(slots, dtype=bool)[None]
+    return ReconstructionMetrics(
+        mse=slot_mse.mean(axis=1), psnr=psnr_from_mse(slot_mse).mean(axis=1), ssim=slot_ssim.mean(axis=1),
+        label_accuracy=(labels == np.asarray(true_labels)).mean(axis=1),
+        slot_mse=slot_mse, slot_psnr=psnr_from_mse(slot_mse), slot_ssim=slot_ssim,
+        assignment=assignment, duplicates=twin.any(axis=2).sum(axis=1),
+    )

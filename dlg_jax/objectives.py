@@ -1,0 +1,154 @@
+"""Gradient-matching objectives: the distance between the dummy's gradient and the shared one, plus priors.
+
+For one restart, with shared model parameters ``W``, shared gradient ``dW`` and the dummy
+``z = (x' [B, H, W, C], y' [B, K])``::
+
+    g(z)  = grad_W loss(F(x'; W), targets(z))                     # victim.soft_cross_entropy
+    J(z)  = D(g(z), dW) + tv_weight * TV(x')
+
+with ``targets(z) = softmax(y')`` (DLG's joint labels) or fixed one-hot targets (analytic labels), and
+``D`` one of
+
+    l2:      sum_l w_l * ||g_l - dW_l||^2                                   (DLG)
+    cosine:  1 - sum_l w_l <g_l, dW_l> / (sqrt(sum_l w_l ||g_l||^2) sqrt(sum_l w_l ||dW_l||^2))   (IG)
+
+over the parameter leaves ``l`` (``w_l = 1`` unless layer weights are given).
+
+**The second-order term.** ``grad_z J`` needs the derivative of a gradient. Instead of differentiating
+through the backward pass (reverse-over-reverse), :func:`make_objective` uses the identity
+
+    grad_z D(g(z), dW) = grad_z < grad_W loss(W, z), v >  = grad_z [ d/de loss(W + e v, z) ]_{e=0},
+    v = grad_g D(g, dW)  (held fixed)
+
+i.e. reverse-mode over a forward-mode ``jvp`` in the parameters (reverse-over-forward). It is wrapped in
+``jax.custom_vjp`` so that every solver (optax's and jaxopt's line searches included) gets this gradient
+from plain ``jax.grad``. ``second_order="reverse"`` keeps ordinary grad-of-grad as the reference; the tests
+check that both agree.
+"""
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from dlg_jax.errors import check_choice
+from dlg_jax.models import Model
+from dlg_jax.victim import batch_loss
+
+DISTANCES = ("l2", "cosine")
+SECOND_ORDER_MODES = ("reverse_over_forward", "reverse")
+
+
+class Dummy(NamedTuple):
+    """What the attacker optimises for one restart: images ``[B, H, W, C]`` and, with joint labels,
+    label logits ``[B, K]`` (``None`` when the labels are fixed)."""
+
+    images: jnp.ndarray
+    label_logits: jnp.ndarray | None
+
+
+class Context(NamedTuple):
+    """What the objective holds constant for one restart: the model parameters (shared), the shared
+    gradient ``dW`` of its target, and fixed soft targets ``[B, K]`` (ignored with joint labels)."""
+
+    params: Any
+    target_grad: Any
+    fixed_targets: jnp.ndarray
+
+
+def _tree_vdot(a: Any, b: Any, weights: Any) -> jnp.ndarray:
+    return sum(w * jnp.vdot(x, y) for x, y, w in zip(jax.tree.leaves(a), jax.tree.leaves(b), weights))
+
+
+def l2_distance(grad: Any, target: Any, weights: Any) -> jnp.ndarray:
+    """``sum_l w_l ||grad_l - target_l||^2`` (DLG)."""
+    diff = jax.tree.map(jnp.subtract, grad, target)
+    return _tree_vdot(diff, diff, weights)
+
+
+def cosine_distance(grad: Any, target: Any, weights: Any) -> jnp.ndarray:
+    """``1 - <grad, target>_w / (|grad|_w |target|_w)`` over all leaves jointly (Geiping et al. 2020)."""
+    dot = _tree_vdot(grad, target, weights)
+    norm_grad = jnp.sqrt(_tree_vdot(grad, grad, weights))
+    norm_target = jnp.sqrt(_tree_vdot(target, target, weights))
+    tiny = jnp.finfo(dot.dtype).tiny
+    return 1.0 - dot / jnp.maximum(norm_grad * norm_target, tiny)
+
+
+def total_variation(images: jnp.ndarray) -> jnp.ndarray:
+    """Anisotropic TV of ``images [B, H, W, C]``: mean |x[i+1, j] - x[i, j]| + mean |x[i, j+1] - x[i, j]|."""
+    dy = jnp.abs(images[:, 1:, :, :] - images[:, :-1, :, :])
+    dx = jnp.abs(images[:, :, 1:, :] - images[:, :, :-1, :])
+    return jnp.mean(dy) + jnp.mean(dx)
+
+
+def soft_targets(dummy: Dummy, context: Context) -> jnp.ndarray:
+    """``softmax(y')`` with joint labels, else the fixed targets."""
+    if dummy.label_logits is None:
+        return context.fixed_targets
+    return jax.nn.softmax(dummy.label_logits, axis=-1)
+
+
+def make_objective(
+    model: Model,
+    distance: str = "l2",
+    *,
+    tv_weight: float = 0.0,
+    layer_weights: tuple[float, ...] | None = None,
+    second_order: str = "reverse_over_forward",
+) -> Callable[[Dummy, Context], jnp.ndarray]:
+    """The objective ``J(dummy, context) -> scalar`` for one restart; differentiable in ``dummy`` only
+    (the context acts as a constant: its cotangent is zero, as under ``stop_gradient``)."""
+    check_choice("distance", distance, DISTANCES)
+    check_choice("second-order mode", second_order, SECOND_ORDER_MODES)
+    measure = {"l2": l2_distance, "cosine": cosine_distance}[distance]
+
+    def leaf_weights(tree):
+        count = len(jax.tree.leaves(tree))
+        return (1.0,) * count if layer_weights is None else layer_weights
+
+    def victim_loss(params, dummy, context):
+        return batch_loss(model, params, dummy.images, soft_targets(dummy, context))
+
+    def dummy_gradient(dummy, context):
+        return jax.grad(victim_loss)(context.params, dummy, context)
+
+    def prior(dummy):
+        return tv_weight * total_variation(dummy.images) if tv_weight else 0.0
+
+    def objective(dummy: Dummy, context: Context) -> jnp.ndarray:
+        grad = dummy_gradient(dummy, context)
+        return measure(grad, context.target_grad, leaf_weights(grad)) + prior(dummy)
+
+    if second_order == "reverse":
+        return objective
+
+    def value_and_dummy_grad(dummy, context):
+        grad = dummy_gradient(dummy, context)
+        value, direction = jax.value_and_grad(measure)(grad, context.target_grad, leaf_weights(grad))
+        direction = jax.lax.stop_gradient(direction)
+
+        def directional_derivative(d):
+            return jax.jvp(lambda p: victim_loss(p, d, context), (context.params,), (direction,))[1]
+
+        dummy_grad = jax.grad(directional_derivative)(dummy)
+        if tv_weight:
+            prior_value, prior_grad = jax.value_and_grad(prior)(dummy)
+            value = value + prior_value
+            dummy_grad = jax.tree.map(jnp.add, dummy_grad, prior_grad)
+        return value, dummy_grad
+
+    @jax.custom_vjp
+    def fast_objective(dummy: Dummy, context: Context) -> jnp.ndarray:
+        return objective(dummy, context)
+
+    def forward(dummy, context):
+        value, dummy_grad = value_and_dummy_grad(dummy, context)
+        return value, (dummy_grad, context)
+
+    def backward(residual, cotangent):
+        dummy_grad, context = residual
+        return jax.tree.map(lambda g: cotangent * g, dummy_grad), jax.tree.map(jnp.zeros_like, context)
+
+    fast_objective.defvjp(forward, backward)
+    return fast_objective

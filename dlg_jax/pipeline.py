@@ -1,0 +1,87 @@
+"""The end-to-end DLG experiment: private data -> shared gradients -> attack -> metrics.
+
+:func:`run_dlg` is what ``dlg-jax attack`` runs and the shortest way to use the library::
+
+    from dlg_jax import run_dlg, AttackConfig
+    run = run_dlg(model="lenet", dataset="colour", indices=[0, 1], config=AttackConfig(restarts=8))
+    run.metrics.summary()          # {'psnr_mean': ..., 'label_accuracy': ..., ...}
+    run.result.best_images         # [T, B, H, W, C]
+
+Target ``t`` with start index ``i`` is the private batch of images ``i, i+1, ..., i+B-1``.
+"""
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+
+from dlg_jax.attack import AttackConfig, AttackResult, Progress, run_attack
+from dlg_jax.data import DataSource, get_dataset
+from dlg_jax.errors import DLGInputError, check_positive_int
+from dlg_jax.metrics import ReconstructionMetrics, evaluate
+from dlg_jax.models import Model, build_model
+from dlg_jax.victim import shared_gradients
+
+
+@dataclasses.dataclass
+class DLGRun:
+    """A finished experiment: the private batches ``images [T, B, H, W, C]``, ``labels [T, B]``, the
+    model and its parameters, the attack result and its metrics."""
+
+    model: Model
+    params: Any
+    dataset: DataSource
+    indices: np.ndarray
+    images: np.ndarray
+    labels: np.ndarray
+    result: AttackResult
+    metrics: ReconstructionMetrics
+
+
+def target_indices(dataset: DataSource, batch_size: int, indices: Sequence[int] | None,
+                   targets: int | None) -> np.ndarray:
+    """``[T, B]`` dataset indices: each start index ``i`` gives the batch ``i .. i+B-1``; ``targets=N``
+    (without indices) gives the first ``N * B`` images in order."""
+    batch_size = check_positive_int("batch size", batch_size)
+    if indices is not None and targets is not None:
+        raise DLGInputError("give either indices or a number of targets, not both")
+    if indices is None:
+        targets = check_positive_int("targets", 1 if targets is None else targets)
+        starts = np.arange(targets) * batch_size
+    else:
+        starts = np.asarray(list(indices), dtype=np.int64).reshape(-1)
+        if starts.size == 0:
+            raise DLGInputError("indices is empty; give at least one dataset index")
+    grid = starts[:, None] + np.arange(batch_size)[None, :]
+    dataset.check_indices(grid)
+    return grid
+
+
+def run_dlg(
+    model: str = "lenet",
+    dataset: str = "colour",
+    *,
+    indices: Sequence[int] | None = None,
+    targets: int | None = None,
+    batch_size: int = 1,
+    config: AttackConfig = AttackConfig(),
+    model_options: dict | None = None,
+    split: str | None = None,
+    data_dir: str | None = None,
+    image_size: int | None = None,
+    progress: Callable[[Progress], None] | None = None,
+) -> DLGRun:
+    """Build the model (weights from ``config.seed``), compute each target's shared gradient, attack it
+    and score the best restart per target."""
+    source = get_dataset(dataset, split=split, data_dir=data_dir, image_size=image_size)
+    grid = target_indices(source, batch_size, indices, targets)
+    net = build_model(model, source.input_shape, source.num_classes, **(model_options or {}))
+    params = net.init(jax.random.fold_in(jax.random.key(config.seed), 0x5EED), dtype=np.dtype(config.dtype))
+    images, labels = source.examples(grid.reshape(-1))
+    images = images.reshape(*grid.shape, *source.input_shape).astype(config.dtype)
+    labels = labels.reshape(grid.shape)
+    grads = shared_gradients(net, params, images, labels)
+    result = run_attack(net, params, grads, batch_size, config, progress=progress)
+    metrics = evaluate(result.best_images, images, result.best_labels, labels)
+    return DLGRun(net, params, source, grid, images, labels, result, metrics)

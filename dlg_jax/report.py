@@ -1,0 +1,62 @@
+"""Figures of an attack: the reconstruction grid and the convergence plot (matplotlib, Agg backend)."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from dlg_jax.files import atomic_save_figure  # noqa: E402
+
+
+def _show(axis, image: np.ndarray, title: str | None = None) -> None:
+    image = np.clip(np.asarray(image, np.float32), 0.0, 1.0)
+    if image.shape[-1] == 1:
+        axis.imshow(image[..., 0], cmap="gray", vmin=0.0, vmax=1.0)
+    else:
+        axis.imshow(image)
+    axis.set_xticks([])
+    axis.set_yticks([])
+    if title:
+        axis.set_title(title, fontsize=7)
+
+
+def reconstruction_grid(path, truths, snapshots, snapshot_iterations, finals, assignment, slot_psnr,
+                        max_rows: int = 12) -> None:
+    """One row per private image (``truths [T, B, H, W, C]``): the ground truth, the best restart's
+    snapshots ``[T, S, B, H, W, C]`` (uint8) at ``snapshot_iterations``, and its final reconstruction
+    ``finals [T, B, H, W, C]``; slots are shown in the optimal ``assignment [T, B]`` order."""
+    rows = [(t, b) for t in range(truths.shape[0]) for b in range(truths.shape[1])][:max_rows]
+    columns = 2 + snapshots.shape[1]
+    figure, axes = plt.subplots(len(rows), columns, figsize=(1.1 * columns, 1.25 * len(rows)), squeeze=False,
+                                dpi=120)
+    for row, (t, b) in enumerate(rows):
+        slot = assignment[t, b]
+        first = row == 0
+        _show(axes[row, 0], truths[t, b], "ground truth" if first else None)
+        for s in range(snapshots.shape[1]):
+            _show(axes[row, 1 + s], snapshots[t, s, slot] / 255.0, f"iter {snapshot_iterations[s]}" if first else None)
+        _show(axes[row, -1], finals[t, slot], f"final {slot_psnr[t, b]:.1f} dB")
+    atomic_save_figure(path, figure)
+    plt.close(figure)
+
+
+def convergence_plot(path, loss_history: np.ndarray, best_restart: np.ndarray, max_targets: int = 8) -> None:
+    """Objective vs iteration: every restart thin, each target's best restart bold (``[T, R, I]``)."""
+    figure, axis = plt.subplots(figsize=(6, 4), dpi=120)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for t in range(min(loss_history.shape[0], max_targets)):
+        colour = colours[t % len(colours)]
+        for r in range(loss_history.shape[1]):
+            bold = r == best_restart[t]
+            axis.plot(np.arange(1, loss_history.shape[2] + 1), np.maximum(loss_history[t, r], 1e-30),
+                      color=colour, lw=1.6 if bold else 0.4, alpha=1.0 if bold else 0.35,
+                      label=f"target {t} (best restart {r})" if bold else None)
+    axis.set_yscale("log")
+    axis.set_xlabel("iteration")
+    axis.set_ylabel("gradient-matching objective")
+    axis.set_title("DLG convergence (thin: every restart, bold: best)")
+    axis.legend(fontsize=7)
+    axis.grid(alpha=0.3)
+    atomic_save_figure(path, figure)
+    plt.close(figure)

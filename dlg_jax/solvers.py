@@ -1,0 +1,142 @@
+"""One interface over the inner optimisers: ``optax.lbfgs``, ``jaxopt.LBFGS`` and ``optax.adam``.
+
+A :class:`Solver` optimises one restart's dummy ``z`` (a pytree) for an objective ``J(z, context)``:
+
+    state          = solver.init(z, context)
+    z, state, J(z) = solver.step(z, state, context)     # one iteration; returns the value at the input z
+    solver.evaluations(state)                            # objective+gradient evaluations so far
+
+Everything is a pure function of arrays, so ``jax.vmap`` runs many restarts in lockstep and
+``lax.scan`` compiles the iteration loop.
+
+- ``lbfgs`` (default): L-BFGS with a lockstep backtracking line search (``lockstep_lbfgs.py``): one
+  objective evaluation per call, no data-dependent loop, so vmapped restarts never wait for each other.
+- ``optax-lbfgs``: ``optax.lbfgs`` with its zoom (strong-Wolfe) line search (a ``while_loop``: under
+  ``vmap`` every restart runs as long as the slowest one's search).
+- ``jaxopt-lbfgs``: ``jaxopt.LBFGS`` (zoom line search), kept for the design card; jaxopt is no
+  longer maintained and its line search runs every batched restart as long as the slowest one.
+- ``adam``: ``optax.adam`` with a fixed learning rate (DLG-style first-order baseline).
+
+DLG's PyTorch code uses ``torch.optim.LBFGS(history_size=100)``; ``history_size`` defaults to 100 here too.
+"""
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from dlg_jax.errors import DLGInputError, check_choice
+from dlg_jax.lockstep_lbfgs import make_lockstep_lbfgs
+
+SOLVER_NAMES = ("lbfgs", "optax-lbfgs", "jaxopt-lbfgs", "adam")
+
+
+@dataclasses.dataclass(frozen=True)
+class SolverConfig:
+    """Solver hyper-parameters (validated on construction)."""
+
+    name: str = "lbfgs"
+    history_size: int = 100
+    max_linesearch_steps: int = 20
+    learning_rate: float = 0.1
+    lr_decay_steps: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        check_choice("solver", self.name, SOLVER_NAMES)
+        if self.history_size < 1:
+            raise DLGInputError(f"history_size must be >= 1, got {self.history_size}")
+        if self.max_linesearch_steps < 1:
+            raise DLGInputError(f"max_linesearch_steps must be >= 1, got {self.max_linesearch_steps}")
+        if not self.learning_rate > 0:
+            raise DLGInputError(f"learning_rate must be > 0, got {self.learning_rate}")
+
+
+class Solver(NamedTuple):
+    name: str
+    init: Callable[[Any, Any], Any]
+    step: Callable[[Any, Any, Any], tuple[Any, Any, jnp.ndarray]]
+    evaluations: Callable[[Any], jnp.ndarray]
+
+
+def _lockstep_lbfgs(objective, config: SolverConfig) -> Solver:
+    init, step, evaluations = make_lockstep_lbfgs(objective, config.history_size)
+    return Solver("lbfgs", init, step, evaluations)
+
+
+def _optax_lbfgs(objective, config: SolverConfig) -> Solver:
+    optimizer = optax.lbfgs(
+        memory_size=config.history_size,
+        linesearch=optax.scale_by_zoom_linesearch(
+            max_linesearch_steps=config.max_linesearch_steps, initial_guess_strategy="one"
+        ),
+    )
+
+    class State(NamedTuple):
+        inner: Any
+        evaluations: jnp.ndarray
+
+    def init(dummy, context):
+        return State(optimizer.init(dummy), jnp.zeros((), jnp.int32))
+
+    def step(dummy, state, context):
+        def value_fn(z):
+            return objective(z, context)
+
+        value, grad = optax.value_and_grad_from_state(value_fn)(dummy, state=state.inner)
+        fresh = jnp.asarray(optax.tree.get(state.inner, "count") == 0, jnp.int32)
+        updates, inner = optimizer.update(grad, state.inner, dummy, value=value, grad=grad, value_fn=value_fn)
+        searched = jnp.asarray(optax.tree.get(inner, "num_linesearch_steps"), jnp.int32)
+        return optax.apply_updates(dummy, updates), State(inner, state.evaluations + fresh + searched), value
+
+    return Solver("optax-lbfgs", init, step, lambda state: state.evaluations)
+
+
+def _jaxopt_lbfgs(objective, config: SolverConfig) -> Solver:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import jaxopt
+
+    solver = jaxopt.LBFGS(
+        fun=objective, history_size=config.history_size, linesearch="zoom",
+        max_linesearch_iter=config.max_linesearch_steps, maxiter=2**31 - 1, tol=0.0, jit=True,
+    )
+
+    def init(dummy, context):
+        return solver.init_state(dummy, context)
+
+    def step(dummy, state, context):
+        value = state.value
+        new_dummy, new_state = tuple(solver.update(dummy, state, context))
+        return new_dummy, new_state, value
+
+    return Solver("jaxopt-lbfgs", init, step, lambda state: jnp.asarray(state.num_fun_eval, jnp.int32))
+
+
+def _adam(objective, config: SolverConfig) -> Solver:
+    schedule = optax.piecewise_constant_schedule(
+        config.learning_rate, {int(s): 0.1 for s in config.lr_decay_steps}
+    )
+    optimizer = optax.adam(schedule)
+
+    class State(NamedTuple):
+        inner: Any
+        evaluations: jnp.ndarray
+
+    def init(dummy, context):
+        return State(optimizer.init(dummy), jnp.zeros((), jnp.int32))
+
+    def step(dummy, state, context):
+        value, grad = jax.value_and_grad(objective)(dummy, context)
+        updates, inner = optimizer.update(grad, state.inner, dummy)
+        return optax.apply_updates(dummy, updates), State(inner, state.evaluations + 1), value
+
+    return Solver("adam", init, step, lambda state: state.evaluations)
+
+
+def make_solver(objective: Callable[[Any, Any], jnp.ndarray], config: SolverConfig) -> Solver:
+    """The :class:`Solver` named by ``config.name`` for ``objective(dummy, context) -> scalar``."""
+    return {"lbfgs": _lockstep_lbfgs, "optax-lbfgs": _optax_lbfgs, "jaxopt-lbfgs": _jaxopt_lbfgs, "adam": _adam}[config.name](objective, config)
