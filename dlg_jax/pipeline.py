@@ -19,6 +19,7 @@ import numpy as np
 from dlg_jax.attack import AttackConfig, AttackResult, Progress, run_attack
 from dlg_jax.data import DataSource, get_dataset
 from dlg_jax.errors import DLGInputError, check_positive_int
+from dlg_jax.labels import recover_labels
 from dlg_jax.metrics import ReconstructionMetrics, evaluate
 from dlg_jax.models import Model, build_model
 from dlg_jax.victim import shared_gradients
@@ -67,13 +68,19 @@ def run_dlg(
     batch_size: int = 1,
     config: AttackConfig = AttackConfig(),
     model_options: dict | None = None,
+    defense: Callable[[Any, jax.Array], Any] | None = None,
     split: str | None = None,
     data_dir: str | None = None,
     image_size: int | None = None,
     progress: Callable[[Progress], None] | None = None,
 ) -> DLGRun:
     """Build the model (weights from ``config.seed``), compute each target's shared gradient, attack it
-    and score the best restart per target."""
+    and score the best restart per target.
+
+    ``defense(grads, key) -> grads``: an optional victim-side transform of the stacked shared gradients
+    (leading ``T`` axis) before the attacker sees them. Labels are recovered from the (defended) gradient
+    by ``config.labels`` unless it is ``joint``.
+    """
     source = get_dataset(dataset, split=split, data_dir=data_dir, image_size=image_size)
     grid = target_indices(source, batch_size, indices, targets)
     net = build_model(model, source.input_shape, source.num_classes, **(model_options or {}))
@@ -82,6 +89,9 @@ def run_dlg(
     images = images.reshape(*grid.shape, *source.input_shape).astype(config.dtype)
     labels = labels.reshape(grid.shape)
     grads = shared_gradients(net, params, images, labels)
-    result = run_attack(net, params, grads, batch_size, config, progress=progress)
+    if defense is not None:
+        grads = defense(grads, jax.random.fold_in(jax.random.key(config.seed), 0xDEF))
+    fixed_labels = recover_labels(config.labels, net, params, grads, batch_size)
+    result = run_attack(net, params, grads, batch_size, config, fixed_labels=fixed_labels, progress=progress)
     metrics = evaluate(result.best_images, images, result.best_labels, labels)
     return DLGRun(net, params, source, grid, images, labels, result, metrics)
