@@ -102,7 +102,7 @@ def _jaxopt_lbfgs(objective, config: SolverConfig) -> Solver:
 
     solver = jaxopt.LBFGS(
         fun=objective, history_size=config.history_size, linesearch="zoom",
-        max_linesearch_iter=config.max_linesearch_steps, maxiter=2**31 - 1, tol=0.0, jit=True,
+        maxls=config.max_linesearch_steps, maxiter=2**31 - 1, tol=0.0, jit=True,
     )
 
     def init(dummy, context):

@@ -1,0 +1,308 @@
+"""Shared benchmark machinery: command line, PyTorch import guard, problem set-up, timing, environment
+record, matmul peak, XLA FLOP counts and result files.
+
+Timing protocol: every candidate (a JAX program, a PyTorch baseline) is warmed up (JAX: compiled ahead
+of time, the compile time recorded on its own), then the candidates run in turn, ``A, B, C, A, B, C, ...``
+(:func:`alternate`), so that load from other processes on a shared machine hits all of them alike, and
+each is summarised by the median over its repeats.
+"""
+
+import argparse
+import datetime
+import importlib.metadata
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dlg_jax.errors import DLGInputError
+from dlg_jax.files import atomic_save_figure, atomic_write_json, prepare_output_dir
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+MISSING_TORCH = "PyTorch is not installed: pip install 'dlg-jax[torch]'"
+TORCH_THREADS = 2
+# DLG's LeNet ends in Linear(768, 100) (CIFAR-100); the benchmarks keep that head for every LeNet run.
+DLG_NUM_CLASSES = 100
+RESNET_NUM_CLASSES = 10
+INPUT_SHAPE = (32, 32, 3)
+
+
+class TorchMissingError(ImportError):
+    """PyTorch is absent; the message is the one line :data:`MISSING_TORCH`."""
+
+
+def require_torch():
+    """Import PyTorch with :data:`TORCH_THREADS` intra-op threads, or raise :class:`TorchMissingError`."""
+    try:
+        import torch
+    except ImportError:
+        raise TorchMissingError(MISSING_TORCH) from None
+    torch.set_num_threads(TORCH_THREADS)
+    return torch
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit status 2 (argparse would print the usage too)
+        raise DLGInputError(message)
+
+
+def make_parser(name: str, description: str) -> argparse.ArgumentParser:
+    """A parser for ``python -m benchmarks.<name>`` with the common ``--quick``, ``--repeats``,
+    ``--seed`` and ``--out`` options."""
+    parser = _Parser(prog=f"python -m benchmarks.{name}", description=description)
+    parser.add_argument("--quick", action="store_true", help="small sizes and few repeats (a few minutes on 2 cores)")
+    parser.add_argument("--repeats", type=positive_int("repeats"), default=None,
+                        help="timed repeats per candidate (median reported)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the model weights and the dummies")
+    parser.add_argument("--out", default=RESULTS_DIR, help=f"results directory (default: {RESULTS_DIR})")
+    parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    return parser
+
+
+def positive_int(what: str, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type`` for one integer in ``[1, maximum]``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be an integer >= 1, got {text!r}") from None
+        if value < 1 or (maximum is not None and value > maximum):
+            limit = f" and <= {maximum}" if maximum is not None else ""
+            raise argparse.ArgumentTypeError(f"{what} must be an integer >= 1{limit}, got {text!r}")
+        return value
+
+    return parse
+
+
+def int_list(what: str, maximum: int | None = None) -> Callable[[str], tuple[int, ...]]:
+    """An argparse ``type`` for a comma-separated list of distinct integers in ``[1, maximum]``."""
+    item = positive_int(what, maximum)
+
+    def parse(text: str) -> tuple[int, ...]:
+        values = tuple(item(part.strip()) for part in text.split(",") if part.strip())
+        if not values:
+            raise argparse.ArgumentTypeError(f"{what} must be a comma-separated list of integers, got {text!r}")
+        if len(set(values)) != len(values):
+            raise argparse.ArgumentTypeError(f"{what} has a repeated value: {text!r}")
+        return values
+
+    return parse
+
+
+def name_list(what: str, allowed: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
+    """An argparse ``type`` for a comma-separated list of names out of ``allowed``."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(part.strip() for part in text.split(",") if part.strip())
+        bad = [n for n in names if n not in allowed]
+        if bad or not names:
+            raise argparse.ArgumentTypeError(
+                f"unknown {what} {(bad or [text])[0]!r}; allowed: {', '.join(allowed)}"
+            )
+        return names
+
+    return parse
+
+
+def run_cli(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], Any],
+            argv: list[str] | None) -> int:
+    """Parse ``argv`` and call ``run(args)``; bad input or a missing PyTorch prints one line to stderr
+    and returns 2, success returns 0."""
+    try:
+        args = parser.parse_args(argv)
+        prepare_output_dir(args.out)
+        run(args)
+        return 0
+    except (DLGInputError, TorchMissingError) as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
+
+
+# ---------------------------------------------------------------------------------------------------
+# Problems
+
+
+class Problem(NamedTuple):
+    """``T`` victims of one model: images ``[T, B, H, W, C]`` (colour set, image ``t * B + b``),
+    labels ``[T, B]``, their shared gradients (JAX, parameter pytree with a leading ``T`` axis)."""
+
+    model: Any
+    params: Any
+    images: np.ndarray
+    labels: np.ndarray
+    target_grads: Any
+
+
+def make_problem(model_name: str, targets: int, batch_size: int, seed: int) -> Problem:
+    """LeNet (DLG's, 100 classes) or a CIFAR ResNet (10 classes) with weights from ``seed`` and the
+    shared gradients of ``targets`` batches of ``batch_size`` colour images."""
+    from dlg_jax.data import get_dataset
+    from dlg_jax.models import build_model
+    from dlg_jax.victim import shared_gradients
+
+    classes = DLG_NUM_CLASSES if model_name == "lenet" else RESNET_NUM_CLASSES
+    model = build_model(model_name, INPUT_SHAPE, classes)
+    params = model.init(jax.random.key(seed))
+    source = get_dataset("colour")
+    if targets * batch_size > source.size:
+        raise DLGInputError(
+            f"targets x batch size = {targets * batch_size} exceeds the {source.size} colour images"
+        )
+    images, labels = source.examples(np.arange(targets * batch_size))
+    images = images.reshape(targets, batch_size, *INPUT_SHAPE)
+    labels = labels.reshape(targets, batch_size)
+    return Problem(model, params, images, labels, shared_gradients(model, params, images, labels))
+
+
+def initial_dummies(seed: int, targets: int, restarts: int, batch_size: int, model) -> tuple[np.ndarray, np.ndarray]:
+    """The starting points :func:`dlg_jax.attack.run_attack` draws (joint labels), as numpy arrays:
+    images ``[T, R, B, H, W, C]`` and label logits ``[T, R, B, K]``."""
+    from dlg_jax.attack import initial_dummy
+
+    draw = jax.vmap(jax.vmap(
+        lambda t, r: initial_dummy(seed, t, r, batch_size, model.input_shape, model.num_classes, True, jnp.float32),
+        in_axes=(None, 0)), in_axes=(0, None))
+    dummy = draw(jnp.arange(targets), jnp.arange(restarts))
+    return np.asarray(dummy.images), np.asarray(dummy.label_logits)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Timing
+
+
+def timed(fn: Callable[[], Any]) -> Callable[[], float]:
+    """``fn`` wrapped to return its wall time in seconds (``fn`` must block until its work is done)."""
+
+    def run() -> float:
+        started = time.perf_counter()
+        fn()
+        return time.perf_counter() - started
+
+    return run
+
+
+def alternate(candidates: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list]:
+    """Run every candidate ``repeats`` times in round-robin order; the outputs per candidate."""
+    outputs: dict[str, list] = {name: [] for name in candidates}
+    for _ in range(repeats):
+        for name, fn in candidates.items():
+            outputs[name].append(fn())
+    return outputs
+
+
+def median(values) -> float:
+    return float(statistics.median(values))
+
+
+def block(tree):
+    """``jax.block_until_ready`` that returns the tree (for use inside lambdas)."""
+    return jax.block_until_ready(tree)
+
+
+def compile_timed(jitted, *args) -> tuple[Any, float]:
+    """``jitted`` lowered and compiled for ``args``: the executable and the seconds that took."""
+    started = time.perf_counter()
+    compiled = jitted.lower(*args).compile()
+    return compiled, time.perf_counter() - started
+
+
+def xla_flops(compiled) -> float:
+    """Floating-point operations of one call of a compiled JAX executable, from XLA's cost analysis
+    (NaN when the backend reports none)."""
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, (list, tuple)):
+        analysis = analysis[0] if analysis else {}
+    return float((analysis or {}).get("flops", float("nan")))
+
+
+def peak_matmul(n: int = 2048, repeats: int = 5) -> dict:
+    """float32 ``[n, n] @ [n, n]`` with ``jnp.matmul`` (``2 n^3`` FLOPs): the best and the median
+    GFLOP/s over ``repeats``. The best is the peak the benchmarks divide by (a conservative choice)."""
+    a = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(2), (n, n), jnp.float32)
+    matmul, _ = compile_timed(jax.jit(jnp.matmul), a, b)
+    block(matmul(a, b))
+    seconds = [timed(lambda: block(matmul(a, b)))() for _ in range(repeats)]
+    flops = 2.0 * n ** 3
+    return {"n": n, "repeats": repeats, "gflops_best": flops / min(seconds) / 1e9,
+            "gflops_median": flops / median(seconds) / 1e9}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Environment and output
+
+
+def cpu_model() -> str:
+    """The ``model name`` line of ``/proc/cpuinfo`` (or the platform's processor string)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def environment(torch=None) -> dict:
+    """Versions, thread settings, CPU, load and date of this run (``torch``: the imported module, if any)."""
+    packages = ("jax", "jaxlib", "flax", "optax", "jaxopt", "numpy", "torch")
+    threads = {
+        "cpu_count": os.cpu_count(),
+        "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        **{var: os.environ.get(var) for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS")},
+    }
+    if torch is not None:
+        threads["torch_intra_op"] = torch.get_num_threads()
+        threads["torch_inter_op"] = torch.get_num_interop_threads()
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": {name: _version(name) for name in packages},
+        "cpu": cpu_model(),
+        "threads": threads,
+        "load_average_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "jax_devices": [str(d) for d in jax.devices()],
+    }
+
+
+def write_results(out_dir: str, name: str, payload: dict, figure=None) -> str:
+    """Write ``<out_dir>/<name>.json`` (and ``<name>.png`` from ``figure``) atomically; the JSON path."""
+    prepare_output_dir(out_dir)
+    path = os.path.join(out_dir, f"{name}.json")
+    atomic_write_json(path, payload)
+    if figure is not None:
+        import matplotlib.pyplot as plt
+
+        atomic_save_figure(os.path.join(out_dir, f"{name}.png"), figure)
+        plt.close(figure)
+    return path
+
+
+def new_figure(width: float = 6.0, height: float = 4.0):
+    """A matplotlib figure and axes on the non-interactive Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(width, height), dpi=120)

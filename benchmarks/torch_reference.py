@@ -1,0 +1,367 @@
+"""DLG written the canonical PyTorch way: the baseline the JAX implementation is measured against.
+
+Everything here works on PyTorch tensors in NCHW layout; the public helpers take and return numpy
+arrays in the JAX layout (images ``[B, H, W, C]``, parameters as the flax pytree) so that both sides
+start from the same weights and the same dummies.
+
+- :func:`twin` builds the ``torch.nn.Module`` twin of a :class:`dlg_jax.models.Model` (DLG's LeNet, or a
+  CIFAR ResNet without normalisation) and copies the flax weights into it. Conv kernels go from HWIO to
+  OIHW; LeNet's ``Linear`` weight is permuted because flax flattens ``[h, w, c]`` (NHWC) and torch
+  ``[c, h, w]`` (NCHW): ``W_torch[k, c*h'*w' + i*w' + j] = W_flax[i*w'*C + j*C + c, k]``.
+- Victim: ``loss(W) = mean_b sum_k -t[b, k] log_softmax(F(x; W))[b, k]``; the shared gradient is
+  ``dW = autograd.grad(loss, W)``, a list in ``net.parameters()`` order.
+- Matching loss of a dummy ``(x' [B, C, H, W], y' [B, K])``:
+  ``J = sum_l || grad_{W_l} loss(F(x'; W), softmax(y')) - dW_l ||^2``; its gradient needs
+  ``autograd.grad(..., create_graph=True)`` (double backward).
+- :func:`dlg_attack`: ``torch.optim.LBFGS([x', y'], lr=1)`` with DLG's defaults (``max_iter=20``,
+  ``history_size=100``, no line search) for up to 300 ``.step()`` calls, restarts one after another.
+- :func:`functional_objective`: the strongest batched PyTorch form, ``torch.func.vmap`` over restarts
+  of ``grad`` (w.r.t. the dummy) of ``J``, which itself takes ``grad`` w.r.t. the parameters of a
+  ``functional_call``.
+"""
+
+import dataclasses
+import time
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+
+from benchmarks.common import require_torch
+from dlg_jax.errors import DLGInputError
+
+torch = require_torch()
+nn = torch.nn
+F = torch.nn.functional
+
+
+# ---------------------------------------------------------------------------------------------------
+# Models and weight layout
+
+
+class _Layout(NamedTuple):
+    """One torch parameter, the path of its flax twin, and the two array conversions."""
+
+    parameter: Any
+    path: tuple[str, ...]
+    to_torch: Callable[[np.ndarray], np.ndarray]
+    to_flax: Callable[[np.ndarray], np.ndarray]
+
+
+def _same(a: np.ndarray) -> np.ndarray:
+    return a
+
+
+def _conv_to_torch(kernel: np.ndarray) -> np.ndarray:
+    """HWIO ``[kh, kw, in, out]`` -> OIHW ``[out, in, kh, kw]``."""
+    return np.transpose(kernel, (3, 2, 0, 1))
+
+
+def _conv_to_flax(weight: np.ndarray) -> np.ndarray:
+    return np.transpose(weight, (2, 3, 1, 0))
+
+
+def _conv_layout(conv, path) -> list[_Layout]:
+    return [_Layout(conv.weight, (*path, "kernel"), _conv_to_torch, _conv_to_flax),
+            _Layout(conv.bias, (*path, "bias"), _same, _same)]
+
+
+def _dense_layout(linear, path, features: tuple[int, int, int] | None) -> list[_Layout]:
+    """``features = (h, w, c)``: the NHWC shape flattened into the layer (``None``: a plain vector)."""
+    if features is None:
+        to_torch, to_flax = np.transpose, np.transpose
+    else:
+        h, w, c = features
+
+        def to_torch(kernel):  # [h*w*c, K] -> [K, c*h*w]
+            return kernel.reshape(h, w, c, -1).transpose(3, 2, 0, 1).reshape(kernel.shape[1], -1)
+
+        def to_flax(weight):  # [K, c*h*w] -> [h*w*c, K]
+            return weight.reshape(-1, c, h, w).transpose(2, 3, 1, 0).reshape(h * w * c, weight.shape[0])
+
+    return [_Layout(linear.weight, (*path, "kernel"), to_torch, to_flax),
+            _Layout(linear.bias, (*path, "bias"), _same, _same)]
+
+
+def _conv_out(size: int, kernel: int, stride: int, pad: int) -> int:
+    return (size + 2 * pad - kernel) // stride + 1
+
+
+class TorchLeNet(nn.Module):
+    """DLG's LeNet: three ``Conv2d(., 12, 5, padding=2)`` (strides 2, 2, 1), each followed by a sigmoid,
+    then ``Linear(12 h' w', K)``; ``x [N, C, H, W] -> logits [N, K]``."""
+
+    def __init__(self, num_classes: int, input_shape: tuple[int, int, int]):
+        super().__init__()
+        height, width, channels = input_shape
+        self.convs = nn.ModuleList([
+            nn.Conv2d(channels, 12, 5, stride=2, padding=2),
+            nn.Conv2d(12, 12, 5, stride=2, padding=2),
+            nn.Conv2d(12, 12, 5, stride=1, padding=2),
+        ])
+        for conv in self.convs:
+            height, width = (_conv_out(n, 5, conv.stride[0], 2) for n in (height, width))
+        self.features = (height, width, 12)
+        self.fc = nn.Linear(height * width * 12, num_classes)
+
+    def forward(self, x):
+        for conv in self.convs:
+            x = torch.sigmoid(conv(x))
+        return self.fc(x.flatten(1))
+
+    def layout(self) -> list[_Layout]:
+        rows = [row for i, conv in enumerate(self.convs) for row in _conv_layout(conv, (f"Conv2D_{i}",))]
+        return rows + _dense_layout(self.fc, ("Dense_0",), self.features)
+
+
+class _TorchBasicBlock(nn.Module):
+    """``act(conv3x3(act(conv3x3(x))) + shortcut(x))`` with the parameter-free option-A shortcut."""
+
+    def __init__(self, in_features: int, features: int, stride: int, activation: Callable):
+        super().__init__()
+        self.conv0 = nn.Conv2d(in_features, features, 3, stride=stride, padding=1)
+        self.conv1 = nn.Conv2d(features, features, 3, stride=1, padding=1)
+        self.stride, self.extra, self.activation = stride, features - in_features, activation
+
+    def forward(self, x):
+        y = self.conv1(self.activation(self.conv0(x)))
+        shortcut = x
+        if self.stride != 1 or self.extra:
+            shortcut = x[:, :, ::self.stride, ::self.stride]
+            shortcut = F.pad(shortcut, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
+        return self.activation(y + shortcut)
+
+
+class TorchCifarResNet(nn.Module):
+    """The twin of :class:`dlg_jax.models.resnet.CifarResNet` with ``norm="none"``:
+    ``x [N, C, H, W] -> logits [N, K]``."""
+
+    def __init__(self, num_classes: int, depth: int, activation: str, in_channels: int):
+        super().__init__()
+        act = {"relu": torch.relu, "sigmoid": torch.sigmoid}[activation]
+        self.activation = act
+        self.stem = nn.Conv2d(in_channels, 16, 3, padding=1)
+        blocks, previous = [], 16
+        for stage, features in enumerate((16, 32, 64)):
+            for index in range((depth - 2) // 6):
+                stride = 2 if stage > 0 and index == 0 else 1
+                blocks.append(_TorchBasicBlock(previous, features, stride, act))
+                previous = features
+        self.blocks = nn.ModuleList(blocks)
+        self.fc = nn.Linear(64, num_classes)
+
+    def forward(self, x):
+        x = self.activation(self.stem(x))
+        for block in self.blocks:
+            x = block(x)
+        return self.fc(x.mean(dim=(2, 3)))
+
+    def layout(self) -> list[_Layout]:
+        rows = _conv_layout(self.stem, ("Conv2D_0",))
+        for i, block in enumerate(self.blocks):
+            rows += _conv_layout(block.conv0, (f"_BasicBlock_{i}", "Conv2D_0"))
+            rows += _conv_layout(block.conv1, (f"_BasicBlock_{i}", "Conv2D_1"))
+        return rows + _dense_layout(self.fc, ("Dense_0",), None)
+
+
+def twin(model, params) -> nn.Module:
+    """The PyTorch twin of ``model`` (a :class:`dlg_jax.models.Model`) holding a copy of ``params``."""
+    from dlg_jax.models import CifarResNet, LeNet
+
+    module = model.module
+    if isinstance(module, LeNet):
+        net = TorchLeNet(model.num_classes, model.input_shape)
+    elif isinstance(module, CifarResNet) and module.norm == "none":
+        net = TorchCifarResNet(model.num_classes, module.depth, module.activation, model.input_shape[-1])
+    else:
+        raise DLGInputError(
+            f"no PyTorch twin of model {model.name!r}; allowed: lenet, resnet20/32/56 with norm 'none'"
+        )
+    layout = net.layout()
+    if [row.parameter for row in layout] != list(net.parameters()):
+        raise AssertionError("layout order must be net.parameters() order")
+    with torch.no_grad():
+        for row in layout:
+            leaf = params
+            for key in row.path:
+                leaf = leaf[key]
+            row.parameter.copy_(torch.tensor(row.to_torch(np.asarray(leaf, np.float32))))
+    return net.eval()
+
+
+def to_flax(net: nn.Module, tensors) -> dict:
+    """Tensors in ``net.parameters()`` order (e.g. gradients) as numpy arrays in the flax pytree layout."""
+    tree: dict = {}
+    for row, tensor in zip(net.layout(), tensors):
+        node = tree
+        for key in row.path[:-1]:
+            node = node.setdefault(key, {})
+        node[row.path[-1]] = row.to_flax(tensor.detach().cpu().numpy())
+    return tree
+
+
+def to_nchw(images: np.ndarray):
+    """``[..., H, W, C]`` numpy -> ``[..., C, H, W]`` float32 tensor."""
+    return torch.from_numpy(np.array(np.moveaxis(np.asarray(images, np.float32), -1, -3), order="C"))
+
+
+def to_nhwc(images) -> np.ndarray:
+    """``[..., C, H, W]`` tensor -> ``[..., H, W, C]`` numpy."""
+    return np.moveaxis(images.detach().cpu().numpy(), -3, -1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Victim and matching loss
+
+
+def soft_cross_entropy(logits, targets):
+    """``mean_b sum_k -targets[b, k] log_softmax(logits)[b, k]`` for ``[B, K]`` tensors."""
+    return torch.mean(torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1))
+
+
+def shared_gradient(net: nn.Module, images: np.ndarray, labels: np.ndarray) -> list:
+    """The victim's gradient for ``images [B, H, W, C]``, ``labels [B]``: tensors in ``net.parameters()`` order."""
+    logits = net(to_nchw(images))
+    targets = F.one_hot(torch.as_tensor(np.asarray(labels), dtype=torch.int64), logits.shape[-1]).float()
+    return [g.detach() for g in torch.autograd.grad(soft_cross_entropy(logits, targets), list(net.parameters()))]
+
+
+def matching_loss(net: nn.Module, images, label_logits, target_grads, create_graph: bool = True):
+    """DLG's ``J = sum_l ||grad_{W_l} loss(F(x'), softmax(y')) - dW_l||^2`` for ``images [B, C, H, W]``,
+    ``label_logits [B, K]``; ``create_graph`` keeps the graph so that ``J`` can be differentiated."""
+    loss = soft_cross_entropy(net(images), F.softmax(label_logits, dim=-1))
+    grads = torch.autograd.grad(loss, list(net.parameters()), create_graph=create_graph)
+    return sum(((g - t) ** 2).sum() for g, t in zip(grads, target_grads))
+
+
+def eager_value_and_grad(net: nn.Module, target_grads, images, label_logits):
+    """``J`` and ``(dJ/dx' [B, C, H, W], dJ/dy' [B, K])`` for one restart by eager double backward."""
+    images = images.detach().requires_grad_(True)
+    label_logits = label_logits.detach().requires_grad_(True)
+    value = matching_loss(net, images, label_logits, target_grads)
+    grad_images, grad_logits = torch.autograd.grad(value, [images, label_logits])
+    return value.detach(), (grad_images, grad_logits)
+
+
+def functional_objective(net: nn.Module, target_grads) -> Callable:
+    """``(images [R, B, C, H, W], label_logits [R, B, K]) -> (J [R], (dJ/dx' [R, B, C, H, W], dJ/dy' [R, B, K]))``
+    for ``R`` restarts of one target, with ``torch.func`` (vmap over restarts of grad of a loss that
+    itself takes grad w.r.t. the parameters)."""
+    from torch.func import functional_call, grad, grad_and_value, vmap
+
+    params = {name: p.detach() for name, p in net.named_parameters()}
+    targets = dict(zip(params, target_grads))
+
+    def victim_loss(weights, images, label_logits):
+        logits = functional_call(net, weights, (images,))
+        return soft_cross_entropy(logits, F.softmax(label_logits, dim=-1))
+
+    def matching(images, label_logits):
+        grads = grad(victim_loss)(params, images, label_logits)
+        return sum(((grads[name] - targets[name]) ** 2).sum() for name in grads)
+
+    batched = vmap(grad_and_value(matching, argnums=(0, 1)))
+
+    def value_and_grad(images, label_logits):
+        grads, values = batched(images, label_logits)
+        return values, grads
+
+    return value_and_grad
+
+
+# ---------------------------------------------------------------------------------------------------
+# The attack
+
+
+@dataclasses.dataclass
+class RestartResult:
+    """One restart: final images ``[B, H, W, C]`` and label logits ``[B, K]`` (numpy), final ``J``,
+    L-BFGS iterations and closure evaluations used, wall seconds, and how it ended."""
+
+    images: np.ndarray
+    label_logits: np.ndarray
+    loss: float
+    iterations: int
+    evaluations: int
+    steps: int
+    seconds: float
+    converged: bool
+    failed: bool
+
+
+def dlg_restart(net: nn.Module, target_grads, images: np.ndarray, label_logits: np.ndarray, *,
+                steps: int = 300, max_iter: int = 20, history_size: int = 100,
+                tolerance: float | None = None) -> RestartResult:
+    """One DLG restart from ``images [B, H, W, C]``, ``label_logits [B, K]``: ``steps`` calls of
+    ``LBFGS.step`` (each up to ``max_iter`` iterations). ``tolerance``: stop after the step whose
+    last evaluated ``J`` is ``<= tolerance`` (``None``: run all steps, as DLG). A non-finite ``J``
+    stops the restart as failed."""
+    started = time.perf_counter()
+    dummy_x = to_nchw(images).requires_grad_(True)
+    dummy_y = torch.tensor(np.asarray(label_logits, np.float32)).requires_grad_(True)
+    optimizer = torch.optim.LBFGS([dummy_x, dummy_y], lr=1, max_iter=max_iter, history_size=history_size)
+    last = [float("inf")]
+
+    def closure():
+        optimizer.zero_grad()
+        value = matching_loss(net, dummy_x, dummy_y, target_grads)
+        dummy_x.grad, dummy_y.grad = torch.autograd.grad(value, [dummy_x, dummy_y])
+        last[0] = value.item()
+        return value
+
+    converged = failed = False
+    done = 0
+    for done in range(1, steps + 1):
+        optimizer.step(closure)
+        if not np.isfinite(last[0]):
+            failed = True
+            break
+        if tolerance is not None and last[0] <= tolerance:
+            converged = True
+            break
+    final = matching_loss(net, dummy_x, dummy_y, target_grads, create_graph=False).item()
+    failed = failed or not np.isfinite(final)
+    state = optimizer.state[dummy_x]
+    return RestartResult(
+        images=to_nhwc(dummy_x), label_logits=dummy_y.detach().numpy().copy(), loss=final,
+        iterations=int(state.get("n_iter", 0)), evaluations=int(state.get("func_evals", 0)), steps=done,
+        seconds=time.perf_counter() - started, converged=converged and not failed, failed=failed,
+    )
+
+
+@dataclasses.dataclass
+class ReferenceAttack:
+    """The restarts of one target that were run (in order) and the best: the lowest final ``J``
+    among the non-failed ones (restart 0 if all failed)."""
+
+    restarts: list[RestartResult]
+    best: int
+
+    @property
+    def best_restart(self) -> RestartResult:
+        return self.restarts[self.best]
+
+    @property
+    def seconds(self) -> float:
+        return sum(r.seconds for r in self.restarts)
+
+    @property
+    def iterations(self) -> int:
+        return sum(r.iterations for r in self.restarts)
+
+    @property
+    def evaluations(self) -> int:
+        return sum(r.evaluations for r in self.restarts)
+
+
+def dlg_attack(net: nn.Module, target_grads, images: np.ndarray, label_logits: np.ndarray, *,
+               stop_at_convergence: bool = True, **restart_options) -> ReferenceAttack:
+    """Restarts from ``images [R, B, H, W, C]``, ``label_logits [R, B, K]`` run one after another (as
+    DLG, iDLG and breaching do); with ``stop_at_convergence`` the loop ends at the first converged
+    restart. ``restart_options`` go to :func:`dlg_restart`."""
+    results = []
+    for start_images, start_logits in zip(images, label_logits):
+        results.append(dlg_restart(net, target_grads, start_images, start_logits, **restart_options))
+        if stop_at_convergence and results[-1].converged:
+            break
+    ranking = [np.inf if r.failed else r.loss for r in results]
+    return ReferenceAttack(results, int(np.argmin(ranking)))

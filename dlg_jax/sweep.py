@@ -1,0 +1,166 @@
+"""Attack-side defense sweeps: attack x defense x strength -> reconstruction quality, as JSON rows.
+
+A *setting* is one attack (a name in :data:`ATTACKS`) against one defense at one strength. For each
+setting the ``T`` targets (the first ``T`` batches of the dataset) are defended with independent keys
+(:func:`dlg_jax.defenses.defended_gradients`) and attacked together by one :func:`~dlg_jax.attack.run_attack`
+call (all ``T x R`` restarts in one vmapped, compiled program); the best restart per target is scored
+(:func:`dlg_jax.metrics.evaluate`). The model and its weights are those of :func:`dlg_jax.pipeline.run_dlg`
+(seeded by the attack's ``seed``), so ``defense none`` reproduces ``dlg-jax attack``.
+
+Results live in one JSON file ``{"rows": [...]}``, rewritten atomically after every setting. A row's
+``setting`` (everything that determines its numbers) is its identity: settings already in the file are
+skipped, so an interrupted sweep resumes where it stopped.
+"""
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable, Iterable
+
+import jax
+import numpy as np
+
+from dlg_jax.attack import AttackConfig, Progress, run_attack
+from dlg_jax.data import get_dataset
+from dlg_jax.defenses import DEFAULT_STRENGTHS, defended_gradients, make_defense
+from dlg_jax.errors import DLGInputError, check_choice, check_positive_int
+from dlg_jax.files import atomic_write_json
+from dlg_jax.labels import recover_labels
+from dlg_jax.metrics import evaluate
+from dlg_jax.models import build_model
+from dlg_jax.pipeline import target_indices
+
+# Attack presets by name. A sweep replaces each preset's budget (BUDGET_FIELDS) by the caller's; other
+# presets (e.g. Inverting Gradients) are added here as ``ATTACKS["ig"] = AttackConfig(...)``.
+ATTACKS: dict[str, AttackConfig] = {"dlg": AttackConfig()}
+BUDGET_FIELDS = ("restarts", "iterations", "tolerance", "chunk_size", "block", "seed", "dtype")
+
+
+def attack_config(name: str, budget: AttackConfig | None = None) -> AttackConfig:
+    """The preset ``ATTACKS[name]`` with the budget fields (restarts, iterations, ...) of ``budget``."""
+    check_choice("attack", name, ATTACKS)
+    if budget is None:
+        return ATTACKS[name]
+    return dataclasses.replace(ATTACKS[name], **{f: getattr(budget, f) for f in BUDGET_FIELDS}, snapshots=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One point of the grid: ``attack`` name, ``defense`` name, its ``strength`` and options."""
+
+    attack: str
+    defense: str
+    strength: Any = None
+    options: tuple[tuple[str, Any], ...] = ()
+
+
+def grid(attacks: Iterable[str], defenses: Iterable[str], strengths: Iterable[Any] | None = None,
+         options: dict[str, dict] | None = None) -> list[Setting]:
+    """Every attack against an undefended baseline (``none``) and every defense at every strength
+    (``strengths`` for all defenses, else each defense's :data:`~dlg_jax.defenses.DEFAULT_STRENGTHS`).
+    ``options[defense]``: that defense's options (e.g. ``{"prune": {"scope": "global"}}``). All settings
+    are validated (by building their defense) before anything runs."""
+    options = options or {}
+    attacks, defenses = list(attacks), [d for d in defenses if d != "none"]
+    for name in attacks:
+        check_choice("attack", name, ATTACKS)
+    settings = []
+    for attack in attacks:
+        settings.append(Setting(attack, "none"))
+        for defense in defenses:
+            for strength in (DEFAULT_STRENGTHS.get(defense, ()) if strengths is None else strengths):
+                built = make_defense(defense, strength, **options.get(defense, {}))
+                settings.append(Setting(attack, defense, built.strength, built.options))
+    return settings
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
+
+
+def setting_key(setting: Setting, config: AttackConfig, model: str, dataset: str, targets: int,
+                batch_size: int, model_options: dict) -> dict:
+    """Everything that determines a row's numbers, as plain JSON data (the row's identity)."""
+    return _jsonable({
+        "attack": setting.attack, "defense": setting.defense, "strength": setting.strength,
+        "defense_options": dict(setting.options), "model": model, "model_options": model_options,
+        "dataset": dataset, "targets": targets, "batch_size": batch_size,
+        "config": dataclasses.asdict(config),
+    })
+
+
+def load_rows(path: str | os.PathLike) -> list[dict]:
+    """The rows of a results file (``[]`` if it does not exist)."""
+    if not os.path.exists(path):
+        return []
+    try:
+        with open(path) as handle:
+            return list(json.load(handle)["rows"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise DLGInputError(f"results file {os.fspath(path)!r} is not a results file this tool wrote: {error}") from None
+
+
+def attack_setting(setting: Setting, config: AttackConfig, *, model: str = "lenet", dataset: str = "colour",
+                   targets: int = 4, batch_size: int = 1, model_options: dict | None = None,
+                   progress: Callable[[Progress], None] | None = None) -> dict:
+    """Run one setting: defend the first ``targets`` batches, attack them all at once, score them.
+
+    Returns a row: ``setting`` (see :func:`setting_key`), the metric summary over targets (``psnr_mean``,
+    ``ssim_mean``, ``mse_mean``, ``label_accuracy``, ``success_rate_psnr30``, ...), per-target ``psnr``,
+    ``ssim``, ``label_accuracy`` lists and timings.
+    """
+    model_options = model_options or {}
+    source = get_dataset(dataset)
+    index_grid = target_indices(source, batch_size, None, targets)
+    net = build_model(model, source.input_shape, source.num_classes, **model_options)
+    params = net.init(jax.random.fold_in(jax.random.key(config.seed), 0x5EED), dtype=np.dtype(config.dtype))
+    images, labels = source.examples(index_grid.reshape(-1))
+    images = images.reshape(*index_grid.shape, *source.input_shape).astype(config.dtype)
+    labels = labels.reshape(index_grid.shape)
+    defense = make_defense(setting.defense, setting.strength, **dict(setting.options))
+    started = time.perf_counter()
+    grads = defended_gradients(defense, net, params, images, labels,
+                               jax.random.fold_in(jax.random.key(config.seed), 0xDEF))
+    fixed_labels = recover_labels(config.labels, net, params, grads, batch_size)
+    result = run_attack(net, params, grads, batch_size, config, fixed_labels=fixed_labels, progress=progress)
+    metrics = evaluate(result.best_images, images, result.best_labels, labels)
+    return {
+        "setting": setting_key(setting, config, model, dataset, targets, batch_size, model_options),
+        **metrics.summary(),
+        "psnr": metrics.psnr.tolist(), "ssim": metrics.ssim.tolist(),
+        "target_label_accuracy": metrics.label_accuracy.tolist(),
+        "wall_seconds": time.perf_counter() - started, "compile_seconds": result.compile_seconds,
+        "run_seconds": result.run_seconds, "restart_iterations": result.restart_iterations,
+    }
+
+
+def run_sweep(settings: list[Setting], results_path: str | os.PathLike, budget: AttackConfig = AttackConfig(),
+              *, model: str = "lenet", dataset: str = "colour", targets: int = 4, batch_size: int = 1,
+              model_options: dict | None = None, progress: Callable[[Progress], None] | None = None,
+              on_row: Callable[[dict, bool], None] | None = None) -> list[dict]:
+    """Run every setting not yet in ``results_path`` and append its row (atomic rewrite after each).
+
+    ``budget`` supplies each attack preset's budget (:func:`attack_config`). ``on_row(row, reused)`` is
+    called for every setting in order, ``reused`` telling whether it came from the file. Returns the
+    rows of ``settings`` in order.
+    """
+    targets = check_positive_int("targets", targets)
+    batch_size = check_positive_int("batch size", batch_size)
+    model_options = model_options or {}
+    rows = load_rows(results_path)
+    wanted = []
+    for setting in settings:
+        config = attack_config(setting.attack, budget)
+        key = setting_key(setting, config, model, dataset, targets, batch_size, model_options)
+        row = next((r for r in rows if r.get("setting") == key), None)
+        reused = row is not None
+        if row is None:
+            row = attack_setting(setting, config, model=model, dataset=dataset, targets=targets,
+                                 batch_size=batch_size, model_options=model_options, progress=progress)
+            rows.append(row)
+            atomic_write_json(results_path, {"rows": rows})
+        if on_row is not None:
+            on_row(row, reused)
+        wanted.append(row)
+    return wanted

@@ -1,0 +1,33 @@
+"""Shared fixtures: small models, one real embedded image and its shared gradient."""
+
+import jax
+import numpy as np
+import pytest
+
+from dlg_jax.data import get_dataset
+from dlg_jax.models import build_model
+from dlg_jax.victim import shared_gradients
+
+
+@pytest.fixture(scope="session")
+def colour():
+    return get_dataset("colour")
+
+
+@pytest.fixture(scope="session")
+def lenet(colour):
+    model = build_model("lenet", colour.input_shape, colour.num_classes)
+    return model, model.init(jax.random.key(0))
+
+
+@pytest.fixture(scope="session")
+def two_targets(colour, lenet):
+    """Two single-image targets (colour indices 0 and 1) and their shared gradients [2, ...]."""
+    model, params = lenet
+    images, labels = colour.examples([0, 1])
+    images, labels = images[:, None], labels[:, None]
+    return images, labels, shared_gradients(model, params, images, labels)
+
+
+def psnr(a, b):
+    return float(10 * np.log10(1.0 / np.mean((np.clip(a, 0, 1) - b) ** 2)))

@@ -1,0 +1,103 @@
+"""The attack end to end: recovery, vmap equivalence, NaN isolation, determinism, solvers, bad input."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import psnr
+from dlg_jax.attack import AttackConfig, run_attack
+from dlg_jax.errors import DLGInputError
+from dlg_jax.solvers import SolverConfig
+
+QUICK = AttackConfig(restarts=3, iterations=40, block=20, snapshots=3, chunk_size=6)
+
+
+def test_dlg_recovers_a_32x32_image_and_its_label(colour, lenet, two_targets):
+    model, params = lenet
+    images, labels, grads = two_targets
+    config = AttackConfig(restarts=2, iterations=2500, chunk_size=4, block=250)
+    result = run_attack(model, params, grads, 1, config)
+    for t in range(2):
+        assert psnr(result.best_images[t], images[t]) >= 30.0
+        assert result.best_labels[t, 0] == labels[t, 0]
+    assert result.images.shape == (2, 2, 1, 32, 32, 3) and result.loss_history.shape[:2] == (2, 2)
+    assert result.snapshots.shape == (2, config.snapshots, 1, 32, 32, 3)
+    assert result.converged.any(axis=1).all()  # the tolerance was reached: the run stopped early
+    # every restart's objective went down by orders of magnitude
+    assert np.all(result.loss_history[..., -1] < 1e-3 * result.loss_history[..., 0])
+
+
+@pytest.mark.parametrize("solver,iterations,rtol", [("lbfgs", 12, 1e-2), ("adam", 40, 1e-3)])
+def test_vmapped_restarts_equal_each_restart_run_alone(lenet, two_targets, solver, iterations, rtol):
+    """Six problems in one vmapped chunk vs each in a chunk of its own. (Batched and single matmuls
+    round differently, and L-BFGS amplifies rounding over many iterations, hence the short runs.)"""
+    model, params = lenet
+    _, _, grads = two_targets
+    config = dataclasses.replace(QUICK, iterations=iterations, solver=SolverConfig(solver, history_size=10))
+    together = run_attack(model, params, grads, 1, config)
+    alone = run_attack(model, params, grads, 1, dataclasses.replace(config, chunk_size=1))
+    np.testing.assert_allclose(together.loss_history, alone.loss_history, rtol=rtol)
+    np.testing.assert_allclose(together.images, alone.images, atol=10 * rtol)  # restarts differ by O(1)
+    np.testing.assert_array_equal(together.best_restart, alone.best_restart)
+
+
+def test_same_seed_same_result_and_other_seed_differs(lenet, two_targets):
+    model, params = lenet
+    _, _, grads = two_targets
+    first = run_attack(model, params, grads, 1, QUICK)
+    second = run_attack(model, params, grads, 1, QUICK)
+    np.testing.assert_array_equal(first.images, second.images)
+    np.testing.assert_array_equal(first.loss_history, second.loss_history)
+    other = run_attack(model, params, grads, 1, dataclasses.replace(QUICK, seed=1))
+    assert not np.allclose(first.images, other.images)
+
+
+def test_a_failing_restart_is_frozen_and_does_not_poison_the_others(lenet, two_targets):
+    """Target 0's gradient overflows the objective (inf) for all its restarts; target 1 is unaffected."""
+    model, params = lenet
+    _, _, grads = two_targets
+    poisoned = jax.tree.map(lambda g: g.at[0].multiply(3e19), grads)
+    mixed = run_attack(model, params, poisoned, 1, QUICK)
+    clean = run_attack(model, params, grads, 1, QUICK)
+    assert mixed.failed[0].all() and not mixed.failed[1].any()
+    assert np.all(np.isfinite(mixed.images))
+    np.testing.assert_allclose(mixed.loss_history[1], clean.loss_history[1], rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(mixed.images[1], clean.images[1], rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("solver", ["lbfgs", "optax-lbfgs", "jaxopt-lbfgs", "adam"])
+def test_every_solver_reduces_the_objective_under_vmap(lenet, two_targets, solver):
+    model, params = lenet
+    _, _, grads = two_targets
+    config = dataclasses.replace(QUICK, restarts=2, iterations=30, block=30, snapshots=0,
+                                 solver=SolverConfig(solver, history_size=10))
+    result = run_attack(model, params, grads, 1, config)
+    assert np.all(result.loss < 0.5 * result.loss_history[..., 0])
+    assert np.all(result.evaluations >= result.iterations)
+
+
+def test_batch_of_two_reconstructs_jointly(colour, lenet):
+    from dlg_jax.victim import shared_gradients
+
+    model, params = lenet
+    images, labels = colour.examples([2, 3])
+    grads = shared_gradients(model, params, images[None], labels[None])
+    result = run_attack(model, params, grads, 2, dataclasses.replace(QUICK, restarts=1, iterations=20))
+    assert result.images.shape == (1, 1, 2, 32, 32, 3) and result.labels.shape == (1, 1, 2)
+
+
+def test_bad_attack_input(lenet, two_targets):
+    model, params = lenet
+    _, _, grads = two_targets
+    with pytest.raises(DLGInputError, match="restarts must be an integer >= 1, got 0"):
+        AttackConfig(restarts=0)
+    with pytest.raises(DLGInputError, match="unknown solver 'bfgs'"):
+        SolverConfig("bfgs")
+    with pytest.raises(DLGInputError, match="batch size must be an integer >= 1, got 0"):
+        run_attack(model, params, grads, 0, QUICK)
+    with pytest.raises(DLGInputError, match="model params"):
+        run_attack(model, {"Dense_0": params["Dense_0"]}, grads, 1, QUICK)
+    with pytest.raises(DLGInputError, match="float64"):
+        AttackConfig(dtype="float64")

@@ -1,0 +1,59 @@
+"""``dlg-jax attack`` as a user runs it: outputs, table, exit status 2 and one line on bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dlg_jax.cli import main
+
+SMALL = ["--iterations", "30", "--restarts", "2", "--quiet"]
+
+
+def test_attack_writes_grid_plot_and_metrics(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["attack", *SMALL, "--index", "4", "7", "--out", str(out)]) == 0
+    assert {"reconstruction.png", "convergence.png", "metrics.json"} <= set(os.listdir(out))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [t["indices"] for t in metrics["targets"]] == [[4], [7]]
+    assert metrics["summary"]["targets"] == 2 and metrics["config"]["restarts"] == 2
+    assert (out / "reconstruction.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = capsys.readouterr().out
+    assert "PSNR" in table and "mean PSNR" in table
+    assert not [name for name in os.listdir(out) if name.startswith(".tmp")]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--model", "vgg"], "invalid choice: 'vgg'"),
+    (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    (["--solver", "sgd"], "invalid choice: 'sgd'"),
+    (["--index", "100"], "index 100 is outside dataset 'colour'; allowed: 0 to 99"),
+    (["--index", "99", "--batch-size", "2"], "index 100 is outside dataset 'colour'"),
+    (["--batch-size", "0"], "expected an integer >= 1, got '0'"),
+    (["--restarts", "0"], "expected an integer >= 1, got '0'"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.json").write_text("keep me")
+    assert main(["attack", *SMALL, "--out", str(out), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and err.startswith("dlg-jax: error:")
+    assert (out / "metrics.json").read_text() == "keep me"  # nothing already there is lost
+
+
+def test_output_directory_that_is_a_file(tmp_path, capsys):
+    target = tmp_path / "afile"
+    target.write_text("data")
+    assert main(["attack", *SMALL, "--out", str(target)]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert target.read_text() == "data"
+
+
+def test_console_script_exit_status(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "dlg_jax.cli", "attack", "--model", "nope"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().count("\n") == 0

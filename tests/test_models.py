@@ -1,0 +1,70 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dlg_jax.errors import DLGInputError
+from dlg_jax.models import build_model
+from dlg_jax.models.layers import Conv2D
+
+
+@pytest.mark.parametrize("strides,padding", [((2, 2), ((2, 2), (2, 2))), ((1, 1), ((2, 2), (2, 2))),
+                                             ((1, 1), ((1, 1), (1, 1))), ((2, 2), ((0, 1), (1, 0)))])
+def test_patch_convolution_equals_lax_conv(strides, padding):
+    x = jax.random.normal(jax.random.key(0), (3, 13, 11, 4))
+    fast = Conv2D(6, (5, 5) if padding[0][0] == 2 else (3, 3), strides, padding, implementation="patches")
+    reference = fast.clone(implementation="lax")
+    params = fast.init(jax.random.key(1), x)
+    np.testing.assert_allclose(fast.apply(params, x), reference.apply(params, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(32, 32, 3), (28, 28, 1), (64, 64, 3)])
+def test_lenet_shapes_and_dlg_init(shape):
+    model = build_model("lenet", shape, 100)
+    params = model.init(jax.random.key(0))
+    flat = shape[0] // 4 * (shape[1] // 4) * 12
+    assert params["Dense_0"]["kernel"].shape == (flat, 100)
+    assert [params[f"Conv2D_{i}"]["kernel"].shape for i in range(3)] == [(5, 5, shape[2], 12), (5, 5, 12, 12),
+                                                                          (5, 5, 12, 12)]
+    for leaf in jax.tree.leaves(params):  # DLG: every weight and bias ~ U(-0.5, 0.5)
+        assert float(leaf.min()) >= -0.5 and float(leaf.max()) <= 0.5
+        if leaf.size > 100:
+            assert abs(float(leaf.mean())) < 0.1 and 0.25 < float(leaf.std()) * np.sqrt(12) < 1.1
+    assert model.apply(params, jnp.zeros((2, *shape))).shape == (2, 100)
+
+
+@pytest.mark.parametrize("depth,count", [(20, 0.27e6), (32, 0.46e6)])
+def test_resnet_depth_and_parameter_count(depth, count):
+    model = build_model(f"resnet{depth}", (32, 32, 3), 10, activation="sigmoid")
+    params = model.init(jax.random.key(0))
+    total = sum(leaf.size for leaf in jax.tree.leaves(params))
+    assert abs(total - count) / count < 0.05  # He et al. 2016, table 6
+    assert model.apply(params, jnp.zeros((2, 32, 32, 3))).shape == (2, 10)
+
+
+def test_fast_and_reference_models_agree():
+    x = jax.random.uniform(jax.random.key(3), (2, 32, 32, 3))
+    for name in ("lenet", "resnet20"):
+        fast = build_model(name, (32, 32, 3), 10)
+        reference = build_model(name, (32, 32, 3), 10, conv_implementation="lax")
+        params = fast.init(jax.random.key(0))
+        np.testing.assert_allclose(fast.apply(params, x), reference.apply(params, x), rtol=1e-4, atol=1e-5)
+
+
+def test_mlp_and_group_norm_resnet_run():
+    mlp = build_model("mlp", (28, 28, 1), 10)
+    assert mlp.apply(mlp.init(jax.random.key(0)), jnp.ones((3, 28, 28, 1))).shape == (3, 10)
+    resnet = build_model("resnet20", (32, 32, 3), 10, norm="group")
+    assert resnet.apply(resnet.init(jax.random.key(0)), jnp.ones((1, 32, 32, 3))).shape == (1, 10)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(name="vgg"), "unknown model 'vgg'"),
+    (dict(name="resnet20", activation="tanh"), "unknown activation 'tanh'"),
+    (dict(name="lenet", activation="relu"), "lenet's activation is sigmoid"),
+    (dict(name="lenet", num_classes=1), "num_classes must be >= 2"),
+])
+def test_bad_model_arguments(kwargs, message):
+    options = dict(name="lenet", input_shape=(32, 32, 3), num_classes=10) | kwargs
+    with pytest.raises(DLGInputError, match=message):
+        build_model(**options)
