@@ -7,7 +7,7 @@ are shared. Problems run in chunks of ``chunk_size``: inside a chunk, ``jax.vmap
 step for every problem in lockstep, ``lax.scan`` runs ``block`` iterations per compiled call, and the
 host loop between blocks reports progress and stops once every problem is done.
 
-Per problem and iteration: a problem whose objective is ``<= tolerance`` is *converged* and frozen; one
+Per problem and iteration: a problem whose objective is below its threshold (``AttackConfig.tolerance``) is *converged* and frozen; one
 whose objective or new dummy is NaN/inf is *failed* and frozen at its last finite dummy (so it never
 poisons the others, which share no state with it). The best restart of a target is the non-failed one
 with the lowest final objective; every restart's result is kept.
@@ -36,7 +36,9 @@ DTYPES = ("float32", "float64")
 class AttackConfig:
     """Everything that defines an attack run (validated on construction).
 
-    ``tolerance``: a restart is converged (and frozen) once its objective is at or below it.
+    ``tolerance``: a restart is converged (and frozen) once its objective is at or below
+    ``tolerance * ||dW||^2`` (l2 matching: relative to the shared gradient's squared norm, so that a
+    target whose gradient is small is held to the same standard) or ``tolerance`` (cosine matching).
     ``chunk_size``: problems (target x restart pairs) per vmapped batch.
     ``block``: iterations per compiled call between progress reports / early-stop checks.
     ``snapshots``: how many intermediate images (at evenly spaced iterations, first = initial dummy)
@@ -52,7 +54,7 @@ class AttackConfig:
     layer_weights: tuple[float, ...] | None = None
     box: tuple[float, float] | None = None
     second_order: str = "reverse_over_forward"
-    tolerance: float = 1e-5
+    tolerance: float = 1e-8
     chunk_size: int = 16
     block: int = 100
     snapshots: int = 6
@@ -149,6 +151,7 @@ class _Problem(NamedTuple):
     converged: jnp.ndarray
     iterations: jnp.ndarray
     evaluations: jnp.ndarray
+    threshold: jnp.ndarray
 
 
 def _all_finite(tree) -> jnp.ndarray:
@@ -171,13 +174,15 @@ def _programs(model: Model, config: AttackConfig):
     objective = make_objective(model, config.distance, tv_weight=config.tv_weight,
                                layer_weights=config.layer_weights, second_order=config.second_order)
     solver = make_solver(objective, config.solver)
-    tolerance = config.tolerance
 
     def init_one(dummy, context):
         value = objective(dummy, context)
         state = solver.init(dummy, context)
-        return _Problem(dummy, state, value, ~jnp.isfinite(value), value <= tolerance,
-                        jnp.zeros((), jnp.int32), solver.evaluations(state))
+        scale = (sum(jnp.vdot(g, g) for g in jax.tree.leaves(context.target_grad))
+                 if config.distance == "l2" else 1.0)
+        threshold = jnp.asarray(config.tolerance * scale, value.dtype)
+        return _Problem(dummy, state, value, ~jnp.isfinite(value), value <= threshold,
+                        jnp.zeros((), jnp.int32), solver.evaluations(state), threshold)
 
     def run_one(problem: _Problem, context: Context, steps: int):
         def body(p: _Problem, _):
@@ -186,7 +191,7 @@ def _programs(model: Model, config: AttackConfig):
                 new_dummy = new_dummy._replace(images=jnp.clip(new_dummy.images, *config.box))
             active = ~(p.failed | p.converged)
             value_ok = jnp.isfinite(value)
-            converged = active & value_ok & (value <= tolerance)
+            converged = active & value_ok & (value <= p.threshold)
             moving = active & value_ok & ~converged
             step_ok = moving & _all_finite(new_dummy)
             failed = p.failed | (active & ~value_ok) | (moving & ~step_ok)
@@ -194,7 +199,7 @@ def _programs(model: Model, config: AttackConfig):
             loss = jnp.where(active & value_ok, value, p.loss)
             evaluations = jnp.where(active, solver.evaluations(new_state), p.evaluations)
             updated = _Problem(dummy, new_state, loss, failed, p.converged | converged,
-                               p.iterations + step_ok.astype(jnp.int32), evaluations)
+                               p.iterations + step_ok.astype(jnp.int32), evaluations, p.threshold)
             return updated, loss
 
         return jax.lax.scan(body, problem, None, length=steps)

@@ -57,3 +57,11 @@ def test_console_script_exit_status(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().count("\n") == 0
+
+
+def test_float64_run_in_a_fresh_process(tmp_path):
+    out = tmp_path / "f64"
+    done = subprocess.run([sys.executable, "-m", "dlg_jax.cli", "attack", "--float64", *SMALL[:4],
+                           "--iterations", "10", "--quiet", "--out", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((out / "metrics.json").read_text())["config"]["dtype"] == "float64"

@@ -52,7 +52,7 @@ def add_attack_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--history-size", type=_positive_int, default=defaults.solver.history_size, help="L-BFGS memory")
     parser.add_argument("--learning-rate", type=float, default=defaults.solver.learning_rate, help="adam step size")
     parser.add_argument("--tolerance", type=_nonnegative_float, default=defaults.tolerance,
-                        help="a restart has converged once its objective is <= this")
+                        help="a restart has converged once its objective is <= this x |dW|^2 (l2)")
     parser.add_argument("--chunk-size", type=_positive_int, default=defaults.chunk_size,
                         help="restarts run together in one vmapped batch")
     parser.add_argument("--seed", type=int, default=0, help="seed of the model weights and the dummies")

@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+
+from dlg_jax.data import EMBEDDED_NAMES, build_embedded_arrays, get_dataset, _embedded_arrays
+from dlg_jax.errors import DLGInputError
+from dlg_jax.metrics import evaluate
+
+
+@pytest.mark.parametrize("name,size,shape,classes", [("colour", 100, (32, 32, 3), 10),
+                                                     ("digits", 200, (28, 28, 1), 10),
+                                                     ("faces", 200, (32, 32, 1), 2)])
+def test_embedded_sets(name, size, shape, classes):
+    data = get_dataset(name)
+    assert (data.size, data.input_shape, data.num_classes) == (size, shape, classes)
+    images, labels = data.examples(np.arange(size))
+    assert images.dtype == np.float32 and images.shape == (size, *shape)
+    assert 0.0 <= images.min() and images.max() <= 1.0 and images.std() > 0.1
+    assert set(np.unique(labels)) == set(range(classes))
+    assert len({images[i].tobytes() for i in range(size)}) == size  # no duplicates
+
+
+def test_embedded_file_is_rebuilt_bit_for_bit_from_the_registry_packages():
+    pytest.importorskip("skimage")
+    pytest.importorskip("sklearn")
+    fresh, shipped = build_embedded_arrays(), _embedded_arrays()
+    assert set(fresh) == set(shipped)
+    for key in fresh:
+        np.testing.assert_array_equal(fresh[key], shipped[key], err_msg=key)
+    assert all(f"{name}_images" in fresh for name in EMBEDDED_NAMES)
+
+
+def test_dataset_bad_input():
+    with pytest.raises(DLGInputError, match="unknown dataset 'imagenet'"):
+        get_dataset("imagenet")
+    with pytest.raises(DLGInputError, match="index -1 is outside dataset 'digits'; allowed: 0 to 199"):
+        get_dataset("digits").examples([-1])
+    with pytest.raises(DLGInputError, match="unknown split 'test'"):
+        get_dataset("colour", split="test")
+
+
+def test_psnr_ssim_match_scikit_image_and_assignment_undoes_a_permutation():
+    metrics_module = pytest.importorskip("skimage.metrics")
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(size=(2, 3, 32, 32, 3)).astype(np.float32)
+    noisy = np.clip(truth + 0.05 * rng.normal(size=truth.shape), 0, 1).astype(np.float32)
+    permuted = noisy[:, [2, 0, 1]]
+    scores = evaluate(permuted, truth, np.array([[5, 3, 4]] * 2), np.array([[3, 4, 5]] * 2))
+    np.testing.assert_array_equal(scores.assignment, [[1, 2, 0]] * 2)
+    assert np.all(scores.label_accuracy == 1.0) and np.all(scores.duplicates == 0)
+    for b in range(3):
+        expected_psnr = metrics_module.peak_signal_noise_ratio(truth[0, b], noisy[0, b], data_range=1.0)
+        expected_ssim = metrics_module.structural_similarity(
+            truth[0, b], noisy[0, b], channel_axis=-1, data_range=1.0, gaussian_weights=True, sigma=1.5,
+            use_sample_covariance=False)
+        assert scores.slot_psnr[0, b] == pytest.approx(expected_psnr, abs=1e-3)
+        assert scores.slot_ssim[0, b] == pytest.approx(expected_ssim, abs=1e-5)
+
+
+def test_duplicate_slots_are_flagged():
+    rng = np.random.default_rng(1)
+    truth = rng.uniform(size=(1, 2, 16, 16, 1)).astype(np.float32)
+    collapsed = np.stack([truth[:, 0], truth[:, 0]], axis=1)  # both slots converged to image 0
+    scores = evaluate(collapsed, truth, np.zeros((1, 2), int), np.zeros((1, 2), int))
+    assert scores.duplicates[0] == 2 and scores.summary()["duplicates"] == 2
