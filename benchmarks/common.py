@@ -38,7 +38,15 @@ class TorchMissingError(ImportError):
 
 
 def require_torch():
-    """Import PyTorch with :data:`TORCH_THREADS` intra-op threads, or raise :class:`TorchMissingError`."""
+    """Import PyTorch with :data:`TORCH_THREADS` intra-op threads, or raise :class:`TorchMissingError`.
+
+    Unless ``OMP_WAIT_POLICY`` is set already, it is set to ``PASSIVE`` before the first import: with
+    the default (spinning) policy, 2-thread PyTorch on a 2-core machine shared with other busy processes
+    ran DLG's objective at 3 evaluations/s instead of 182 (its OpenMP threads spin while descheduled).
+    Set ``OMP_WAIT_POLICY=ACTIVE`` to measure the spinning default on an idle machine; the value used is
+    recorded in :func:`environment`.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         import torch
     except ImportError:
@@ -56,16 +64,17 @@ class _Parser(argparse.ArgumentParser):
         raise DLGInputError(message)
 
 
-def make_parser(name: str, description: str) -> argparse.ArgumentParser:
-    """A parser for ``python -m benchmarks.<name>`` with the common ``--quick``, ``--repeats``,
-    ``--seed`` and ``--out`` options."""
+def make_parser(name: str, description: str, timing_options: bool = True) -> argparse.ArgumentParser:
+    """A parser for ``python -m benchmarks.<name>`` with ``--out`` and (``timing_options``) the common
+    ``--quick``, ``--repeats``, ``--seed`` and ``--no-plot`` options."""
     parser = _Parser(prog=f"python -m benchmarks.{name}", description=description)
-    parser.add_argument("--quick", action="store_true", help="small sizes and few repeats (a few minutes on 2 cores)")
-    parser.add_argument("--repeats", type=positive_int("repeats"), default=None,
-                        help="timed repeats per candidate (median reported)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the model weights and the dummies")
     parser.add_argument("--out", default=RESULTS_DIR, help=f"results directory (default: {RESULTS_DIR})")
-    parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    if timing_options:
+        parser.add_argument("--quick", action="store_true", help="small sizes and few repeats (minutes on 2 cores)")
+        parser.add_argument("--repeats", type=positive_int("repeats"), default=None,
+                            help="timed repeats per candidate (median reported)")
+        parser.add_argument("--seed", type=int, default=0, help="seed of the model weights and the dummies")
+        parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
     return parser
 
 
@@ -80,6 +89,21 @@ def positive_int(what: str, maximum: int | None = None) -> Callable[[str], int]:
         if value < 1 or (maximum is not None and value > maximum):
             limit = f" and <= {maximum}" if maximum is not None else ""
             raise argparse.ArgumentTypeError(f"{what} must be an integer >= 1{limit}, got {text!r}")
+        return value
+
+    return parse
+
+
+def nonnegative_float(what: str) -> Callable[[str], float]:
+    """An argparse ``type`` for one finite number ``>= 0``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not 0 <= value < float("inf"):
+            raise argparse.ArgumentTypeError(f"{what} must be a number >= 0, got {text!r}")
         return value
 
     return parse
@@ -217,13 +241,15 @@ def compile_timed(jitted, *args) -> tuple[Any, float]:
     return compiled, time.perf_counter() - started
 
 
-def xla_flops(compiled) -> float:
-    """Floating-point operations of one call of a compiled JAX executable, from XLA's cost analysis
-    (NaN when the backend reports none)."""
+def xla_cost(compiled) -> dict:
+    """``{"flops", "bytes_accessed"}`` of one call of a compiled JAX executable, from XLA's cost analysis
+    (NaN where the backend reports none). XLA counts a loop body once, so use loop-free programs."""
     analysis = compiled.cost_analysis()
     if isinstance(analysis, (list, tuple)):
         analysis = analysis[0] if analysis else {}
-    return float((analysis or {}).get("flops", float("nan")))
+    analysis = analysis or {}
+    return {"flops": float(analysis.get("flops", float("nan"))),
+            "bytes_accessed": float(analysis.get("bytes accessed", float("nan")))}
 
 
 def peak_matmul(n: int = 2048, repeats: int = 5) -> dict:
@@ -268,7 +294,7 @@ def environment(torch=None) -> dict:
     threads = {
         "cpu_count": os.cpu_count(),
         "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        **{var: os.environ.get(var) for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS")},
+        **{var: os.environ.get(var) for var in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "XLA_FLAGS")},
     }
     if torch is not None:
         threads["torch_intra_op"] = torch.get_num_threads()
@@ -298,11 +324,11 @@ def write_results(out_dir: str, name: str, payload: dict, figure=None) -> str:
     return path
 
 
-def new_figure(width: float = 6.0, height: float = 4.0):
-    """A matplotlib figure and axes on the non-interactive Agg backend."""
+def new_figure(width: float = 6.0, height: float = 4.0, columns: int = 1):
+    """A matplotlib figure and its axes (``columns`` side by side) on the non-interactive Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt.subplots(figsize=(width, height), dpi=120)
+    return plt.subplots(1, columns, figsize=(width, height), dpi=120)

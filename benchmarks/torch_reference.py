@@ -294,7 +294,9 @@ def dlg_restart(net: nn.Module, target_grads, images: np.ndarray, label_logits: 
     """One DLG restart from ``images [B, H, W, C]``, ``label_logits [B, K]``: ``steps`` calls of
     ``LBFGS.step`` (each up to ``max_iter`` iterations). ``tolerance``: stop after the step whose
     last evaluated ``J`` is ``<= tolerance`` (``None``: run all steps, as DLG). A non-finite ``J``
-    stops the restart as failed."""
+    stops the restart as failed. The closure differentiates ``J`` w.r.t. the dummy only (DLG's
+    ``backward()`` also fills the parameters' ``.grad``, work the attack never uses). ``seconds`` covers
+    the optimisation, not the final evaluation of ``J`` for the report."""
     started = time.perf_counter()
     dummy_x = to_nchw(images).requires_grad_(True)
     dummy_y = torch.tensor(np.asarray(label_logits, np.float32)).requires_grad_(True)
@@ -302,7 +304,6 @@ def dlg_restart(net: nn.Module, target_grads, images: np.ndarray, label_logits: 
     last = [float("inf")]
 
     def closure():
-        optimizer.zero_grad()
         value = matching_loss(net, dummy_x, dummy_y, target_grads)
         dummy_x.grad, dummy_y.grad = torch.autograd.grad(value, [dummy_x, dummy_y])
         last[0] = value.item()
@@ -318,13 +319,14 @@ def dlg_restart(net: nn.Module, target_grads, images: np.ndarray, label_logits: 
         if tolerance is not None and last[0] <= tolerance:
             converged = True
             break
+    seconds = time.perf_counter() - started
     final = matching_loss(net, dummy_x, dummy_y, target_grads, create_graph=False).item()
     failed = failed or not np.isfinite(final)
     state = optimizer.state[dummy_x]
     return RestartResult(
         images=to_nhwc(dummy_x), label_logits=dummy_y.detach().numpy().copy(), loss=final,
         iterations=int(state.get("n_iter", 0)), evaluations=int(state.get("func_evals", 0)), steps=done,
-        seconds=time.perf_counter() - started, converged=converged and not failed, failed=failed,
+        seconds=seconds, converged=converged and not failed, failed=failed,
     )
 
 

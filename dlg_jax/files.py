@@ -26,11 +26,18 @@ def prepare_output_dir(path: str | os.PathLike) -> str:
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
     try:
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(handle, "wb") as out:
             out.write(data)
             out.flush()

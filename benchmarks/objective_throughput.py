@@ -1,0 +1,213 @@
+"""Objective throughput: restart-evaluations per second of DLG's matching loss and its gradient.
+
+One *restart-evaluation* is ``(J(z), grad_z J(z))`` for one dummy ``z = (x' [B, H, W, C], y' [B, K])``,
+``J(z) = sum_l ||grad_{W_l} loss(F(x'; W), softmax(y')) - dW_l||^2``. For ``R`` restarts of one target:
+
+- ``jax-reverse_over_forward`` / ``jax-reverse``: ``jit(vmap(value_and_grad(objective)))`` over ``R``
+  with :func:`dlg_jax.objectives.make_objective` in that second-order mode;
+- ``jax-chunked``: reverse-over-forward, the ``R`` restarts as ``lax.map`` over chunks of the attack's
+  default ``chunk_size`` (16), each chunk vmapped: how :func:`dlg_jax.attack.run_attack` batches them;
+- ``torch-eager``: a Python loop over the ``R`` restarts of ``autograd.grad(create_graph=True)``
+  (DLG's closure);
+- ``torch-func``: ``torch.func.vmap`` over ``R`` of ``grad`` of a loss built on ``grad`` + ``functional_call``.
+
+FLOPs (and bytes accessed) per restart-evaluation come from XLA's cost analysis of the compiled,
+loop-free vmapped program (divided by the restarts it evaluates); the fraction of peak is
+``flops x evaluations/s / (float32 matmul peak)``.
+
+    python -m benchmarks.objective_throughput [--quick] [--sizes 1,8,32,128,512] [--candidates ...]
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import common
+
+NAME = "objective_throughput"
+SIZES = (1, 8, 32, 128, 512)
+QUICK_SIZES = (1, 8, 32, 128)
+MAX_RESTARTS = 4096
+JAX_CANDIDATES = ("jax-reverse_over_forward", "jax-reverse", "jax-chunked")
+TORCH_CANDIDATES = ("torch-eager", "torch-func")
+CANDIDATES = JAX_CANDIDATES + TORCH_CANDIDATES
+HEADLINE_RESTARTS = 128
+
+
+def _jax_program(problem, model, mode: str, chunk: int | None, images: np.ndarray, logits: np.ndarray):
+    """``vmap(value_and_grad(J))`` of ``model`` (with ``problem``'s weights and target 0) for
+    ``images [R, B, H, W, C]``, ``logits [R, B, K]``, compiled; with ``chunk``, ``lax.map`` over chunks
+    of that many restarts (``R`` padded to a multiple). Returns ``(run, compile_seconds, XLA cost per
+    restart-evaluation, values [R])``."""
+    from dlg_jax.objectives import Context, Dummy, make_objective
+
+    objective = make_objective(model, second_order=mode)
+    batched = jax.vmap(jax.value_and_grad(objective), in_axes=(0, Context(None, None, None)))
+    restarts = len(images)
+    chunk = min(chunk or restarts, restarts)
+    chunks = -(-restarts // chunk)
+
+    def chunked(dummy, context):
+        def split(a):  # [R, ...] -> [chunks, chunk, ...], padded with the first restarts
+            a = jnp.concatenate([a, a[:chunks * chunk - restarts]])
+            return a.reshape(chunks, chunk, *a.shape[1:])
+
+        out = jax.lax.map(lambda d: batched(d, context), jax.tree.map(split, dummy))
+        return jax.tree.map(lambda a: a.reshape(chunks * chunk, *a.shape[2:])[:restarts], out)
+
+    dummy = Dummy(jnp.asarray(images), jnp.asarray(logits))
+    context = Context(problem.params, jax.tree.map(lambda g: g[0], problem.target_grads),
+                      jnp.zeros(logits.shape[1:], jnp.float32))
+    compiled, seconds = common.compile_timed(jax.jit(batched if chunks == 1 else chunked), dummy, context)
+    costed = compiled if chunks == 1 else jax.jit(batched).lower(jax.tree.map(lambda a: a[:chunk], dummy),
+                                                                   context).compile()
+    cost = {key: value / chunk for key, value in common.xla_cost(costed).items()}
+    values = np.asarray(common.block(compiled(dummy, context))[0])
+    return common.timed(lambda: common.block(compiled(dummy, context))), seconds, cost, values
+
+
+def _torch_programs(problem, candidates, images: np.ndarray, logits: np.ndarray):
+    """Warmed-up PyTorch runs ``{name: run}`` and the eager values ``[R]`` (for the agreement check)."""
+    from benchmarks import torch_reference as tr
+
+    torch = tr.torch
+    net = tr.twin(problem.model, problem.params)
+    target = tr.shared_gradient(net, problem.images[0], problem.labels[0])
+    x, y = tr.to_nchw(images), torch.tensor(logits)
+
+    def eager():
+        return [tr.eager_value_and_grad(net, target, x[r], y[r])[0].item() for r in range(len(x))]
+
+    functional = tr.functional_objective(net, target)
+    runs = {}
+    values = np.asarray(eager())
+    if "torch-eager" in candidates:
+        runs["torch-eager"] = common.timed(eager)
+    if "torch-func" in candidates:
+        functional(x, y)
+        runs["torch-func"] = common.timed(lambda: functional(x, y))
+    return runs, values
+
+
+def jax_variants(problem, names) -> dict:
+    """``{name: (model, second_order_mode, chunk)}`` for the JAX candidates among ``names``."""
+    from dlg_jax.attack import AttackConfig
+
+    variants = {"jax-reverse_over_forward": (problem.model, "reverse_over_forward", None),
+                "jax-reverse": (problem.model, "reverse", None),
+                "jax-chunked": (problem.model, "reverse_over_forward", AttackConfig().chunk_size)}
+    return {name: variants[name] for name in names if name in variants}
+
+
+def measure_objective(problem, restarts: int, repeats: int, seed: int, variants: dict, torch_names,
+                      peak_gflops: float) -> list[dict]:
+    """One row per candidate for ``restarts`` restarts of target 0 of ``problem``, timed in alternation.
+
+    ``variants``: ``{name: (model, second_order_mode, chunk or None)}`` JAX programs (models sharing
+    ``problem``'s parameters); ``torch_names``: a subset of :data:`TORCH_CANDIDATES`."""
+    batch = problem.images.shape[1]
+    images, logits = (a[0] for a in common.initial_dummies(seed, 1, restarts, batch, problem.model))
+    runs, info, values = {}, {}, {}
+    for name, (model, mode, chunk) in variants.items():
+        runs[name], compile_seconds, cost, values[name] = _jax_program(problem, model, mode, chunk, images, logits)
+        info[name] = {"compile_seconds": compile_seconds, "flops_per_evaluation": cost["flops"],
+                      "bytes_accessed_per_evaluation": cost["bytes_accessed"],
+                      "flops_per_byte": cost["flops"] / cost["bytes_accessed"]}
+    if torch_names:
+        torch_runs, values["torch"] = _torch_programs(problem, torch_names, images, logits)
+        runs.update(torch_runs)
+    samples = common.alternate(runs, repeats)
+    reference = values.get("torch")
+    rows = []
+    for name in runs:
+        seconds = common.median(samples[name])
+        row = {"model": problem.model.name, "batch_size": batch, "restarts": restarts, "candidate": name,
+               "seconds_median": seconds, "seconds": samples[name],
+               "restart_evaluations_per_second": restarts / seconds, **info.get(name, {})}
+        if "flops_per_evaluation" in row:
+            achieved = row["flops_per_evaluation"] * restarts / seconds
+            row["gflops"] = achieved / 1e9
+            row["peak_fraction"] = achieved / (peak_gflops * 1e9)
+        if reference is not None and name in values:
+            row["max_relative_difference_vs_torch"] = float(
+                np.max(np.abs(values[name] - reference) / np.maximum(np.abs(reference), 1e-30)))
+        rows.append(row)
+    return rows
+
+
+def _plot(rows, title: str, x_key: str):
+    figure, axes = common.new_figure()
+    for name in dict.fromkeys(r["candidate"] for r in rows):
+        mine = [r for r in rows if r["candidate"] == name]
+        axes.plot([r[x_key] for r in mine], [r["restart_evaluations_per_second"] for r in mine], "o-", label=name)
+    axes.set_xscale("log", base=2)
+    axes.set_yscale("log")
+    axes.set_xlabel(x_key.replace("_", " "))
+    axes.set_ylabel("restart-evaluations / s (J and grad)")
+    axes.set_title(title)
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend()
+    return figure
+
+
+def headline(rows: list[dict], restarts: int = HEADLINE_RESTARTS) -> dict:
+    """Ratios at ``restarts``: the default JAX mode (reverse-over-forward, one vmap over all restarts)
+    vs each PyTorch baseline and that mode's fraction of the matmul peak; the same for ``jax-chunked``
+    (``chunked_`` keys)."""
+    at = {r["candidate"]: r for r in rows if r["restarts"] == restarts}
+    out: dict = {}
+    for jax_name, prefix in (("jax-reverse_over_forward", ""), ("jax-chunked", "chunked_")):
+        if jax_name not in at:
+            continue
+        rate = at[jax_name]["restart_evaluations_per_second"]
+        out.update({"restarts": restarts, f"{prefix}jax_restart_evaluations_per_second": rate,
+                    f"{prefix}peak_fraction": at[jax_name].get("peak_fraction")})
+        for name, key in (("torch-eager", "speedup_vs_torch_eager"), ("torch-func", "speedup_vs_torch_func")):
+            if name in at:
+                out[prefix + key] = rate / at[name]["restart_evaluations_per_second"]
+    return out
+
+
+def run(args) -> dict:
+    sizes = args.sizes or (QUICK_SIZES if args.quick else SIZES)
+    repeats = args.repeats or (3 if args.quick else 5)
+    candidates = args.candidates
+    torch = common.require_torch() if set(candidates) & set(TORCH_CANDIDATES) else None
+    problem = common.make_problem("lenet", 1, 1, args.seed)
+    peak = common.peak_matmul()
+    variants = jax_variants(problem, candidates)
+    torch_names = [name for name in candidates if name in TORCH_CANDIDATES]
+    rows = []
+    for restarts in sizes:
+        rows += measure_objective(problem, restarts, repeats, args.seed, variants, torch_names, peak["gflops_best"])
+        for row in rows[-len(candidates):]:
+            print(f"R={restarts:5d} {row['candidate']:26s} {row['restart_evaluations_per_second']:10.1f} restart-evals/s",
+                  flush=True)
+    payload = {
+        "benchmark": NAME, "quick": args.quick,
+        "config": {"model": "lenet", "num_classes": problem.model.num_classes, "batch_size": 1,
+                   "sizes": list(sizes), "repeats": repeats, "seed": args.seed, "candidates": list(candidates)},
+        "environment": common.environment(torch), "peak_matmul": peak, "rows": rows,
+        "headline": headline(rows),
+    }
+    figure = None if args.no_plot else _plot(rows, "LeNet matching loss + gradient (B = 1)", "restarts")
+    print(f"wrote {common.write_results(args.out, NAME, payload, figure)}")
+    return payload
+
+
+def build_parser():
+    parser = common.make_parser(NAME, "Restart-evaluations/s of DLG's objective: JAX vs PyTorch.")
+    parser.add_argument("--sizes", type=common.int_list("restart count", MAX_RESTARTS), default=None,
+                        help=f"restart counts R (default: {','.join(map(str, SIZES))}; quick: "
+                             f"{','.join(map(str, QUICK_SIZES))})")
+    parser.add_argument("--candidates", type=common.name_list("candidate", CANDIDATES), default=CANDIDATES,
+                        help=f"comma-separated subset of {','.join(CANDIDATES)}")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    return common.run_cli(build_parser(), run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,171 @@
+"""The PyTorch reference agrees with the JAX implementation, and the benchmark CLIs refuse bad input."""
+
+import json
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from benchmarks import attack_throughput, common, objective_throughput, scaling, summary, time_to_recovery  # noqa: E402
+from benchmarks import torch_reference as tr  # noqa: E402
+from dlg_jax.objectives import Context, Dummy, make_objective  # noqa: E402
+
+torch = tr.torch
+
+
+@pytest.fixture(scope="module")
+def lenet():
+    """LeNet (100 classes), one target of two colour images, its torch twin and torch shared gradient."""
+    problem = common.make_problem("lenet", 1, 2, seed=0)
+    net = tr.twin(problem.model, problem.params)
+    return problem, net, tr.shared_gradient(net, problem.images[0], problem.labels[0])
+
+
+@pytest.fixture(scope="module")
+def dummies(lenet):
+    problem = lenet[0]
+    images, logits = common.initial_dummies(0, 1, 3, 2, problem.model)
+    return images[0], logits[0]  # [3, 2, 32, 32, 3], [3, 2, 100]
+
+
+def _assert_close_tree(actual, expected, rtol):
+    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+        a, e = np.asarray(a), np.asarray(e)
+        assert a.shape == e.shape
+        assert np.max(np.abs(a - e)) <= rtol * np.max(np.abs(e)), np.max(np.abs(a - e))
+
+
+def test_weights_round_trip_exactly(lenet):
+    problem, net, _ = lenet
+    _assert_close_tree(tr.to_flax(net, list(net.parameters())), problem.params, rtol=0.0)
+
+
+def test_lenet_logits_match(lenet):
+    problem, net, _ = lenet
+    images = problem.images[0]
+    expected = np.asarray(problem.model.apply(problem.params, jnp.asarray(images)))
+    actual = net(tr.to_nchw(images)).detach().numpy()
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_shared_gradient_matches(lenet):
+    problem, net, torch_grads = lenet
+    _assert_close_tree(tr.to_flax(net, torch_grads), jax.tree.map(lambda g: g[0], problem.target_grads), 1e-5)
+
+
+def test_objective_and_gradient_match(lenet, dummies):
+    problem, net, torch_grads = lenet
+    images, logits = dummies
+    objective = make_objective(problem.model)
+    context = Context(problem.params, jax.tree.map(lambda g: g[0], problem.target_grads),
+                      jnp.zeros((2, problem.model.num_classes)))
+    value, grad = jax.jit(jax.value_and_grad(objective))(Dummy(jnp.asarray(images[0]), jnp.asarray(logits[0])), context)
+    torch_value, (grad_images, grad_logits) = tr.eager_value_and_grad(
+        net, torch_grads, tr.to_nchw(images[0]), torch.tensor(logits[0]))
+    np.testing.assert_allclose(torch_value.item(), float(value), rtol=1e-5)
+    _assert_close_tree(tr.to_nhwc(grad_images), grad.images, 1e-4)
+    _assert_close_tree(grad_logits.numpy(), grad.label_logits, 1e-4)
+
+
+def test_functional_objective_equals_eager(lenet, dummies):
+    _, net, torch_grads = lenet
+    images, logits = dummies
+    x, y = tr.to_nchw(images), torch.tensor(logits)
+    values, (grad_images, grad_logits) = tr.functional_objective(net, torch_grads)(x, y)
+    for r in range(len(x)):
+        value, (eager_images, eager_logits) = tr.eager_value_and_grad(net, torch_grads, x[r], y[r])
+        np.testing.assert_allclose(values[r].item(), value.item(), rtol=1e-5)
+        _assert_close_tree(grad_images[r].numpy(), eager_images.numpy(), 1e-4)
+        _assert_close_tree(grad_logits[r].numpy(), eager_logits.numpy(), 1e-4)
+
+
+def test_resnet_twin_logits_match():
+    from dlg_jax.models import build_model
+
+    model = build_model("resnet20", (8, 8, 3), 10, conv_implementation="lax")
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda leaf: rng.normal(0.0, 0.3, leaf.shape).astype(np.float32),
+                          jax.eval_shape(model.init, jax.random.key(0)))  # any weights will do (init is slow)
+    images = rng.uniform(size=(2, 8, 8, 3)).astype(np.float32)
+    expected = np.asarray(jax.jit(model.apply)(params, jnp.asarray(images)))
+    actual = tr.twin(model, params)(tr.to_nchw(images)).detach().numpy()
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_mlp_has_no_twin():
+    from dlg_jax.errors import DLGInputError
+    from dlg_jax.models import build_model
+
+    with pytest.raises(DLGInputError, match="no PyTorch twin"):
+        tr.twin(build_model("mlp", (32, 32, 3), 10), params=None)
+
+
+def test_dlg_attack_counts_iterations_and_evaluations(lenet, dummies):
+    problem, net, torch_grads = lenet
+    images, logits = dummies
+    attack = tr.dlg_attack(net, torch_grads, images[:2], logits[:2], steps=2, max_iter=3, tolerance=None)
+    assert len(attack.restarts) == 2
+    for restart in attack.restarts:
+        assert restart.steps == 2 and 1 <= restart.iterations <= 6
+        assert restart.evaluations >= restart.iterations
+        assert restart.images.shape == (2, 32, 32, 3) and restart.label_logits.shape == (2, 100)
+        assert np.isfinite(restart.loss) and not restart.converged
+    assert attack.best in (0, 1)
+
+
+@pytest.mark.parametrize("main, argv", [
+    (objective_throughput.main, ["--sizes", "0,8"]),
+    (objective_throughput.main, ["--sizes", "8,x"]),
+    (objective_throughput.main, ["--candidates", "jax-forward"]),
+    (attack_throughput.main, ["--restarts", "0"]),
+    (attack_throughput.main, ["--solvers", "sgd"]),
+    (time_to_recovery.main, ["--targets", "1000"]),
+    (scaling.main, ["--models", "vgg"]),
+    (scaling.main, ["--batch-sizes", "-1"]),
+])
+def test_benchmarks_refuse_bad_input(main, argv, tmp_path, capsys):
+    assert main([*argv, "--out", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "error:" in error
+
+
+def test_missing_torch_is_one_line(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
+    assert objective_throughput.main(["--sizes", "1", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip().endswith(common.MISSING_TORCH)
+
+
+def test_objective_benchmark_writes_results(tmp_path):
+    argv = ["--sizes", "2", "--repeats", "1", "--candidates", "jax-reverse_over_forward,torch-eager",
+            "--out", str(tmp_path)]
+    assert objective_throughput.main(argv) == 0
+    payload = json.loads((tmp_path / "objective_throughput.json").read_text())
+    assert (tmp_path / "objective_throughput.png").exists()
+    rows = {row["candidate"]: row for row in payload["rows"]}
+    assert rows["jax-reverse_over_forward"]["flops_per_evaluation"] > 0
+    assert rows["jax-reverse_over_forward"]["max_relative_difference_vs_torch"] < 1e-4
+    assert rows["torch-eager"]["restart_evaluations_per_second"] > 0
+    assert payload["environment"]["versions"]["torch"].startswith("2.")
+
+
+def test_summary_reads_results_and_checks_targets(tmp_path, capsys):
+    headlines = {
+        "objective_throughput": {"speedup_vs_torch_eager": 12.0, "speedup_vs_torch_func": 2.0, "peak_fraction": 0.3},
+        "attack_throughput": {"speedup_restart_iterations": 11.0},
+        "time_to_recovery": {"speedup": 20.0, "jax_success_rate": 0.5, "torch_success_rate": 0.75},
+        "scaling": {"resnet20_B1": {"speedup_vs_torch-eager": 1.5}},
+    }
+    for name, headline in headlines.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps({"headline": headline, "quick": True}))
+    assert summary.main(["--out", str(tmp_path)]) == 0
+    payload = json.loads((tmp_path / "summary.json").read_text())
+    met = {metric: check["met"] for metric, check in payload["targets"].items()}
+    assert met == {"objective_speedup_vs_torch_eager": True, "objective_speedup_vs_torch_func": False,
+                   "attack_speedup_vs_torch_reference": True, "time_to_recovery_speedup": False,
+                   "peak_fraction": True}
+    assert payload["summary"]["scaling_resnet20_B1_speedup_vs_torch-eager"] == 1.5
+    assert "| objective_speedup_vs_torch_eager | 12.0x | >= 10x | yes |" in capsys.readouterr().out
