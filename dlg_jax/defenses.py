@@ -48,13 +48,15 @@ FLOAT_PRECISIONS = ("float16", "bfloat16", "float8_e4m3fn", "float8_e5m2")
 INT_PRECISIONS = tuple(f"int{bits}" for bits in (16, 8, 4, 2))
 PRUNE_SCOPES = ("tensor", "global")
 
-# The strengths a sweep uses when none are given: DLG's grid (noise, pruning) plus DP multipliers.
+# The strengths a sweep uses when none are given: DLG's grid (noise 1e-4..1e-1, extended down to 1e-6,
+# where the attack still works here; pruning 10%..70%), its number formats, and DP noise multipliers
+# (0: clipping alone).
 DEFAULT_STRENGTHS = {
-    "gaussian": (1e-4, 1e-3, 1e-2, 1e-1),
-    "laplacian": (1e-4, 1e-3, 1e-2, 1e-1),
+    "gaussian": (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1),
+    "laplacian": (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1),
     "precision": ("float16", "bfloat16", "int8", "int4"),
     "prune": (0.1, 0.2, 0.3, 0.5, 0.7),
-    "dp": (0.01, 0.1, 1.0),
+    "dp": (0.0, 0.01, 0.1, 1.0),
     "none": (None,),
 }
 
@@ -258,12 +260,6 @@ class Defense:
     options: tuple[tuple[str, Any], ...]
     transform: optax.GradientTransformation
     per_example: bool = False
-
-    @property
-    def label(self) -> str:
-        """A short text label, e.g. ``gaussian 0.01`` or ``prune 0.3 (scope=global)``."""
-        text = self.name if self.strength is None else f"{self.name} {format_strength(self.strength)}"
-        return text + (f" ({', '.join(f'{k}={v}' for k, v in self.options)})" if self.options else "")
 
     def __call__(self, grads: Any, key: jax.Array) -> Any:
         return apply_defense(self, grads, key)

@@ -9,8 +9,8 @@ with ``B`` private images ``x [B, H, W, C]`` and reconstructions ``x' [B, H, W, 
 With ``B > 1`` the order of the reconstructed slots is arbitrary, so slots are first matched to private
 images by an optimal assignment (Hungarian method, ``scipy.optimize.linear_sum_assignment``) on pairwise
 MSE (or negative SSIM). ``duplicates`` counts slots whose reconstruction is closer to another slot's
-reconstruction (PSNR >= ``duplicate_psnr`` dB between the two) while their private images differ, i.e.
-two slots collapsed onto one image.
+reconstruction (PSNR >= ``duplicate_psnr`` dB between the two) while the private images assigned to the
+two slots differ, i.e. two slots collapsed onto one image.
 """
 
 import dataclasses
@@ -102,6 +102,8 @@ def evaluate(reconstructions: np.ndarray, truths: np.ndarray, recovered_labels: 
     labels = np.take_along_axis(np.asarray(recovered_labels), assignment, axis=1)
     self_mse, _ = (np.asarray(m) for m in _pairwise(reconstructions, np.clip(reconstructions, 0, 1)))
     truth_mse, _ = (np.asarray(m) for m in _pairwise(truths, truths))
+    owner = np.argsort(assignment, axis=1)  # owner[t, s]: the private image assigned to slot s
+    truth_mse = np.stack([truth_mse[t][np.ix_(owner[t], owner[t])] for t in range(targets)])
     twin = (psnr_from_mse(self_mse) >= duplicate_psnr) & (psnr_from_mse(truth_mse) < duplicate_psnr)
     twin &= ~np.eye(slots, dtype=bool)[None]
     return ReconstructionMetrics(

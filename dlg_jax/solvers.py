@@ -15,7 +15,9 @@ Everything is a pure function of arrays, so ``jax.vmap`` runs many restarts in l
   ``vmap`` every restart runs as long as the slowest one's search).
 - ``jaxopt-lbfgs``: ``jaxopt.LBFGS`` (zoom line search), kept for the design card; jaxopt is no
   longer maintained and its line search runs every batched restart as long as the slowest one.
-- ``adam``: ``optax.adam`` with a fixed learning rate (DLG-style first-order baseline).
+- ``adam``: ``optax.adam`` with learning rate ``learning_rate``, multiplied by 0.1 at each of
+  ``lr_decay_steps``; ``signed=True`` feeds Adam ``sign(grad)`` instead of the gradient (Inverting
+  Gradients, Geiping et al. 2020: ``optax.chain(scale_by_sign(), adam)``).
 
 DLG's PyTorch code uses ``torch.optim.LBFGS(history_size=100)``; ``history_size`` defaults to 100 here too.
 """
@@ -42,9 +44,12 @@ class SolverConfig:
     max_linesearch_steps: int = 20
     learning_rate: float = 0.1
     lr_decay_steps: tuple[int, ...] = ()
+    signed: bool = False
 
     def __post_init__(self):
         check_choice("solver", self.name, SOLVER_NAMES)
+        if self.signed and self.name != "adam":
+            raise DLGInputError(f"signed gradients need solver 'adam', got {self.name!r}")
         if self.history_size < 1:
             raise DLGInputError(f"history_size must be >= 1, got {self.history_size}")
         if self.max_linesearch_steps < 1:
@@ -121,6 +126,8 @@ def _adam(objective, config: SolverConfig) -> Solver:
         config.learning_rate, {int(s): 0.1 for s in config.lr_decay_steps}
     )
     optimizer = optax.adam(schedule)
+    if config.signed:
+        optimizer = optax.chain(optax.scale_by_sign(), optimizer)
 
     class State(NamedTuple):
         inner: Any

@@ -36,9 +36,9 @@ class TrainConfig:
     model: str = "lenet"
     dataset: str = "colour"
     norm: str = "none"
-    steps: int = 1000
+    steps: int = 500
     batch_size: int = 16
-    learning_rate: float = 0.1
+    learning_rate: float = 0.01
     momentum: float = 0.9
     runs: int = 3
     test_fraction: float = 0.2

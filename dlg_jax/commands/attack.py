@@ -33,9 +33,11 @@ def add_attack_options(parser: argparse.ArgumentParser) -> None:
     """The options shared by every command that runs attacks (model, data, solver, budget, seed)."""
     from dlg_jax.attack import AttackConfig
     from dlg_jax.models import MODEL_NAMES
+    from dlg_jax.presets import attack_preset
     from dlg_jax.solvers import SOLVER_NAMES
 
     defaults = AttackConfig()
+    dlg, ig = attack_preset("dlg"), attack_preset("ig")
     parser.add_argument("--model", default="lenet", choices=MODEL_NAMES, help="network (default: lenet, DLG's)")
     parser.add_argument("--activation", default=None, choices=("relu", "sigmoid"),
                         help="resnet/mlp activation (default: the model's own)")
@@ -46,13 +48,19 @@ def add_attack_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=None, help="tfds data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
     parser.add_argument("--image-size", type=_positive_int, default=None, help="resize to this size (lfw: 32 or 64)")
     parser.add_argument("--batch-size", type=_positive_int, default=1, help="private images per shared gradient")
-    parser.add_argument("--restarts", type=_positive_int, default=defaults.restarts, help="random restarts per target")
-    parser.add_argument("--iterations", type=_positive_int, default=defaults.iterations, help="iteration budget per restart")
-    parser.add_argument("--solver", default=defaults.solver.name, choices=SOLVER_NAMES, help="inner optimiser")
-    parser.add_argument("--history-size", type=_positive_int, default=defaults.solver.history_size, help="L-BFGS memory")
-    parser.add_argument("--learning-rate", type=float, default=defaults.solver.learning_rate, help="adam step size")
-    parser.add_argument("--tolerance", type=_nonnegative_float, default=defaults.tolerance,
-                        help="a restart has converged once its objective is <= this x |dW|^2 (l2)")
+    parser.add_argument("--restarts", type=_positive_int, default=None,
+                        help=f"random restarts per target (default: the attack's, dlg {dlg.restarts}, ig {ig.restarts})")
+    parser.add_argument("--iterations", type=_positive_int, default=None,
+                        help=f"iteration budget per restart (default: dlg {dlg.iterations}, ig {ig.iterations})")
+    parser.add_argument("--solver", default=None, choices=SOLVER_NAMES,
+                        help=f"inner optimiser (default: dlg {dlg.solver.name}, ig signed {ig.solver.name})")
+    parser.add_argument("--history-size", type=_positive_int, default=None,
+                        help=f"L-BFGS memory (default: {defaults.solver.history_size})")
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help=f"adam step size (default: {defaults.solver.learning_rate})")
+    parser.add_argument("--tolerance", type=_nonnegative_float, default=None,
+                        help=f"a restart has converged once its objective is <= this x |dW|^2 (l2) "
+                             f"(default: {defaults.tolerance})")
     parser.add_argument("--chunk-size", type=_positive_int, default=defaults.chunk_size,
                         help="restarts run together in one vmapped batch")
     parser.add_argument("--seed", type=int, default=0, help="seed of the model weights and the dummies")
@@ -60,10 +68,17 @@ def add_attack_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _register_common_attack(subparsers):
+    from dlg_jax.labels import LABEL_STRATEGIES
+    from dlg_jax.presets import PRESET_NAMES
+
     parser = subparsers.add_parser("attack", help="reconstruct private images from their shared gradient",
-                                   description="Run DLG on dataset images and write reconstruction.png, "
-                                               "convergence.png and metrics.json to --out.")
+                                   description="Run DLG (or Inverting Gradients) on dataset images and write "
+                                               "reconstruction.png, convergence.png and metrics.json to --out.")
     add_attack_options(parser)
+    parser.add_argument("--attack", default="dlg", choices=PRESET_NAMES,
+                        help="dlg (Zhu et al. 2019) or ig (Inverting Gradients, Geiping et al. 2020) (default: dlg)")
+    parser.add_argument("--labels", default=None, choices=LABEL_STRATEGIES,
+                        help="label strategy (default: the attack's, dlg joint, ig auto)")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--index", type=int, nargs="+", default=None,
                        help="dataset index of each target's first image (default: 0)")
@@ -79,20 +94,29 @@ register = _register_common_attack
 
 
 def attack_config_from_args(args, **overrides):
-    """The :class:`AttackConfig` the common options describe."""
+    """The :class:`AttackConfig` of the preset ``args.attack`` (``dlg`` where a command has no
+    ``--attack``) with the options given on the command line, then ``overrides``, on top."""
+    import dataclasses
+
     import jax
 
-    from dlg_jax.attack import AttackConfig
+    from dlg_jax.presets import attack_preset
     from dlg_jax.solvers import SolverConfig
 
     if args.float64:
         jax.config.update("jax_enable_x64", True)
-    solver = SolverConfig(args.solver, history_size=args.history_size, learning_rate=args.learning_rate)
-    options = dict(restarts=args.restarts, iterations=args.iterations, solver=solver,
-                   tolerance=args.tolerance, chunk_size=args.chunk_size, seed=args.seed,
-                   dtype="float64" if args.float64 else "float32")
+    options = {name: getattr(args, name, None) for name in ("restarts", "iterations", "tolerance", "labels")}
+    options = {name: value for name, value in options.items() if value is not None}
+    options.update(chunk_size=args.chunk_size, seed=args.seed, dtype="float64" if args.float64 else "float32")
     options.update(overrides)
-    return AttackConfig(**options)
+    config = attack_preset(getattr(args, "attack", "dlg"), **options)
+    solver_options = {name: getattr(args, name) for name in ("history_size", "learning_rate")
+                      if getattr(args, name) is not None}
+    if "solver" in overrides or (args.solver is None and not solver_options):
+        return config
+    if args.solver is not None and args.solver != config.solver.name:
+        return dataclasses.replace(config, solver=SolverConfig(args.solver, **solver_options))
+    return dataclasses.replace(config, solver=dataclasses.replace(config.solver, **solver_options))
 
 
 class ProgressBar:

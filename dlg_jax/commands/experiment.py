@@ -1,0 +1,95 @@
+"""``dlg-jax experiment``: the label, batch and attack-comparison experiments (:mod:`dlg_jax.experiments`).
+
+    dlg-jax experiment labels  [--quick]   DLG vs iDLG label accuracy per embedded dataset
+    dlg-jax experiment batch   [--quick]   DLG iterations to converge vs batch size
+    dlg-jax experiment compare [--quick]   PSNR of DLG vs Inverting Gradients, LeNet and ResNet-20
+    dlg-jax experiment all     [--quick]   the three in turn
+
+Each writes ``<name>.json``, ``<name>.png`` and ``<name>.md`` to ``--out`` and prints the table.
+"""
+
+import sys
+
+from dlg_jax.commands.attack import ProgressBar, _positive_int, environment
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _int_csv(text: str) -> list[int]:
+    return [_positive_int(part) for part in _csv(text)]
+
+
+def register(subparsers):
+    from dlg_jax.experiments import EXPERIMENT_NAMES, QUICK, STANDARD
+    from dlg_jax.presets import PRESET_NAMES
+
+    def budget_text(name):
+        def text(budget):
+            return f"{budget.targets}x{budget.restarts}x{budget.iterations}"
+        if name == "compare":
+            return ", ".join(f"{k} {text(STANDARD[name][k])} (quick {text(QUICK[name][k])})" for k in STANDARD[name])
+        return f"{text(STANDARD[name])} (quick {text(QUICK[name])})"
+
+    parser = subparsers.add_parser(
+        "experiment", help="reproduce the DLG / iDLG / Inverting Gradients result shapes",
+        description="Run an experiment and write <name>.json, <name>.png and <name>.md to --out. Budgets "
+                    "(targets x restarts x iterations): " + "; ".join(f"{n}: {budget_text(n)}" for n in EXPERIMENT_NAMES))
+    parser.add_argument("name", choices=(*EXPERIMENT_NAMES, "all"), help="which experiment")
+    parser.add_argument("--quick", action="store_true", help="the small smoke-test budget (a few minutes)")
+    parser.add_argument("--targets", type=_positive_int, default=None, help="override the targets per setting")
+    parser.add_argument("--restarts", type=_positive_int, default=None, help="override the restarts per target")
+    parser.add_argument("--iterations", type=_positive_int, default=None, help="override the iterations per restart")
+    parser.add_argument("--datasets", type=_csv, default=None,
+                        help="labels: comma-separated datasets (default: digits,colour,faces)")
+    parser.add_argument("--batch-sizes", type=_int_csv, default=None, help="batch: comma-separated (default: 1,2,4,8)")
+    parser.add_argument("--attack", default="dlg", choices=PRESET_NAMES, help="batch: the attack (default: dlg)")
+    parser.add_argument("--models", type=_csv, default=None,
+                        help="compare: comma-separated name[-activation] (default: lenet,resnet20-sigmoid,resnet20-relu)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the model weights and the dummies")
+    parser.add_argument("--out", default="experiments-out", help="output directory (default: experiments-out)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
+    parser.set_defaults(handler=run)
+
+
+class _RunBars:
+    """A status line and a fresh progress bar for every attack run of an experiment."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.bar = enabled, ProgressBar(False)
+
+    def log(self, message: str) -> None:
+        self.bar.close()
+        if self.enabled:
+            print(message, file=sys.stderr, flush=True)
+        self.bar = ProgressBar(self.enabled)
+
+    def __call__(self, progress) -> None:
+        self.bar(progress)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run(args) -> int:
+    from dlg_jax.experiments import EXPERIMENT_NAMES, markdown_table, run_experiment, save_experiment
+    from dlg_jax.files import prepare_output_dir
+
+    prepare_output_dir(args.out)
+    bars = _RunBars(not args.quiet)
+    names = EXPERIMENT_NAMES if args.name == "all" else (args.name,)
+    try:
+        for name in names:
+            result = run_experiment(name, quick=args.quick, targets=args.targets, restarts=args.restarts,
+                                    iterations=args.iterations, datasets=args.datasets,
+                                    batch_sizes=args.batch_sizes, attack=args.attack, models=args.models,
+                                    seed=args.seed,
+                                    log=bars.log, progress=bars)
+            bars.close()
+            paths = save_experiment(result, args.out, {"environment": environment()})
+            print(f"## {name} ({result.payload['wall_seconds']:.0f} s) -> {', '.join(paths)}\n")
+            print(markdown_table(result))
+    finally:
+        bars.close()
+    return 0
