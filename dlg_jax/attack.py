@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dlg_jax.data import to_uint8
 from dlg_jax.errors import DLGInputError, check_choice, check_positive_int
 from dlg_jax.labels import LABEL_STRATEGIES, is_joint
 from dlg_jax.models import Model
@@ -233,10 +234,6 @@ def _block_schedule(iterations: int, block: int, snapshot_iterations: np.ndarray
     return sorted(stops)
 
 
-def _to_uint8(images: np.ndarray) -> np.ndarray:
-    return np.round(np.clip(images, 0.0, 1.0) * 255).astype(np.uint8)
-
-
 def run_attack(
     model: Model,
     params: Any,
@@ -301,7 +298,7 @@ def run_attack(
         compile_seconds += time.perf_counter() - started
         histories, snaps, done_at = [], [], 0
         if 0 in snapshot_iterations:
-            snaps.append(_to_uint8(np.asarray(state.dummy.images)))
+            snaps.append(to_uint8(np.asarray(state.dummy.images)))
         for stop in schedule:
             steps = stop - done_at
             started = time.perf_counter()
@@ -315,7 +312,7 @@ def run_attack(
             histories.append(history)
             done_at = stop
             if stop in snapshot_iterations:
-                snaps.append(_to_uint8(np.asarray(state.dummy.images)))
+                snaps.append(to_uint8(np.asarray(state.dummy.images)))
             live = slice(0, int(np.sum(ids < problems)) if index == chunks - 1 else len(ids))
             failed, converged = np.asarray(state.failed)[live], np.asarray(state.converged)[live]
             if progress is not None:
@@ -327,7 +324,7 @@ def run_attack(
             if np.all(failed | converged):
                 break
         while len(snaps) < len(snapshot_iterations):  # stopped early: the rest are the final images
-            snaps.append(_to_uint8(np.asarray(state.dummy.images)))
+            snaps.append(to_uint8(np.asarray(state.dummy.images)))
         final_loss = np.asarray(batched_objective(state.dummy, context))
         outputs.append(dict(
             ids=ids, images=np.asarray(state.dummy.images),

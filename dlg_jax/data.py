@@ -107,7 +107,8 @@ COLOUR_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field"
                  "retina", "stereo_motorcycle", "china", "flower")
 
 
-def _to_uint8(image: np.ndarray) -> np.ndarray:
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Images in [0, 1] (clipped) to uint8 0..255, rounded to nearest."""
     return np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
 
 
@@ -124,7 +125,7 @@ def _colour_crops(photo: np.ndarray) -> list[np.ndarray]:
     for row in range(3):
         for col in range(3):
             crops.append(square[row * step:row * step + half, col * step:col * step + half])
-    return [_to_uint8(resize(c, (32, 32, 3), order=1, anti_aliasing=True)) for c in crops]
+    return [to_uint8(resize(c, (32, 32, 3), order=1, anti_aliasing=True)) for c in crops]
 
 
 def build_embedded_arrays() -> dict[str, np.ndarray]:
@@ -154,9 +155,9 @@ def build_embedded_arrays() -> dict[str, np.ndarray]:
     return {
         "colour_images": colour_images, "colour_labels": colour_labels.astype(np.int32),
         "colour_class_names": np.array(COLOUR_PHOTOS),
-        "digits_images": _to_uint8(digit_images), "digits_labels": digits.target[:200].astype(np.int32),
+        "digits_images": to_uint8(digit_images), "digits_labels": digits.target[:200].astype(np.int32),
         "digits_class_names": np.array([str(d) for d in range(10)]),
-        "faces_images": _to_uint8(face_images), "faces_labels": (order >= 100).astype(np.int32),
+        "faces_images": to_uint8(face_images), "faces_labels": (order >= 100).astype(np.int32),
         "faces_class_names": np.array(["face", "non-face"]),
     }
 

@@ -252,7 +252,8 @@ class Defense:
     (leading batch axis) rather than the batch's mean gradient.
 
     Calling it, ``defense(grads, key)``, defends the stacked shared gradients ``grads`` (leading ``T``
-    axis) with independent keys per target: the ``defense`` hook of :func:`dlg_jax.pipeline.run_dlg`.
+    axis) with independent keys per target; :func:`defended_gradients` (what
+    :func:`dlg_jax.pipeline.run_dlg` uses) also feeds per-example defenses their per-example gradients.
     """
 
     name: str

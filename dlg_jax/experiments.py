@@ -36,7 +36,6 @@ from dlg_jax.labels import recover_labels  # noqa: E402
 from dlg_jax.models import MODEL_NAMES  # noqa: E402
 from dlg_jax.pipeline import DLGRun, run_dlg  # noqa: E402
 from dlg_jax.presets import PRESET_NAMES, attack_preset  # noqa: E402
-from dlg_jax.victim import shared_gradients  # noqa: E402
 
 EXPERIMENT_NAMES = ("labels", "batch", "compare")
 EMBEDDED = ("digits", "colour", "faces")
@@ -121,8 +120,7 @@ def label_experiment(datasets: Sequence[str] = EMBEDDED, budget: Budget = STANDA
             log(f"labels: {name}, DLG on {budget.targets} images")
         run = run_dlg("lenet", name, targets=budget.targets, config=_config("dlg", budget, seed), progress=progress)
         started = time.perf_counter()
-        grads = shared_gradients(run.model, run.params, run.images, run.labels)
-        analytic = recover_labels("analytic", run.model, run.params, grads, 1)
+        analytic = recover_labels("analytic", run.model, run.params, run.shared_grads, 1)
         analytic_seconds = time.perf_counter() - started
         summary = run.metrics.summary()
         rows.append({

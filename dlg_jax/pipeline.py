@@ -18,6 +18,7 @@ import numpy as np
 
 from dlg_jax.attack import AttackConfig, AttackResult, Progress, run_attack
 from dlg_jax.data import DataSource, get_dataset
+from dlg_jax.defenses import Defense, defended_gradients
 from dlg_jax.errors import DLGInputError, check_positive_int
 from dlg_jax.labels import recover_labels
 from dlg_jax.metrics import ReconstructionMetrics, evaluate
@@ -28,7 +29,8 @@ from dlg_jax.victim import shared_gradients
 @dataclasses.dataclass
 class DLGRun:
     """A finished experiment: the private batches ``images [T, B, H, W, C]``, ``labels [T, B]``, the
-    model and its parameters, the attack result and its metrics."""
+    model and its parameters, the (defended) shared gradients the attacker saw (leading ``T`` axis), the
+    attack result and its metrics."""
 
     model: Model
     params: Any
@@ -36,6 +38,7 @@ class DLGRun:
     indices: np.ndarray
     images: np.ndarray
     labels: np.ndarray
+    shared_grads: Any
     result: AttackResult
     metrics: ReconstructionMetrics
 
@@ -68,7 +71,7 @@ def run_dlg(
     batch_size: int = 1,
     config: AttackConfig = AttackConfig(),
     model_options: dict | None = None,
-    defense: Callable[[Any, jax.Array], Any] | None = None,
+    defense: Defense | None = None,
     split: str | None = None,
     data_dir: str | None = None,
     image_size: int | None = None,
@@ -77,9 +80,9 @@ def run_dlg(
     """Build the model (weights from ``config.seed``), compute each target's shared gradient, attack it
     and score the best restart per target.
 
-    ``defense(grads, key) -> grads``: an optional victim-side transform of the stacked shared gradients
-    (leading ``T`` axis) before the attacker sees them. Labels are recovered from the (defended) gradient
-    by ``config.labels`` unless it is ``joint``.
+    ``defense``: an optional victim-side :class:`~dlg_jax.defenses.Defense` applied to each client's
+    gradient before the attacker sees it (per-example defenses such as DP-SGD get per-example gradients).
+    Labels are recovered from the (defended) gradient by ``config.labels`` unless it is ``joint``.
     """
     source = get_dataset(dataset, split=split, data_dir=data_dir, image_size=image_size)
     grid = target_indices(source, batch_size, indices, targets)
@@ -88,10 +91,12 @@ def run_dlg(
     images, labels = source.examples(grid.reshape(-1))
     images = images.reshape(*grid.shape, *source.input_shape).astype(config.dtype)
     labels = labels.reshape(grid.shape)
-    grads = shared_gradients(net, params, images, labels)
-    if defense is not None:
-        grads = defense(grads, jax.random.fold_in(jax.random.key(config.seed), 0xDEF))
+    if defense is None:
+        grads = shared_gradients(net, params, images, labels)
+    else:
+        grads = defended_gradients(defense, net, params, images, labels,
+                                   jax.random.fold_in(jax.random.key(config.seed), 0xDEF))
     fixed_labels = recover_labels(config.labels, net, params, grads, batch_size)
     result = run_attack(net, params, grads, batch_size, config, fixed_labels=fixed_labels, progress=progress)
     metrics = evaluate(result.best_images, images, result.best_labels, labels)
-    return DLGRun(net, params, source, grid, images, labels, result, metrics)
+    return DLGRun(net, params, source, grid, images, labels, grads, result, metrics)

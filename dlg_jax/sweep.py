@@ -21,18 +21,13 @@ import os
 import time
 from typing import Any, Callable, Iterable
 
-import jax
 import numpy as np
 
-from dlg_jax.attack import AttackConfig, Progress, run_attack
-from dlg_jax.data import get_dataset
-from dlg_jax.defenses import DEFAULT_STRENGTHS, DEFENSE_NAMES, defended_gradients, make_defense
+from dlg_jax.attack import AttackConfig, Progress
+from dlg_jax.defenses import DEFAULT_STRENGTHS, DEFENSE_NAMES, make_defense
 from dlg_jax.errors import DLGInputError, check_choice, check_positive_int
 from dlg_jax.files import atomic_write_json
-from dlg_jax.labels import recover_labels
-from dlg_jax.metrics import evaluate
-from dlg_jax.models import build_model
-from dlg_jax.pipeline import target_indices
+from dlg_jax.pipeline import run_dlg
 from dlg_jax.presets import attack_preset
 from dlg_jax.training import TrainConfig, train
 
@@ -117,27 +112,18 @@ def load_rows(path: str | os.PathLike) -> list[dict]:
 def attack_setting(setting: Setting, config: AttackConfig, *, model: str = "lenet", dataset: str = "colour",
                    targets: int = 4, batch_size: int = 1, model_options: dict | None = None,
                    data_options: dict | None = None, progress: Callable[[Progress], None] | None = None) -> dict:
-    """Run one setting: defend the first ``targets`` batches, attack them all at once, score them.
+    """Run one setting with :func:`~dlg_jax.pipeline.run_dlg`: defend the first ``targets`` batches,
+    attack them all at once, score them.
 
     Returns a row (without its ``setting``, see :func:`setting_key`): the metric summary over targets (``psnr_mean``,
     ``ssim_mean``, ``mse_mean``, ``label_accuracy``, ``success_rate_psnr30``, ...), per-target ``psnr``,
     ``ssim``, ``label_accuracy`` lists and timings.
     """
-    model_options = model_options or {}
-    source = get_dataset(dataset, **(data_options or {}))
-    index_grid = target_indices(source, batch_size, None, targets)
-    net = build_model(model, source.input_shape, source.num_classes, **model_options)
-    params = net.init(jax.random.fold_in(jax.random.key(config.seed), 0x5EED), dtype=np.dtype(config.dtype))
-    images, labels = source.examples(index_grid.reshape(-1))
-    images = images.reshape(*index_grid.shape, *source.input_shape).astype(config.dtype)
-    labels = labels.reshape(index_grid.shape)
     defense = make_defense(setting.defense, setting.strength, **dict(setting.options))
     started = time.perf_counter()
-    grads = defended_gradients(defense, net, params, images, labels,
-                               jax.random.fold_in(jax.random.key(config.seed), 0xDEF))
-    fixed_labels = recover_labels(config.labels, net, params, grads, batch_size)
-    result = run_attack(net, params, grads, batch_size, config, fixed_labels=fixed_labels, progress=progress)
-    metrics = evaluate(result.best_images, images, result.best_labels, labels)
+    run = run_dlg(model, dataset, targets=targets, batch_size=batch_size, config=config,
+                  model_options=model_options, defense=defense, progress=progress, **(data_options or {}))
+    result, metrics = run.result, run.metrics
     return {
         **metrics.summary(),
         "psnr": metrics.psnr.tolist(), "ssim": metrics.ssim.tolist(),

@@ -6,7 +6,6 @@ import platform
 import sys
 import time
 
-from dlg_jax.errors import DLGInputError
 
 
 def _positive_int(text: str) -> int:
