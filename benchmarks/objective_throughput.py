@@ -91,11 +91,11 @@ def _torch_programs(problem, candidates, images: np.ndarray, logits: np.ndarray)
 
 def jax_variants(problem, names) -> dict:
     """``{name: (model, second_order_mode, chunk)}`` for the JAX candidates among ``names``."""
-    from dlg_jax.attack import AttackConfig
+    from dlg_jax.attack import default_chunk_size
 
     variants = {"jax-reverse_over_forward": (problem.model, "reverse_over_forward", None),
                 "jax-reverse": (problem.model, "reverse", None),
-                "jax-chunked": (problem.model, "reverse_over_forward", AttackConfig().chunk_size)}
+                "jax-chunked": (problem.model, "reverse_over_forward", default_chunk_size())}
     return {name: variants[name] for name in names if name in variants}
 
 
