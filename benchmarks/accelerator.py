@@ -69,8 +69,6 @@ def _attack_row(name: str, targets: int, restarts: int, iterations: int, precisi
 
 
 def run(args) -> dict:
-    import jax
-
     from benchmarks.attack_throughput import run_torch_dlg
     from benchmarks.objective_throughput import compare_objective
 
@@ -82,13 +80,13 @@ def run(args) -> dict:
     targets, restarts, iterations = settings["precision"]
     attacks += [_attack_row(f"precision {p}", targets, restarts, iterations, p) for p in ("default", "highest")]
     attacks.append(_attack_row("large attack", *settings["large"], "highest"))
-    objective = {}
+    objective, torch_dlg = {}, {}
+    _write(args, settings, attacks, objective, torch_dlg, torch, device)
     if torch is not None:
         for r in settings["objective"]:
             objective[r] = compare_objective(r, device.type, repeats=settings["repeats"], seed=args.seed,
                                              candidates=candidates)
-    torch_dlg = {}
-    if torch is not None:
+            _write(args, settings, attacks, objective, torch_dlg, torch, device)
         problem = common.make_problem("lenet", 1, 1, args.seed)
         for compiled in (False, True) if not args.quick else (False,):
             if compiled:
@@ -97,6 +95,13 @@ def run(args) -> dict:
             torch_dlg["compiled" if compiled else "eager"] = {
                 key: out[key] for key in ("seconds", "restart_iterations", "evaluations",
                                           "restart_iterations_per_second", "evaluations_per_second")}
+    return _write(args, settings, attacks, objective, torch_dlg, torch, device)
+
+
+def _write(args, settings, attacks, objective, torch_dlg, torch, device) -> dict:
+    """The result file of what has run so far (written after every section, so a run cut short keeps it)."""
+    import jax
+
     large = attacks[-1]["restart_iterations_per_second"]
     payload = {
         "device": device_name(), "device_kind": jax.devices()[0].device_kind, "backend": jax.default_backend(),
@@ -109,7 +114,7 @@ def run(args) -> dict:
     payload["markdown"] = markdown(payload)
     path = common.write_results(args.out, f"accelerator-{payload['device']}", payload)
     print(payload["markdown"])
-    print(f"wrote {path}")
+    print(f"wrote {path}", flush=True)
     return payload
 
 
