@@ -44,6 +44,8 @@ class AttackConfig:
     ``block``: iterations per compiled call between progress reports / early-stop checks.
     ``snapshots``: how many intermediate images (at evenly spaced iterations, first = initial dummy)
     are kept for the best restart. ``box``: clip the images to ``[low, high]`` after every step.
+    ``memory_budget``: bytes; if set, the chunk is the largest whose compiled step fits it
+    (:func:`dlg_jax.memory.chunk_for_budget`) and ``chunk_size`` is not used.
     """
 
     restarts: int = 8
@@ -61,6 +63,7 @@ class AttackConfig:
     snapshots: int = 6
     seed: int = 0
     dtype: str = "float32"
+    memory_budget: int | None = None
 
     def __post_init__(self):
         check_positive_int("restarts", self.restarts)
@@ -71,6 +74,8 @@ class AttackConfig:
         check_choice("label strategy", self.labels, LABEL_STRATEGIES)
         check_choice("second-order mode", self.second_order, SECOND_ORDER_MODES)
         check_choice("dtype", self.dtype, DTYPES)
+        if self.memory_budget is not None:
+            check_positive_int("memory_budget", self.memory_budget)
         if not isinstance(self.solver, SolverConfig):
             raise DLGInputError(f"solver must be a SolverConfig, got {self.solver!r}")
         if self.tv_weight < 0:
@@ -216,6 +221,13 @@ def _programs(model: Model, config: AttackConfig):
     return batched_init, batched_run, batched_objective
 
 
+def shared_programs(model: Model, config: AttackConfig):
+    """:func:`_programs` of ``config`` with the fields they never read (budget, seed, chunking) reset,
+    so that attacks (e.g. the points of a sweep) differing only there share one compilation."""
+    return _programs(model, dataclasses.replace(config, restarts=1, iterations=1, chunk_size=1, block=1,
+                                                snapshots=0, seed=0, memory_budget=None))
+
+
 _COMPILED: dict = {}
 
 
@@ -271,9 +283,14 @@ def run_attack(
     fixed_targets = (one_hot(jnp.asarray(fixed_labels), model.num_classes, dtype) if not joint
                      else jnp.zeros((targets, batch_size, model.num_classes), dtype))
 
-    batched_init, batched_run, batched_objective = _programs(model, config)
+    batched_init, batched_run, batched_objective = shared_programs(model, config)
     restarts, chunk = config.restarts, config.chunk_size
     problems = targets * restarts
+    if config.memory_budget is not None:
+        from dlg_jax.memory import chunk_for_budget, step_bytes
+
+        chunk = chunk_for_budget(config.memory_budget, problems, lambda n: step_bytes(
+            model, params, target_grads, fixed_targets, batch_size, config, n))
     chunk = min(chunk, problems)
     chunks = -(-problems // chunk)
     snapshot_iterations = (np.unique(np.round(np.linspace(0, config.iterations, config.snapshots)).astype(int))
