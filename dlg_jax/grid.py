@@ -124,7 +124,9 @@ def key_lines(text: str) -> dict[tuple[str, str], int]:
         header = _HEADER.match(line)
         if header:
             table = header.group(1).replace('"', "").replace("'", "").replace(" ", "")
+            parent, _, name = table.rpartition(".")
             lines.setdefault((table, ""), number)
+            lines.setdefault((parent, name), number)
             continue
         key = _KEY.match(line)
         if key:

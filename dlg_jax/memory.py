@@ -9,8 +9,9 @@ temporaries. For the attack's step over ``n`` problems (the vmapped solver itera
 where ``a`` is what all problems share (the model parameters) and ``b`` what each problem adds. We
 compile the step for ``n = 1`` and ``n = 2`` (shapes only, nothing runs), fit ``a`` and ``b``, take
 ``n = floor((budget - a) / b)`` (at most the number of problems) and verify that size by compiling it
-too (the attack then reuses that compiled program); if it does not fit, ``n`` shrinks in proportion
-until it does. A budget below ``bytes(1)`` raises :class:`~dlg_jax.errors.DLGInputError`.
+too (the attack then reuses that compiled program); if it does not fit (memory grew faster than
+linearly), ``n`` shrinks in proportion to the excess until it does, which may land a little below the
+largest size that fits. A budget below ``bytes(1)`` raises :class:`~dlg_jax.errors.DLGInputError`.
 
 Sizes are written ``8GB`` (10^9 bytes), ``512MiB`` (2^20 bytes), ``1.5 GB`` or a plain byte count.
 """
@@ -81,8 +82,8 @@ def step_bytes(model, params, target_grads, fixed_targets, batch_size: int, conf
 
 
 def chunk_for_budget(budget: int, problems: int, measure) -> int:
-    """The largest chunk ``n <= problems`` with ``measure(n) <= budget`` (``measure(n)``: bytes of the
-    step over ``n`` problems), by the linear fit of the module docstring, verified at ``n``."""
+    """A chunk ``n <= problems`` with ``measure(n) <= budget`` (``measure(n)``: bytes of the step over
+    ``n`` problems): the largest by the linear fit of the module docstring, verified at ``n``."""
     one = measure(1)
     if one > budget:
         raise DLGInputError(f"memory budget {format_bytes(budget)} is too small for one problem: the attack step "
