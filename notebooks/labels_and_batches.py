@@ -23,7 +23,7 @@
 #    optimal assignment (Hungarian method) and count *duplicate* slots, two slots that collapsed onto
 #    the same image.
 #
-# Full settings take about two minutes on 2 CPU cores; `DLG_NOTEBOOK_SMALL=1` runs a few iterations.
+# Full settings take a few minutes on 2 CPU cores; `DLG_NOTEBOOK_SMALL=1` runs a few iterations.
 
 # %%
 import os
@@ -38,14 +38,15 @@ from dlg_jax.presets import attack_preset
 
 SMALL = os.environ.get("DLG_NOTEBOOK_SMALL") == "1"
 ITERATIONS = 20 if SMALL else 1000
+DATASETS = ("digits",) if SMALL else ("digits", "colour", "faces")
 
 # %% [markdown]
 # ## iDLG: labels straight from the gradient (no optimisation)
 #
-# 50 targets of each embedded set, one image per gradient, DLG's LeNet with random weights.
+# 50 targets of each embedded set (`DATASETS`), one image per gradient, DLG's LeNet with random weights.
 
 # %%
-for name in ("digits", "colour", "faces"):
+for name in DATASETS:
     data = get_dataset(name)
     images, labels = data.examples(np.arange(50))
     model = build_model("lenet", data.input_shape, data.num_classes)

@@ -18,7 +18,7 @@
 # who knows the model and its weights, optimises random dummy images and labels until their gradient
 # matches the shared one. All restarts run together in one compiled, vmapped program.
 #
-# Full settings take about two minutes on 2 CPU cores; `DLG_NOTEBOOK_SMALL=1` (what the test suite
+# Full settings take a few minutes on 2 CPU cores; `DLG_NOTEBOOK_SMALL=1` (what the test suite
 # sets) runs a few iterations only, to check that every cell works.
 
 # %%
@@ -32,7 +32,7 @@ from dlg_jax import AttackConfig, build_model, evaluate, get_dataset, run_attack
 
 SMALL = os.environ.get("DLG_NOTEBOOK_SMALL") == "1"
 ITERATIONS = 20 if SMALL else 2000      # L-BFGS iterations per restart (DLG needs 1000-3000)
-MANY = 8 if SMALL else 64               # restarts of the second attack
+MANY = 4 if SMALL else 64               # restarts of the second attack
 
 # %% [markdown]
 # ## The victim: one private image and its shared gradient

@@ -19,7 +19,7 @@
 # notebook attacks 8 private images × 8 restarts in one call, then reads the project's recorded
 # benchmarks (JAX against PyTorch on the same machine: CPU, and GPU where a run was recorded).
 #
-# Full settings take about two minutes on 2 CPU cores; `DLG_NOTEBOOK_SMALL=1` runs a few iterations.
+# Full settings take a few minutes on 2 CPU cores; `DLG_NOTEBOOK_SMALL=1` runs a few iterations.
 
 # %%
 import json

@@ -19,7 +19,7 @@
 # target. This notebook runs a small grid from Python with the same machinery
 # (`dlg_jax.grid`, `dlg_jax.sweep`, `dlg_jax.store`), resumes it, and queries the store.
 #
-# Full settings take about two minutes on 2 CPU cores; `DLG_NOTEBOOK_SMALL=1` runs a few iterations.
+# Full settings take a few minutes on 2 CPU cores; `DLG_NOTEBOOK_SMALL=1` runs a few iterations.
 
 # %%
 import os
