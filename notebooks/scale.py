@@ -125,7 +125,7 @@ if by_candidate:
     display(Markdown("\n".join(lines)))
     figure, axis = plt.subplots(figsize=(4.5, 2.4))
     for name, values in by_candidate.items():
-        axis.plot(sorted(values), [values[r] for r in sorted(values)], "o-", ms=3, lw=1,
+        axis.plot(sorted(values), [values[r] for r in sorted(values)], marker="o", ms=3, lw=1,
                   ls="--" if name.startswith("torch") else "-", label=name)
     axis.set_xscale("log", base=2)
     axis.set_xlabel("restarts R in one batch")
@@ -140,7 +140,9 @@ headlines = {name: (load(f"{name}.json") or summary.get("results", {}).get(name,
              for name in ("objective_throughput", "attack_throughput", "time_to_recovery", "scaling")}
 lines = ["| benchmark | headline | value |", "|---|---|---|"]
 for name, headline in headlines.items():
-    for key, value in headline.items():
+    flat = {f"{key} {inner}": value for key, entry in headline.items() if isinstance(entry, dict)
+            for inner, value in entry.items()}           # e.g. scaling: {"lenet_B1": {"speedup_vs_...": x}}
+    for key, value in {**headline, **flat}.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             lines.append(f"| {name} | {key} | {number(value, 2)} |")
 display(Markdown("\n".join(lines) if len(lines) > 2 else "no headline figures recorded"))
