@@ -31,6 +31,8 @@ from dlg_jax.solvers import SolverConfig, make_solver
 from dlg_jax.victim import check_shared_gradients, one_hot
 
 DTYPES = ("float32", "float64")
+BATCH_UPDATES = ("joint", "cyclic")
+DUMMY_INITS = ("randn", "uniform")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +46,10 @@ class AttackConfig:
     ``block``: iterations per compiled call between progress reports / early-stop checks.
     ``snapshots``: how many intermediate images (at evenly spaced iterations, first = initial dummy)
     are kept for the best restart. ``box``: clip the images to ``[low, high]`` after every step.
+    ``batch_update``: ``"joint"`` (every slot of the dummy batch follows the full gradient) or
+    ``"cyclic"`` (DLG's batch algorithm: at iteration ``i`` only slot ``i mod B`` is updated; see
+    :func:`slot_restricted`). ``dummy_init``: the dummy images start ~ N(0, 1) (``"randn"``, DLG) or
+    ~ U(0, 1) (``"uniform"``, the data range).
     """
 
     restarts: int = 8
@@ -61,6 +67,8 @@ class AttackConfig:
     snapshots: int = 6
     seed: int = 0
     dtype: str = "float32"
+    batch_update: str = "joint"
+    dummy_init: str = "randn"
 
     def __post_init__(self):
         check_positive_int("restarts", self.restarts)
@@ -71,6 +79,8 @@ class AttackConfig:
         check_choice("label strategy", self.labels, LABEL_STRATEGIES)
         check_choice("second-order mode", self.second_order, SECOND_ORDER_MODES)
         check_choice("dtype", self.dtype, DTYPES)
+        check_choice("batch update", self.batch_update, BATCH_UPDATES)
+        check_choice("dummy init", self.dummy_init, DUMMY_INITS)
         if not isinstance(self.solver, SolverConfig):
             raise DLGInputError(f"solver must be a SolverConfig, got {self.solver!r}")
         if self.tv_weight < 0:
@@ -160,13 +170,44 @@ def _all_finite(tree) -> jnp.ndarray:
 
 
 def initial_dummy(seed: int, target: int, restart: int, batch_size: int, input_shape, num_classes: int,
-                  joint_labels: bool, dtype) -> Dummy:
-    """Problem ``(target, restart)``'s starting point: images and label logits ~ N(0, 1) (DLG's ``randn``)."""
+                  joint_labels: bool, dtype, images_from: str = "randn") -> Dummy:
+    """Problem ``(target, restart)``'s starting point: label logits ~ N(0, 1) and images ~ N(0, 1) (DLG's
+    ``randn``) or, with ``images_from="uniform"``, ~ U(0, 1)."""
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), target), restart)
     image_key, label_key = jax.random.split(key)
-    images = jax.random.normal(image_key, (batch_size, *input_shape), dtype)
+    draw = jax.random.uniform if images_from == "uniform" else jax.random.normal
+    images = draw(image_key, (batch_size, *input_shape), dtype)
     logits = jax.random.normal(label_key, (batch_size, num_classes), dtype) if joint_labels else None
     return Dummy(images, logits)
+
+
+def slot_restricted(objective: Callable[[Dummy, Context], jnp.ndarray]):
+    """DLG's cyclic batch update (Zhu et al. 2019, batched DLG: slot ``i mod N`` at iteration ``i``).
+
+    Returns ``J_s(z, (context, s)) = J(z, context)``, the same value, whose gradient is
+    ``dJ/dz`` in slot ``s`` of every dummy leaf (``images [B, ...]``, ``label_logits [B, K]``) and 0 in the
+    other slots (the other slots enter through ``stop_gradient``). The attack passes ``s = i mod B`` at
+    iteration ``i`` (accepted steps; init: slot 0).
+
+    What the solvers make of it: Adam's (and signed Adam's) update at iteration ``i`` is driven by slot
+    ``i mod B``'s gradient, its moments carry earlier slots' steps along. Lockstep L-BFGS evaluates
+    at its trial point, so the gradient of slot ``i mod B`` shapes the direction of iteration ``i + 1``;
+    its memory pairs ``(s, y)`` then pair a step with the difference of two gradients restricted to
+    different slots, which is no curvature pair of ``J``: the inverse-Hessian estimate couples the slots and
+    all of them move a little every step (only the first step moves slot 0 alone). So with L-BFGS
+    ``cyclic`` is a preconditioned cyclic coordinate descent, not exact block coordinate descent.
+    """
+
+    def restricted(dummy: Dummy, slot_context) -> jnp.ndarray:
+        context, slot = slot_context
+
+        def keep_slot(leaf):
+            mask = (jnp.arange(leaf.shape[0]) == slot).reshape(-1, *(1,) * (leaf.ndim - 1))
+            return jnp.where(mask, leaf, jax.lax.stop_gradient(leaf))
+
+        return objective(jax.tree.map(keep_slot, dummy), context)
+
+    return restricted
 
 
 @functools.lru_cache(maxsize=32)
@@ -174,11 +215,15 @@ def _programs(model: Model, config: AttackConfig):
     """The compiled building blocks for one (model, config): init, run ``n`` steps, final objective."""
     objective = make_objective(model, config.distance, tv_weight=config.tv_weight,
                                layer_weights=config.layer_weights, second_order=config.second_order)
-    solver = make_solver(objective, config.solver)
+    cyclic = config.batch_update == "cyclic"
+    solver = make_solver(slot_restricted(objective) if cyclic else objective, config.solver)
+
+    def solver_context(context, iterations, dummy):
+        return (context, iterations % dummy.images.shape[0]) if cyclic else context
 
     def init_one(dummy, context):
         value = objective(dummy, context)
-        state = solver.init(dummy, context)
+        state = solver.init(dummy, solver_context(context, 0, dummy))
         scale = (sum(jnp.vdot(g, g) for g in jax.tree.leaves(context.target_grad))
                  if config.distance == "l2" else 1.0)
         threshold = jnp.asarray(config.tolerance * scale, value.dtype)
@@ -187,7 +232,8 @@ def _programs(model: Model, config: AttackConfig):
 
     def run_one(problem: _Problem, context: Context, steps: int):
         def body(p: _Problem, _):
-            new_dummy, new_state, value = solver.step(p.dummy, p.solver_state, context)
+            new_dummy, new_state, value = solver.step(p.dummy, p.solver_state,
+                                                      solver_context(context, p.iterations, p.dummy))
             if config.box is not None:
                 new_dummy = new_dummy._replace(images=jnp.clip(new_dummy.images, *config.box))
             active = ~(p.failed | p.converged)
@@ -282,7 +328,7 @@ def run_attack(
 
     make_dummy = jax.jit(jax.vmap(
         lambda t, r: initial_dummy(config.seed, t, r, batch_size, model.input_shape, model.num_classes,
-                                   joint, dtype)
+                                   joint, dtype, config.dummy_init)
     ))
     outputs = []
     compile_seconds = run_seconds = 0.0
