@@ -184,11 +184,13 @@ def recovery(run: DLGRun, psnr: float = RECOVERED_PSNR) -> dict:
 
 def batch_experiment(batch_sizes: Sequence[int] = (1, 2, 4, 8), budget: Budget = STANDARD["batch"], *,
                      datasets: Sequence[str] = BATCH_DATASETS, methods: Sequence[str] = BATCH_METHODS,
-                     seed: int = 0, dtype: str = "float32", num_classes: int | None = None,
+                     seed: int = 0, settings: dict | None = None, num_classes: int | None = None,
                      log: Log | None = None, progress: Callable[[Progress], None] | None = None) -> ExperimentResult:
     """Each method of :data:`METHODS` on LeNet with ``B`` images per gradient, for each dataset and each
     ``B`` in ``batch_sizes``; targets are the first ``budget.targets`` consecutive batches. One row per
     (dataset, method, B). ``num_classes``: LeNet's outputs (default: the dataset's; DLG's code uses 100).
+    ``settings``: extra :class:`~dlg_jax.attack.AttackConfig` fields for every run (``dtype``, ``tolerance``,
+    ``chunk_size``).
 
     ``fully_recovered``: share of targets whose lowest-objective restart has every slot >= 30 dB after the
     optimal assignment (:func:`recovery`). ``iterations_to_recovery``: median over recovered targets of the
@@ -211,7 +213,7 @@ def batch_experiment(batch_sizes: Sequence[int] = (1, 2, 4, 8), budget: Budget =
                 if log:
                     log(f"batch: {dataset}, {method}, B={batch_size}, {budget.targets} targets")
                 run = run_dlg("lenet", dataset, targets=budget.targets, batch_size=batch_size,
-                              config=_config(method, budget, seed, dtype=dtype), progress=progress,
+                              config=_config(method, budget, seed, **(settings or {})), progress=progress,
                               num_classes=num_classes)
                 result, summary, found = run.result, run.metrics.summary(), recovery(run)
                 converged = result.converged
@@ -239,13 +241,13 @@ def batch_experiment(batch_sizes: Sequence[int] = (1, 2, 4, 8), budget: Budget =
                 })
     return ExperimentResult("batch", {"experiment": "batch", "model": "lenet", "datasets": list(datasets),
                                       "methods": {m: {"preset": METHODS[m][0], **METHODS[m][1]} for m in methods},
-                                      "budget": dataclasses.asdict(budget), "dtype": dtype, "seed": seed,
-                                      "recovered_psnr": RECOVERED_PSNR, "rows": rows})
+                                      "budget": dataclasses.asdict(budget), "dtype": run.result.images.dtype.name,
+                                      "settings": settings or {}, "seed": seed, "recovered_psnr": RECOVERED_PSNR, "rows": rows})
 
 
 def compare_experiment(models: Sequence[str] = COMPARE_MODELS, budgets: dict[str, Budget] = STANDARD["compare"], *,
                        attacks: Sequence[str] = PRESET_NAMES, dataset: str = "colour", seed: int = 0,
-                       dtype: str = "float32", log: Log | None = None,
+                       settings: dict | None = None, log: Log | None = None,
                        progress: Callable[[Progress], None] | None = None) -> ExperimentResult:
     """Each attack method (:data:`METHODS`) on the same ``targets`` single images of each model (a spec,
     :func:`parse_model`); ``budgets["lenet"]`` for LeNet/MLP, ``budgets["resnet"]`` for the ResNets. One row
@@ -268,7 +270,7 @@ def compare_experiment(models: Sequence[str] = COMPARE_MODELS, budgets: dict[str
         for attack in attacks:
             if log:
                 log(f"compare: {spec}, {attack} on {budget.targets} targets")
-            config = _config(attack, budget, seed, tolerance=0.0, dtype=dtype)
+            config = _config(attack, budget, seed, **{**(settings or {}), "tolerance": 0.0})
             run = run_dlg(name, dataset, targets=budget.targets, config=config, model_options=options,
                           progress=progress)
             summary = run.metrics.summary()
@@ -283,7 +285,7 @@ def compare_experiment(models: Sequence[str] = COMPARE_MODELS, budgets: dict[str
             images[attack].append(np.clip(run.result.best_images[0, 0], 0.0, 1.0))
         images["truth"].append(run.images[0, 0])
     payload = {"experiment": "compare", "dataset": dataset, "attacks": list(attacks), "budget": budget_rows,
-               "dtype": dtype, "seed": seed, "rows": rows}
+               "settings": settings or {}, "seed": seed, "rows": rows}
     return ExperimentResult("compare", payload, images)
 
 
@@ -291,13 +293,16 @@ def run_experiment(name: str, *, quick: bool = False, targets: int | None = None
                    iterations: int | None = None, datasets: Sequence[str] | None = None,
                    batch_sizes: Sequence[int] | None = None, methods: Sequence[str] | None = None,
                    models: Sequence[str] | None = None, seed: int = 0, dtype: str = "float32",
-                   num_classes: int | None = None, log: Log | None = None, progress: Callable[[Progress], None] | None = None) -> ExperimentResult:
+                   num_classes: int | None = None, tolerance: float | None = None, chunk_size: int | None = None,
+                   log: Log | None = None, progress: Callable[[Progress], None] | None = None) -> ExperimentResult:
     """Experiment ``name`` with the ``QUICK`` or ``STANDARD`` budget, ``targets`` / ``restarts`` /
     ``iterations`` overriding it (for every model of ``compare``). ``datasets`` (labels, batch, compare:
     its first), ``batch_sizes`` (batch), ``methods`` (batch, compare: :data:`METHODS`) and ``models``
-    (compare) select the settings; ``num_classes`` widens LeNet's classifier (batch). Adds ``wall_seconds``
-    to the payload."""
+    (compare) select the settings; ``num_classes`` widens LeNet's classifier (batch); ``dtype``,
+    ``tolerance`` and ``chunk_size`` go into every attack's config (compare keeps tolerance 0). Adds
+    ``wall_seconds`` to the payload."""
     check_choice("experiment", name, EXPERIMENT_NAMES)
+    settings = {k: v for k, v in dict(dtype=dtype, tolerance=tolerance, chunk_size=chunk_size).items() if v is not None}
     budgets = QUICK if quick else STANDARD
     override = dict(targets=targets, restarts=restarts, iterations=iterations)
     started = time.perf_counter()
@@ -307,11 +312,11 @@ def run_experiment(name: str, *, quick: bool = False, targets: int | None = None
     elif name == "batch":
         result = batch_experiment(batch_sizes or (1, 2, 4, 8), budgets["batch"].replace(**override),
                                   datasets=datasets or BATCH_DATASETS, methods=methods or BATCH_METHODS,
-                                  seed=seed, dtype=dtype, num_classes=num_classes, log=log, progress=progress)
+                                  seed=seed, settings=settings, num_classes=num_classes, log=log, progress=progress)
     else:
         compare_budgets = {key: budget.replace(**override) for key, budget in budgets["compare"].items()}
         result = compare_experiment(models or COMPARE_MODELS, compare_budgets, attacks=methods or PRESET_NAMES,
-                                    dataset=(datasets or ["colour"])[0], seed=seed, dtype=dtype, log=log,
+                                    dataset=(datasets or ["colour"])[0], seed=seed, settings=settings, log=log,
                                     progress=progress)
     result.payload.update(quick=quick, wall_seconds=time.perf_counter() - started)
     return result

@@ -51,6 +51,10 @@ def register(subparsers):
                         help="compare: comma-separated name[-token...], tokens relu, sigmoid, bn, nostride, dlginit, "
                              "dlg (DLG's ResNet) (default: lenet,resnet20-sigmoid,resnet20-relu)")
     parser.add_argument("--float64", action="store_true", help="run in double precision")
+    parser.add_argument("--tolerance", type=float, default=None,
+                        help="batch: a restart converges (and stops) at objective <= this x |dW|^2 (default: 1e-8)")
+    parser.add_argument("--chunk-size", type=_positive_int, default=None,
+                        help="problems (target x restart) per vmapped batch (default: 16; on a GPU: all of them)")
     parser.add_argument("--classes", type=_positive_int, default=None,
                         help="batch: LeNet's number of outputs (default: the dataset's; DLG's CIFAR-100 code: 100)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the model weights and the dummies")
@@ -95,7 +99,8 @@ def run(args) -> int:
                                     iterations=args.iterations, datasets=args.datasets,
                                     batch_sizes=args.batch_sizes, methods=args.methods, models=args.models,
                                     seed=args.seed, dtype="float64" if args.float64 else "float32",
-                                    num_classes=args.classes,
+                                    num_classes=args.classes, tolerance=args.tolerance,
+                                    chunk_size=args.chunk_size,
                                     log=bars.log, progress=bars)
             bars.close()
             paths = save_experiment(result, args.out, {"environment": environment()})
