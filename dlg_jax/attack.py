@@ -32,6 +32,8 @@ from dlg_jax.solvers import SolverConfig, make_solver
 from dlg_jax.victim import check_shared_gradients, one_hot
 
 DTYPES = ("float32", "float64")
+BATCH_UPDATES = ("joint", "cyclic")
+DUMMY_INITS = ("randn", "uniform")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +53,10 @@ class AttackConfig:
     are kept for the best restart. ``box``: clip the images to ``[low, high]`` after every step.
     ``memory_budget``: bytes per device; if set, the chunk is the largest whose compiled step fits it
     (:func:`dlg_jax.memory.chunk_for_budget`) and ``chunk_size`` is not used.
+    ``batch_update``: ``"joint"`` (every slot of the dummy batch follows the full gradient) or
+    ``"cyclic"`` (DLG's batch algorithm: at iteration ``i`` only slot ``i mod B`` is updated; see
+    :func:`slot_restricted`). ``dummy_init``: the dummy images start ~ N(0, 1) (``"randn"``, DLG) or
+    ~ U(0, 1) (``"uniform"``, the data range).
     """
 
     restarts: int = 8
@@ -71,6 +77,8 @@ class AttackConfig:
     seed: int = 0
     dtype: str = "float32"
     memory_budget: int | None = None
+    batch_update: str = "joint"
+    dummy_init: str = "randn"
 
     def __post_init__(self):
         check_positive_int("restarts", self.restarts)
@@ -87,6 +95,8 @@ class AttackConfig:
         check_choice("dtype", self.dtype, DTYPES)
         if self.memory_budget is not None:
             check_positive_int("memory_budget", self.memory_budget)
+        check_choice("batch update", self.batch_update, BATCH_UPDATES)
+        check_choice("dummy init", self.dummy_init, DUMMY_INITS)
         if not isinstance(self.solver, SolverConfig):
             raise DLGInputError(f"solver must be a SolverConfig, got {self.solver!r}")
         if self.tv_weight < 0:
@@ -176,20 +186,52 @@ def _all_finite(tree) -> jnp.ndarray:
 
 
 def initial_dummy(seed: int, target: int, restart: int, batch_size: int, input_shape, num_classes: int,
-                  joint_labels: bool, dtype) -> Dummy:
-    """Problem ``(target, restart)``'s starting point: images and label logits ~ N(0, 1) (DLG's ``randn``)."""
+                  joint_labels: bool, dtype, images_from: str = "randn") -> Dummy:
+    """Problem ``(target, restart)``'s starting point: label logits ~ N(0, 1) and images ~ N(0, 1) (DLG's
+    ``randn``) or, with ``images_from="uniform"``, ~ U(0, 1)."""
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), target), restart)
     image_key, label_key = jax.random.split(key)
-    images = jax.random.normal(image_key, (batch_size, *input_shape), dtype)
+    draw = jax.random.uniform if images_from == "uniform" else jax.random.normal
+    images = draw(image_key, (batch_size, *input_shape), dtype)
     logits = jax.random.normal(label_key, (batch_size, num_classes), dtype) if joint_labels else None
     return Dummy(images, logits)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 4, 5, 6, 7))
-def _initial_dummies(seed, target_ids, restart_ids, batch_size, input_shape, num_classes, joint, dtype) -> Dummy:
+@functools.partial(jax.jit, static_argnums=(0, 3, 4, 5, 6, 7, 8))
+def _initial_dummies(seed, target_ids, restart_ids, batch_size, input_shape, num_classes, joint, dtype,
+                     images_from) -> Dummy:
     """:func:`initial_dummy` of problems ``(target_ids[i], restart_ids[i])``, stacked on a leading axis."""
-    return jax.vmap(lambda t, r: initial_dummy(seed, t, r, batch_size, input_shape, num_classes, joint, dtype))(
-        target_ids, restart_ids)
+    return jax.vmap(lambda t, r: initial_dummy(seed, t, r, batch_size, input_shape, num_classes, joint, dtype,
+                                               images_from))(target_ids, restart_ids)
+
+
+def slot_restricted(objective: Callable[[Dummy, Context], jnp.ndarray]):
+    """DLG's cyclic batch update (Zhu et al. 2019, batched DLG: slot ``i mod N`` at iteration ``i``).
+
+    Returns ``J_s(z, (context, s)) = J(z, context)``, the same value, whose gradient is
+    ``dJ/dz`` in slot ``s`` of every dummy leaf (``images [B, ...]``, ``label_logits [B, K]``) and 0 in the
+    other slots (the other slots enter through ``stop_gradient``). The attack passes ``s = i mod B`` at
+    iteration ``i`` (accepted steps; init: slot 0).
+
+    What the solvers make of it: Adam's (and signed Adam's) update at iteration ``i`` is driven by slot
+    ``i mod B``'s gradient, its moments carry earlier slots' steps along. Lockstep L-BFGS evaluates
+    at its trial point, so the gradient of slot ``i mod B`` shapes the direction of iteration ``i + 1``;
+    its memory pairs ``(s, y)`` then pair a step with the difference of two gradients restricted to
+    different slots, which is no curvature pair of ``J``: the inverse-Hessian estimate couples the slots and
+    all of them move a little every step (only the first step moves slot 0 alone). So with L-BFGS
+    ``cyclic`` is a preconditioned cyclic coordinate descent, not exact block coordinate descent.
+    """
+
+    def restricted(dummy: Dummy, slot_context) -> jnp.ndarray:
+        context, slot = slot_context
+
+        def keep_slot(leaf):
+            mask = (jnp.arange(leaf.shape[0]) == slot).reshape(-1, *(1,) * (leaf.ndim - 1))
+            return jnp.where(mask, leaf, jax.lax.stop_gradient(leaf))
+
+        return objective(jax.tree.map(keep_slot, dummy), context)
+
+    return restricted
 
 
 @functools.lru_cache(maxsize=32)
@@ -202,11 +244,15 @@ def _programs(model: Model, config: AttackConfig, mesh: jax.sharding.Mesh | None
     """
     objective = make_objective(model, config.distance, tv_weight=config.tv_weight,
                                layer_weights=config.layer_weights, second_order=config.second_order)
-    solver = make_solver(objective, config.solver)
+    cyclic = config.batch_update == "cyclic"
+    solver = make_solver(slot_restricted(objective) if cyclic else objective, config.solver)
+
+    def solver_context(context, iterations, dummy):
+        return (context, iterations % dummy.images.shape[0]) if cyclic else context
 
     def init_one(dummy, context):
         value = objective(dummy, context)
-        state = solver.init(dummy, context)
+        state = solver.init(dummy, solver_context(context, 0, dummy))
         scale = (sum(jnp.vdot(g, g) for g in jax.tree.leaves(context.target_grad))
                  if config.distance == "l2" else 1.0)
         threshold = jnp.asarray(config.tolerance * scale, value.dtype)
@@ -215,7 +261,8 @@ def _programs(model: Model, config: AttackConfig, mesh: jax.sharding.Mesh | None
 
     def run_one(problem: _Problem, context: Context, steps: int):
         def body(p: _Problem, _):
-            new_dummy, new_state, value = solver.step(p.dummy, p.solver_state, context)
+            new_dummy, new_state, value = solver.step(p.dummy, p.solver_state,
+                                                      solver_context(context, p.iterations, p.dummy))
             if config.box is not None:
                 new_dummy = new_dummy._replace(images=jnp.clip(new_dummy.images, *config.box))
             active = ~(p.failed | p.converged)
@@ -262,7 +309,8 @@ def shared_programs(model: Model, config: AttackConfig, mesh: jax.sharding.Mesh 
     reset, so that attacks (e.g. the points of a sweep) differing only there share one compilation.
     ``precision`` stays: it is how the programs are traced."""
     return _programs(model, dataclasses.replace(config, restarts=1, iterations=1, chunk_size=1, devices=1,
-                                                block=1, snapshots=0, seed=0, memory_budget=None), mesh)
+                                                block=1, snapshots=0, seed=0, memory_budget=None, dummy_init="randn"),
+                     mesh)
 
 
 _COMPILED: dict = {}
@@ -378,7 +426,8 @@ def _chunk_inputs(plan: _Plan, ids: np.ndarray) -> tuple[Dummy, Context]:
     config, model = plan.config, plan.model
     target_ids, restart_ids = ids // config.restarts, ids % config.restarts
     dummy = _initial_dummies(config.seed, jnp.asarray(target_ids), jnp.asarray(restart_ids), plan.batch_size,
-                             tuple(model.input_shape), model.num_classes, plan.joint, jnp.dtype(config.dtype))
+                             tuple(model.input_shape), model.num_classes, plan.joint, jnp.dtype(config.dtype),
+                             config.dummy_init)
     dummy = _placed(dummy, plan.mesh, "problems")
     per_problem = (jax.tree.map(lambda g: g[target_ids], plan.target_grads), plan.fixed_targets[target_ids])
     return dummy, Context(_placed(plan.params, plan.mesh, None), *_placed(per_problem, plan.mesh, "problems"))
