@@ -93,8 +93,10 @@ def torch_device(torch, name: str):
 
 def jax_precision():
     """The context every JAX program of the benchmarks is traced and compiled in:
-    ``jax.default_matmul_precision(JAX_PRECISION)``."""
-    return jax.default_matmul_precision(JAX_PRECISION)
+    :func:`dlg_jax.precision.matmul_precision` at :data:`JAX_PRECISION`."""
+    from dlg_jax.precision import matmul_precision
+
+    return matmul_precision(JAX_PRECISION)
 
 
 def precision_record(torch=None, device=None) -> dict:

@@ -142,11 +142,11 @@ def _sync(output):
 
 def jax_variants(problem, names) -> dict:
     """``{name: JaxProgram}`` for the JAX candidates among ``names``."""
-    from dlg_jax.attack import AttackConfig
+    from dlg_jax.attack import default_chunk_size
 
     variants = {"jax-reverse_over_forward": JaxProgram(problem.model),
                 "jax-reverse": JaxProgram(problem.model, "reverse"),
-                "jax-chunked": JaxProgram(problem.model, chunk=AttackConfig().chunk_size)}
+                "jax-chunked": JaxProgram(problem.model, chunk=default_chunk_size())}
     return {name: variants[name] for name in names if name in variants}
 
 
