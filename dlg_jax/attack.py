@@ -1,7 +1,8 @@
 """The attack: many independent gradient-inversion problems solved in one compiled, vmapped program.
 
 A *problem* is one restart ``r`` of one target ``t`` (``N = T * R`` problems). Each has its own dummy
-``z = (x' [B, H, W, C], y' [B, K])`` drawn from N(0, 1) with key ``fold_in(fold_in(key(seed), t), r)``
+``z = (x' [B, *input_shape], y' [B, *label_axes, K])`` (images ``[B, H, W, C]``, ``[B, K]``; text
+embeddings ``[B, L, E]``, masked-token logits ``[B, M, V]``) drawn from N(0, 1) with key ``fold_in(fold_in(key(seed), t), r)``
 (so results do not depend on the chunking), and its own shared gradient ``dW_t``; the model parameters
 are shared. Problems run in chunks of ``chunk_size``: inside a chunk, ``jax.vmap`` runs the solver's
 step for every problem in lockstep, ``lax.scan`` runs ``block`` iterations per compiled call, and the
@@ -91,10 +92,12 @@ class AttackConfig:
 class AttackResult:
     """All restarts of all targets (numpy arrays; ``T`` targets, ``R`` restarts, ``B`` batch slots).
 
-    images [T, R, B, H, W, C], label_logits [T, R, B, K] (joint labels) or None, labels [T, R, B],
+    images [T, R, B, H, W, C], label_logits [T, R, B, K] (joint labels) or None, labels [T, R, B]
+    (text models: ``images`` are the embeddings [T, R, B, L, E], label_logits [T, R, B, M, V], labels [T, R, B, M]),
     loss [T, R] (final objective), failed / converged [T, R] bool, iterations / evaluations [T, R],
     loss_history [T, R, I] (objective at each iteration run; frozen restarts repeat their last value),
-    best_restart [T], snapshots [T, S, B, H, W, C] uint8 of the best restart at ``snapshot_iterations [S]``.
+    best_restart [T], snapshots [T, S, B, H, W, C] uint8 of the best restart at ``snapshot_iterations [S]``
+    (non-image models: the dummy input itself, e.g. embeddings [T, S, B, L, E], in the attack's dtype).
     """
 
     images: np.ndarray
@@ -160,12 +163,14 @@ def _all_finite(tree) -> jnp.ndarray:
 
 
 def initial_dummy(seed: int, target: int, restart: int, batch_size: int, input_shape, num_classes: int,
-                  joint_labels: bool, dtype) -> Dummy:
-    """Problem ``(target, restart)``'s starting point: images and label logits ~ N(0, 1) (DLG's ``randn``)."""
+                  joint_labels: bool, dtype, label_axes: tuple[int, ...] = ()) -> Dummy:
+    """Problem ``(target, restart)``'s starting point: the input ``[B, *input_shape]`` and label logits
+    ``[B, *label_axes, K]`` ~ N(0, 1) (DLG's ``randn``)."""
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), target), restart)
     image_key, label_key = jax.random.split(key)
     images = jax.random.normal(image_key, (batch_size, *input_shape), dtype)
-    logits = jax.random.normal(label_key, (batch_size, num_classes), dtype) if joint_labels else None
+    logits = (jax.random.normal(label_key, (batch_size, *label_axes, num_classes), dtype) if joint_labels
+              else None)
     return Dummy(images, logits)
 
 
@@ -248,18 +253,22 @@ def run_attack(
 
     ``target_grads``: the parameter pytree with a leading ``T`` axis on every leaf (e.g. from
     :func:`dlg_jax.victim.shared_gradients`). ``fixed_labels [T, B]``: labels to hold fixed (for label
-    strategies other than ``joint``). Returns an :class:`AttackResult`.
+    strategies other than ``joint``; ``[T, B, *model.label_axes]`` for text models). Returns an
+    :class:`AttackResult`.
     """
     if not isinstance(config, AttackConfig):
         raise DLGInputError(f"config must be an AttackConfig, got {type(config).__name__}")
     batch_size = check_positive_int("batch size", batch_size)
     model.check_params(params, "model params")
     targets = check_shared_gradients(model, params, target_grads)
+    if config.tv_weight and model.modality != "image":
+        raise DLGInputError(f"the TV prior is for images; model {model.name!r} is a {model.modality} model")
     joint = is_joint(config.labels)
     if not joint:
-        if fixed_labels is None or np.shape(fixed_labels) != (targets, batch_size):
+        label_shape = (targets, batch_size, *model.label_axes)
+        if fixed_labels is None or np.shape(fixed_labels) != label_shape:
             raise DLGInputError(
-                f"label strategy {config.labels!r} needs fixed_labels of shape {(targets, batch_size)}, "
+                f"label strategy {config.labels!r} needs fixed_labels of shape {label_shape}, "
                 f"got {None if fixed_labels is None else np.shape(fixed_labels)}"
             )
         labels = np.asarray(fixed_labels)
@@ -269,7 +278,7 @@ def run_attack(
     params = jax.tree.map(lambda p: jnp.asarray(p, dtype), params)
     target_grads = jax.tree.map(lambda g: jnp.asarray(g, dtype), target_grads)
     fixed_targets = (one_hot(jnp.asarray(fixed_labels), model.num_classes, dtype) if not joint
-                     else jnp.zeros((targets, batch_size, model.num_classes), dtype))
+                     else jnp.zeros((targets, batch_size, *model.label_axes, model.num_classes), dtype))
 
     batched_init, batched_run, batched_objective = _programs(model, config)
     restarts, chunk = config.restarts, config.chunk_size
@@ -282,8 +291,9 @@ def run_attack(
 
     make_dummy = jax.jit(jax.vmap(
         lambda t, r: initial_dummy(config.seed, t, r, batch_size, model.input_shape, model.num_classes,
-                                   joint, dtype)
+                                   joint, dtype, model.label_axes)
     ))
+    snapshot = to_uint8 if model.modality == "image" else np.array
     outputs = []
     compile_seconds = run_seconds = 0.0
     restart_iterations = 0
@@ -298,7 +308,7 @@ def run_attack(
         compile_seconds += time.perf_counter() - started
         histories, snaps, done_at = [], [], 0
         if 0 in snapshot_iterations:
-            snaps.append(to_uint8(np.asarray(state.dummy.images)))
+            snaps.append(snapshot(np.asarray(state.dummy.images)))
         for stop in schedule:
             steps = stop - done_at
             started = time.perf_counter()
@@ -312,7 +322,7 @@ def run_attack(
             histories.append(history)
             done_at = stop
             if stop in snapshot_iterations:
-                snaps.append(to_uint8(np.asarray(state.dummy.images)))
+                snaps.append(snapshot(np.asarray(state.dummy.images)))
             live = slice(0, int(np.sum(ids < problems)) if index == chunks - 1 else len(ids))
             failed, converged = np.asarray(state.failed)[live], np.asarray(state.converged)[live]
             if progress is not None:
@@ -324,7 +334,7 @@ def run_attack(
             if np.all(failed | converged):
                 break
         while len(snaps) < len(snapshot_iterations):  # stopped early: the rest are the final images
-            snaps.append(to_uint8(np.asarray(state.dummy.images)))
+            snaps.append(snapshot(np.asarray(state.dummy.images)))
         final_loss = np.asarray(batched_objective(state.dummy, context))
         outputs.append(dict(
             ids=ids, images=np.asarray(state.dummy.images),
@@ -363,7 +373,7 @@ def _assemble(outputs, problems, targets, restarts, joint, fixed_labels, snapsho
     best = np.argmin(ranking, axis=1)
     label_logits = gather("label_logits") if joint else None
     labels = (np.argmax(label_logits, axis=-1) if joint
-              else np.broadcast_to(np.asarray(fixed_labels)[:, None, :], images.shape[:3]).copy())
+              else np.repeat(np.asarray(fixed_labels)[:, None], restarts, axis=1))
     if outputs[0]["snapshots"] is not None:
         snapshots = gather("snapshots")[np.arange(targets), best]
     else:
