@@ -258,11 +258,11 @@ def run_attack(
     """
     if not isinstance(config, AttackConfig):
         raise DLGInputError(f"config must be an AttackConfig, got {type(config).__name__}")
+    if config.tv_weight and model.modality != "image":
+        raise DLGInputError(f"the TV prior is for images; model {model.name!r} is a {model.modality} model")
     batch_size = check_positive_int("batch size", batch_size)
     model.check_params(params, "model params")
     targets = check_shared_gradients(model, params, target_grads)
-    if config.tv_weight and model.modality != "image":
-        raise DLGInputError(f"the TV prior is for images; model {model.name!r} is a {model.modality} model")
     joint = is_joint(config.labels)
     if not joint:
         label_shape = (targets, batch_size, *model.label_axes)

@@ -1,8 +1,9 @@
 """The text models' vocabulary: a WordPiece tokenizer (``tokenizers``) over English words from ``wordfreq``.
 
-Built offline and deterministically, stored in the package as ``dlg_jax/vocabulary.json`` (the
-``tokenizers`` serialisation) and rebuilt byte for byte by ``python -m dlg_jax.vocabulary`` (a test
-checks this). The token ids, in order:
+Built offline and deterministically, stored in the package as ``dlg_jax/vocabulary.txt`` (one token
+per line, line ``i`` is id ``i``) and rebuilt byte for byte by ``python -m dlg_jax.vocabulary`` (a test
+checks this; the word list is wordfreq's, pinned to one release in ``pyproject.toml``). The token ids,
+in order:
 
 - 0-4: the special tokens ``[PAD] [UNK] [CLS] [SEP] [MASK]`` (BERT's);
 - the characters ``a-z 0-9`` and ``PUNCTUATION`` as word-initial pieces, then ``##a .. ##9`` as
@@ -33,13 +34,12 @@ SUFFIXES = ("s", "es", "ed", "er", "ers", "est", "ing", "ly", "al", "ic", "ive",
             "ness", "ment", "ments", "tion", "tions", "sion", "ity", "ist", "ism", "ize", "ise", "ship", "shop",
             "line", "ary", "ery", "ance", "ence", "ant", "ent", "ure")
 WORDS = 3000
-PATH = os.path.join(os.path.dirname(__file__), "vocabulary.json")
+PATH = os.path.join(os.path.dirname(__file__), "vocabulary.txt")
 
 
-def build_tokenizer(words: int = WORDS):
-    """A fresh ``tokenizers.Tokenizer`` with the vocabulary above (needs ``wordfreq``)."""
+def build_vocabulary(words: int = WORDS) -> list[str]:
+    """The token list above, from ``wordfreq``'s English word list (deterministic for one wordfreq release)."""
     import wordfreq
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 
     vocab = list(SPECIAL_TOKENS) + list(CHARACTERS) + list(PUNCTUATION) + ["##" + c for c in CHARACTERS]
     vocab += ["##" + suffix for suffix in SUFFIXES if len(suffix) > 1]
@@ -51,7 +51,13 @@ def build_tokenizer(words: int = WORDS):
             chosen.append(word)
     if len(chosen) < words:
         raise DLGInputError(f"wordfreq lists only {len(chosen)} usable English words; asked for {words}")
-    vocab += chosen
+    return vocab + chosen
+
+
+def make_tokenizer(vocab: list[str]):
+    """A ``tokenizers.Tokenizer``: BERT's uncased normaliser and pre-tokeniser, WordPiece over ``vocab``."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+
     tokenizer = Tokenizer(models.WordPiece({token: i for i, token in enumerate(vocab)}, unk_token="[UNK]",
                                            max_input_chars_per_word=100))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True, clean_text=True)
@@ -61,23 +67,20 @@ def build_tokenizer(words: int = WORDS):
     return tokenizer
 
 
-def serialise(tokenizer) -> bytes:
-    """The stored form: the tokenizer's JSON, with sorted keys (byte-stable)."""
-    import json
-
-    return (json.dumps(json.loads(tokenizer.to_str()), indent=1, sort_keys=True) + "\n").encode()
+def serialise(vocab: list[str]) -> bytes:
+    """The stored form: one token per line, in id order."""
+    return ("\n".join(vocab) + "\n").encode()
 
 
 _LOADED = None
 
 
 def load_tokenizer():
-    """The stored tokenizer (cached)."""
+    """The tokenizer over the stored vocabulary (cached)."""
     global _LOADED
     if _LOADED is None:
-        from tokenizers import Tokenizer
-
-        _LOADED = Tokenizer.from_file(PATH)
+        with open(PATH, encoding="utf-8") as handle:
+            _LOADED = make_tokenizer(handle.read().splitlines())
     return _LOADED
 
 
@@ -121,12 +124,12 @@ def tokens(ids) -> list[str]:
 
 
 def main() -> None:
-    """Rebuild ``dlg_jax/vocabulary.json`` (atomically)."""
+    """Rebuild ``dlg_jax/vocabulary.txt`` (atomically)."""
     from dlg_jax.files import atomic_write_bytes
 
-    tokenizer = build_tokenizer()
-    atomic_write_bytes(PATH, serialise(tokenizer))
-    print(f"wrote {PATH}: {tokenizer.get_vocab_size()} tokens")
+    vocab = build_vocabulary()
+    atomic_write_bytes(PATH, serialise(vocab))
+    print(f"wrote {PATH}: {len(vocab)} tokens")
 
 
 if __name__ == "__main__":
