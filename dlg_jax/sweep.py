@@ -31,7 +31,7 @@ from dlg_jax.pipeline import run_dlg
 from dlg_jax.presets import attack_preset
 from dlg_jax.training import TrainConfig, train
 
-BUDGET_FIELDS = ("restarts", "iterations", "tolerance", "chunk_size", "block", "seed", "dtype")
+BUDGET_FIELDS = ("restarts", "iterations", "tolerance", "chunk_size", "devices", "precision", "block", "seed", "dtype")
 
 
 def _preset(name: str) -> Callable[[AttackConfig], AttackConfig]:
