@@ -25,12 +25,21 @@ length vmapped together. The labels:
 - ``joint`` (DLG's): dummy label logits ``[1, M, V]`` optimised with the embeddings; the label is their
   argmax.
 
-**Decoding**: every position's token is its nearest vocabulary embedding; masked positions take the
-recovered labels. The first LayerNorm cannot see a constant shift of an embedding along ``(1, ..., 1)``
-(it subtracts the mean over ``E``), so the gradient does not determine it either and the distance is
-taken between mean-centred vectors. With ``restrict=True`` the candidates are the rows of ``dW_emb``
-that are not zero: the bag of input tokens (``[CLS]``, ``[SEP]``, ``[MASK]`` and every unmasked word),
-at most ``L`` of the ``V`` tokens.
+**Decoding**: every position's token is its nearest vocabulary embedding; ``[CLS]`` and ``[SEP]`` are
+put at the ends (BERT's input format, known to the attacker) and masked positions take the recovered
+labels. The first LayerNorm cannot see a constant shift of an embedding along ``(1, ..., 1)`` (it
+subtracts the mean over ``E``), so the gradient does not determine it either and the distance is taken
+between mean-centred vectors. With ``restrict=True`` (default) the candidates are the rows of
+``dW_emb`` that are not zero: the bag of input tokens (``[CLS]``, ``[SEP]``, ``[MASK]`` and every
+unmasked word), at most ``L`` of the ``V`` tokens.
+
+**Refinement** (``refine=True``, default): tokens are discrete, so the attacker can check a candidate
+sentence exactly: :func:`refine_tokens` greedily applies the single change (one position set to one of
+``K`` candidates: the bag's tokens, or without the bag each position's ``K`` nearest tokens, ``K`` = the
+bag's size; or two positions swapped) that most lowers the distance between the candidate's full
+gradient (``dW_emb`` included) and ``dW``, until none helps or the distance is at most
+``REPRODUCED * ||dW||^2``, i.e. the candidate reproduces the shared gradient. With the bag this turns a
+nearly right continuous solution into the exact sentence; the reported ``distance`` certifies it.
 
 Scores (over the ``L - 2`` word positions, masked ones included): token accuracy, exact match, BLEU
 (``sacrebleu``, sentence level) and ROUGE-1/ROUGE-L F1 (``rouge-score``) of the decoded text.
@@ -57,6 +66,7 @@ from dlg_jax.victim import batch_loss, one_hot
 
 MASK_RATE = 0.15
 TEXT_LABELS = ("bias", "joint")
+REPRODUCED = 1e-6  # a token sequence whose gradient distance is <= this x ||dW||^2 reproduces the gradient
 
 
 def text_attack_config(**overrides) -> AttackConfig:
@@ -109,11 +119,7 @@ def nearest_tokens(embeddings: np.ndarray, table: np.ndarray, candidates: np.nda
     """``[..., L]`` ids: for each ``embeddings[..., l, :]`` the vocabulary row of ``table [V, E]`` nearest
     in Euclidean distance after subtracting each vector's mean over ``E``; only ``candidates [V]`` (bool)
     when given."""
-    x = np.asarray(embeddings, np.float64)
-    x = x - x.mean(-1, keepdims=True)
-    w = np.asarray(table, np.float64)
-    w = w - w.mean(-1, keepdims=True)
-    distance = (x ** 2).sum(-1)[..., None] - 2 * x @ w.T + (w ** 2).sum(-1)
+    distance = _centred_distances(embeddings, table)
     if candidates is not None:
         distance = np.where(np.asarray(candidates, bool), distance, np.inf)
     return np.argmin(distance, axis=-1)
@@ -121,12 +127,17 @@ def nearest_tokens(embeddings: np.ndarray, table: np.ndarray, candidates: np.nda
 
 def _nearest_k(embeddings: np.ndarray, table: np.ndarray, k: int) -> np.ndarray:
     """``[L, k]``: the ``k`` tokens nearest to each embedding (mean-centred, as :func:`nearest_tokens`)."""
+    return np.argsort(_centred_distances(embeddings, table), axis=-1, kind="stable")[:, :k]
+
+
+def _centred_distances(embeddings: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """``[..., V]`` squared distances between ``embeddings [..., E]`` and the rows of ``table [V, E]``, each
+    vector minus its mean over ``E``."""
     x = np.asarray(embeddings, np.float64)
     x = x - x.mean(-1, keepdims=True)
     w = np.asarray(table, np.float64)
     w = w - w.mean(-1, keepdims=True)
-    distance = -2 * x @ w.T + (w ** 2).sum(-1)
-    return np.argsort(distance, axis=-1, kind="stable")[:, :k]
+    return (x ** 2).sum(-1)[..., None] - 2 * x @ w.T + (w ** 2).sum(-1)
 
 
 def _masked_token_orderings(bias_grad: np.ndarray, mean_prediction: np.ndarray, masked: int) -> list[tuple]:
@@ -143,11 +154,11 @@ def _mean_prediction(model: Model, params: Any, count: int = 16) -> jnp.ndarray:
 
 
 def refine_tokens(distance_fn: Callable, ids: np.ndarray, fixed: Sequence[int], candidates: np.ndarray,
-                  max_moves: int) -> tuple[np.ndarray, float]:
+                  max_moves: int, tolerance: float = 0.0) -> tuple[np.ndarray, float]:
     """Greedy discrete search: from ``ids [L]``, repeatedly apply the single move (a position not in
     ``fixed`` set to one of its ``candidates [L, K]``, or two such positions swapped) that most lowers
-    ``distance_fn(batch [N, L]) -> [N]``, until no move helps or after ``max_moves``. Returns the final
-    ids and their distance."""
+    ``distance_fn(batch [N, L]) -> [N]``, until no move helps, the distance is at most ``tolerance`` (the
+    gradient is reproduced) or after ``max_moves``. Returns the final ids and their distance."""
     free = [p for p in range(len(ids)) if p not in set(fixed)]
     ids = np.array(ids)
     current = np.inf
@@ -165,24 +176,33 @@ def refine_tokens(distance_fn: Callable, ids: np.ndarray, fixed: Sequence[int], 
         values = np.asarray(distance_fn(np.stack(trials)))
         current = float(values[0])
         best = int(np.argmin(values))
-        if not values[best] < current:
+        if not values[best] < current or current <= tolerance:
             break
         ids = trials[best]
-    return ids, float(distance_fn(ids[None])[0]) if np.isinf(current) else current
+    return ids, current
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _discrete_distances(model: Model, masked: tuple[int, ...], table, params, embedding_grad, grads, batch):
     """``[N]``: ``||grad_W loss(ids) - dW||^2`` over every parameter (``W_emb`` included) for each candidate
-    sentence ``batch [N, L]``: its masked positions' tokens are the labels and ``[MASK]`` the input there."""
+    sentence ``batch [N, L]``: its masked positions' tokens are the labels and ``[MASK]`` the input there.
+
+    The ``W_emb`` part without the ``[V, E]`` gradient: with ``u_l = dloss/dx_l`` and input ids ``s``,
+    ``dW_emb(s) = sum_l onehot(s_l) u_l``, so ``||dW_emb(s) - D||^2 = sum_{l,l'} [s_l = s_l'] <u_l, u_l'>
+    - 2 sum_l <u_l, D[s_l]> + ||D||^2``."""
     positions = np.asarray(masked)
-    target = (embedding_grad, grads)
-    weights = (1.0,) * len(jax.tree.leaves(target))
+    weights = (1.0,) * len(jax.tree.leaves(grads))
+    constant = jnp.vdot(embedding_grad, embedding_grad)
 
     def one(ids):
         inputs = ids.at[positions].set(vocabulary.MASK)
-        emb, enc = _gradients(model, table, params, inputs[None, None], ids[positions][None, None])
-        return l2_distance((emb[0], jax.tree.map(lambda g: g[0], enc)), target, weights)
+        targets = one_hot(ids[positions][None], model.num_classes, table.dtype)
+        u, encoder = jax.grad(lambda x, p: batch_loss(model, p, x, targets), argnums=(0, 1))(table[inputs][None],
+                                                                                           params)
+        u = u[0]
+        same = inputs[:, None] == inputs[None, :]
+        embedding_part = jnp.sum(jnp.where(same, u @ u.T, 0.0)) - 2 * jnp.vdot(u, embedding_grad[inputs]) + constant
+        return jnp.maximum(embedding_part, 0.0) + l2_distance(encoder, grads, weights)  # >= 0 up to rounding
 
     return jax.lax.map(one, batch, batch_size=32)
 
@@ -190,7 +210,8 @@ def _discrete_distances(model: Model, masked: tuple[int, ...], table, params, em
 @dataclasses.dataclass
 class SentenceResult:
     """One sentence: original and recovered ids ``[L]`` (decoded as the run asked), the masked positions,
-    the decoded snapshots ``[S, L]`` at ``snapshot_iterations`` and the scores of every decoding
+    the decoded snapshots ``[S, L]`` at ``snapshot_iterations``, the continuous objective ``loss``, the
+    shared gradient's ``||dW||^2`` and the scores of every decoding
     (``nearest`` / ``refined``, each over all tokens or the bag ``+bag``)."""
 
     text: str
@@ -201,6 +222,7 @@ class SentenceResult:
     snapshot_iterations: np.ndarray
     bag_size: int
     loss: float
+    gradient_norm2: float
     scores: dict
     decodings: dict
 
@@ -243,7 +265,7 @@ def attack_sentences(
     model: str = DEFAULT_TEXT_MODEL,
     config: AttackConfig | None = None,
     *,
-    restrict: bool = False,
+    restrict: bool = True,
     refine: bool = True,
     labels: str = "bias",
     activation: str = "gelu",
@@ -293,6 +315,7 @@ def attack_sentences(
             bag = bag_of_tokens(embedding_grads[t])
             target = (embedding_grads[t], jax.tree.map(lambda g: g[t], grads))
             distance_fn = functools.partial(_discrete_distances, net, masked, table, params, *target)
+            scale = sum(float(jnp.vdot(g, g)) for g in jax.tree.leaves(target))
             decodings = {}
             known = (0, *masked, length - 1)  # [CLS] first, [SEP] last (BERT's format), [MASK]ed positions
             bag_ids = np.flatnonzero(bag & (np.arange(vocab) != vocabulary.MASK))
@@ -302,7 +325,8 @@ def attack_sentences(
                 nearest[[0, length - 1]] = vocabulary.CLS, vocabulary.SEP
                 nearest[list(masked)] = result.best_labels[best, 0]
                 options = np.broadcast_to(bag_ids, neighbours.shape) if restricted else neighbours
-                refined, distance = refine_tokens(distance_fn, nearest, known, options, max_moves=2 * length)
+                refined, distance = refine_tokens(distance_fn, nearest, known, options, max_moves=2 * length,
+                                                  tolerance=REPRODUCED * scale)
                 suffix = "+bag" if restricted else ""
                 decodings["nearest" + suffix] = {"ids": nearest, "scores": score(originals[t], nearest)}
                 decodings["refined" + suffix] = {"ids": refined, "scores": score(originals[t], refined),
@@ -312,6 +336,7 @@ def attack_sentences(
                 text=sentences[index], original=originals[t], recovered=chosen["ids"], masked=masked,
                 snapshots=nearest_tokens(result.snapshots[best, :, 0], table, bag if restrict else None),
                 snapshot_iterations=result.snapshot_iterations, bag_size=int(bag.sum()),
-                loss=float(result.best_loss[best]), scores=chosen["scores"], decodings=decodings,
+                loss=float(result.best_loss[best]), gradient_norm2=scale, scores=chosen["scores"],
+                decodings=decodings,
             )
     return TextAttackRun(out, results, model, restrict, refine, labels)

@@ -65,6 +65,8 @@ def run_experiment(models, restarts: int, iterations: int, seed: int = 0) -> dic
         started = time.perf_counter()
         run = attack_sentences(list(SENTENCES), model, config)
         seconds = time.perf_counter() - started
+        print(f"{model}: {seconds:.0f} s, mean token accuracy (refined, bag) "
+              f"{run.summary('refined+bag')['token_accuracy_mean']:.0%}", flush=True)
         for s in run.sentences:
             sentences.append({"model": model, "text": s.text, "length": len(s.original), "masked": list(s.masked),
                               "bag_size": s.bag_size, "objective": s.loss,

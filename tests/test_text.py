@@ -114,6 +114,14 @@ def test_restricted_attack_recovers_a_longer_sentence_with_pieces():
     assert sentence.bag_size <= len(sentence.original)
 
 
+def test_joint_labels_are_optimised_with_the_embeddings():
+    run = attack_sentences([SENTENCE], "bert-tiny", text_attack_config(restarts=1, iterations=2), labels="joint")
+    result, sentence = run.results[0], run.sentences[0]
+    assert result.label_logits.shape == (1, 1, 1, len(sentence.masked), vocabulary.vocab_size())
+    masked = list(sentence.masked)
+    assert sentence.decodings["nearest"]["ids"][masked].tolist() == result.best_labels[0, 0].tolist()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["attack-text", ""], "empty"),
     (["attack-text", "hello world", "--model", "lenet"], "not a text model"),

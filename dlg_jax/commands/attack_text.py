@@ -31,8 +31,12 @@ def register(subparsers):
                         help=f"random restarts (default: {defaults.restarts})")
     parser.add_argument("--iterations", type=_positive_int, default=defaults.iterations,
                         help=f"L-BFGS iterations per restart (default: {defaults.iterations})")
-    parser.add_argument("--restrict-tokens", action=argparse.BooleanOptionalAction, default=False,
-                        help="decode only to the tokens whose embedding-gradient row is non-zero (default: off)")
+    parser.add_argument("--restrict-tokens", action=argparse.BooleanOptionalAction, default=True,
+                        help="decode only to the tokens whose embedding-gradient row is non-zero, the bag of "
+                             "tokens (default: on; --no-restrict-tokens: the whole vocabulary)")
+    parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
+                        help="after nearest-token decoding, a greedy token search on the exact gradient "
+                             "distance (default: on)")
     parser.add_argument("--labels", default="bias", choices=TEXT_LABELS,
                         help="masked tokens read off the decoder bias gradient (bias) or optimised (joint, DLG)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights, the masking and the dummies")
@@ -60,6 +64,7 @@ def run(args) -> int:
     started = time.perf_counter()
     try:
         attack = attack_sentences([args.sentence], args.model, config, restrict=args.restrict_tokens,
+                                  refine=args.refine,
                                   labels=args.labels, activation=args.activation, max_length=args.max_length,
                                   progress=bar)
     finally:
@@ -76,10 +81,14 @@ def run(args) -> int:
     lines.append(f"token accuracy {scores['token_accuracy']:.0%}, exact match {bool(scores['exact_match'])}, "
                  f"BLEU {scores['bleu']:.1f}, ROUGE-L {scores['rougeL']:.2f}; objective {sentence.loss:.2e}; "
                  f"bag of tokens {sentence.bag_size}; wall {wall:.1f} s (compile {result.compile_seconds:.1f} s)")
+    if args.refine:
+        distance = sentence.decodings["refined" + ("+bag" if args.restrict_tokens else "")]["distance"]
+        lines.append(f"gradient distance of the recovered tokens {distance:.2e} "
+                     f"(|dW|^2 = {sentence.gradient_norm2:.3g})")
     report = "\n".join(lines) + "\n"
     payload = {
         "command": "attack-text", "model": args.model, "activation": args.activation, "max_length": args.max_length,
-        "restrict_tokens": args.restrict_tokens, "labels": args.labels,
+        "restrict_tokens": args.restrict_tokens, "refine": args.refine, "labels": args.labels,
         "config": dataclasses.asdict(config), "sentence": args.sentence,
         "original_tokens": vocabulary.tokens(sentence.original),
         "recovered_tokens": vocabulary.tokens(sentence.recovered), "recovered_text": sentence.recovered_text,
