@@ -50,6 +50,8 @@ class AttackConfig:
     ``block``: iterations per compiled call between progress reports / early-stop checks.
     ``snapshots``: how many intermediate images (at evenly spaced iterations, first = initial dummy)
     are kept for the best restart. ``box``: clip the images to ``[low, high]`` after every step.
+    ``memory_budget``: bytes per device; if set, the chunk is the largest whose compiled step fits it
+    (:func:`dlg_jax.memory.chunk_for_budget`) and ``chunk_size`` is not used.
     """
 
     restarts: int = 8
@@ -69,6 +71,7 @@ class AttackConfig:
     snapshots: int = 6
     seed: int = 0
     dtype: str = "float32"
+    memory_budget: int | None = None
 
     def __post_init__(self):
         check_positive_int("restarts", self.restarts)
@@ -83,6 +86,8 @@ class AttackConfig:
         check_choice("label strategy", self.labels, LABEL_STRATEGIES)
         check_choice("second-order mode", self.second_order, SECOND_ORDER_MODES)
         check_choice("dtype", self.dtype, DTYPES)
+        if self.memory_budget is not None:
+            check_positive_int("memory_budget", self.memory_budget)
         if not isinstance(self.solver, SolverConfig):
             raise DLGInputError(f"solver must be a SolverConfig, got {self.solver!r}")
         if self.tv_weight < 0:
@@ -258,13 +263,22 @@ def _programs(model: Model, config: AttackConfig, mesh: jax.sharding.Mesh | None
     return batched_init, batched_run, batched_objective
 
 
+def shared_programs(model: Model, config: AttackConfig, mesh: jax.sharding.Mesh | None):
+    """:func:`_programs` of ``config`` with the fields they never read (budget, seed, chunking, devices)
+    reset, so that attacks (e.g. the points of a sweep) differing only there share one compilation.
+    ``precision`` stays: it is how the programs are traced."""
+    return _programs(model, dataclasses.replace(config, restarts=1, iterations=1, chunk_size=1, devices=1,
+                                                block=1, snapshots=0, seed=0, memory_budget=None), mesh)
+
+
 _COMPILED: dict = {}
 
 
 def _compiled(program, *args):
     """``program`` (a jitted function) compiled ahead of time for ``args``' shapes, cached."""
-    signature = (program, jax.tree.structure(args),
-                 tuple((leaf.shape, leaf.dtype, getattr(leaf, "sharding", None)) for leaf in jax.tree.leaves(args)))
+    signature = (program, jax.tree.structure(args), tuple(
+        (leaf.shape, leaf.dtype, leaf.sharding if isinstance(getattr(leaf, "sharding", None), jax.sharding.NamedSharding)
+         else None) for leaf in jax.tree.leaves(args)))
     if signature not in _COMPILED:
         _COMPILED[signature] = program.lower(*args).compile()
     return _COMPILED[signature]
@@ -323,9 +337,20 @@ def _plan(model, params, target_grads, batch_size, config, fixed_labels) -> _Pla
     if devices > problems:
         raise DLGInputError(f"devices {devices} is more than the {problems} problems (targets x restarts) to "
                             f"share among them; use at most {problems} devices")
-    chunk = min((config.chunk_size or default_chunk_size()) * devices, -(-problems // devices) * devices)
-    return _Plan(model, params, target_grads, fixed_targets, fixed_labels, batch_size, config, joint,
-                 problems, chunk, mesh)
+    per_device = -(-problems // devices)
+    plan = _Plan(model, params, target_grads, fixed_targets, fixed_labels, batch_size, config, joint,
+                 problems, min(config.chunk_size or default_chunk_size(), per_device) * devices, mesh)
+    if config.memory_budget is None:
+        return plan
+    from dlg_jax.memory import chunk_for_budget, compiled_bytes
+
+    steps = min(config.block, config.iterations)
+
+    def step_bytes(n: int) -> int:  # one device's share of the attack step over n problems per device
+        with matmul_precision(config.precision):
+            return compiled_bytes(_compiled(*_step_arguments(plan._replace(chunk=n * devices), steps)))
+
+    return plan._replace(chunk=chunk_for_budget(config.memory_budget, per_device, step_bytes) * devices)
 
 
 def default_chunk_size() -> int:
@@ -397,17 +422,23 @@ def lower_attack_step(model: Model, params: Any, target_grads: Any, batch_size: 
     """The program :func:`run_attack` compiles for ``steps`` iterations of its first chunk, lowered (not
     run): ``.as_text()`` is its StableHLO, ``.compile()`` gives XLA's cost and memory analysis."""
     plan = _plan(model, params, target_grads, batch_size, config, fixed_labels)
-    batched_init, batched_run, _ = _programs(model, config, plan.mesh)
     with matmul_precision(config.precision):
-        dummy, context = _chunk_inputs(plan, np.arange(plan.chunk) % plan.problems)
-        state = jax.eval_shape(batched_init, dummy, context)
-        return batched_run(check_positive_int("steps", steps)).lower(state, context)
+        program, state, context = _step_arguments(plan, check_positive_int("steps", steps))
+        return program.lower(state, context)
+
+
+def _step_arguments(plan: _Plan, steps: int):
+    """The jitted ``steps``-iteration program of the plan's first chunk and its arguments (the state as
+    shapes only: nothing runs)."""
+    batched_init, batched_run, _ = shared_programs(plan.model, plan.config, plan.mesh)
+    dummy, context = _chunk_inputs(plan, np.arange(plan.chunk) % plan.problems)
+    return batched_run(steps), jax.eval_shape(batched_init, dummy, context), context
 
 
 def _solve(plan: _Plan, progress) -> AttackResult:
     """The chunk loop of :func:`run_attack` (to be traced at ``plan.config.precision``)."""
     config, problems, chunk = plan.config, plan.problems, plan.chunk
-    batched_init, batched_run, batched_objective = _programs(plan.model, config, plan.mesh)
+    batched_init, batched_run, batched_objective = shared_programs(plan.model, config, plan.mesh)
     chunks = -(-problems // chunk)
     snapshot_iterations = (np.unique(np.round(np.linspace(0, config.iterations, config.snapshots)).astype(int))
                            if config.snapshots else np.zeros((0,), int))

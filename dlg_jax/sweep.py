@@ -1,202 +1,207 @@
-"""Attack-side defense sweeps: attack x defense x strength -> reconstruction quality, as JSON rows.
+"""Sweeps: run the points of a grid (:mod:`dlg_jax.grid`) into a results store (:mod:`dlg_jax.store`).
 
-A *setting* is one attack (a name in :data:`ATTACKS`) against one defense at one strength. For each
-setting the ``T`` targets (the first ``T`` batches of the dataset) are defended with independent keys
-(:func:`dlg_jax.defenses.defended_gradients`) and attacked together by one :func:`~dlg_jax.attack.run_attack`
-call (all ``T x R`` restarts in one vmapped, compiled program); the best restart per target is scored
-(:func:`dlg_jax.metrics.evaluate`). The model and its weights are those of :func:`dlg_jax.pipeline.run_dlg`
-(seeded by the attack's ``seed``), so ``defense none`` reproduces ``dlg-jax attack``.
+:func:`run_points` is the one sweep loop: it skips the points whose part is already in the store, runs
+the others on an executor (:mod:`dlg_jax.executors`) and stores each point's rows as soon as they
+arrive. Attack points (:func:`attack_rows`) and training points of the privacy-utility trade-off
+(:func:`training_rows`) both go through it, and ``dlg-jax sweep`` as well as ``dlg-jax defend``.
 
-:func:`run_training_sweep` is the utility side: each defense setting trains a model
-(:func:`dlg_jax.training.train`). Results live in one JSON file per side, ``{"rows": [...]}``,
-rewritten atomically after every setting. A row's ``setting`` (everything that determines its numbers)
-is its identity: settings already in the file are skipped, so an interrupted sweep resumes where it
-stopped.
+An attack point is one :func:`~dlg_jax.pipeline.run_dlg` call: its ``T`` targets (the first ``T``
+batches of the dataset) are defended with independent keys and attacked together (all ``T x R``
+restarts in one vmapped, compiled program). It gives one row per target: the point's settings, the best
+restart's metrics (PSNR, SSIM, MSE, label accuracy, ``success`` = every slot at PSNR >= 30 dB), every
+restart's final loss, iterations and evaluations, the point's timings, and the versions, precision and
+device that produced it.
 """
 
 import dataclasses
 import functools
 import json
-import os
+import platform
 import time
 from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from dlg_jax.attack import AttackConfig, Progress
-from dlg_jax.defenses import DEFAULT_STRENGTHS, DEFENSE_NAMES, make_defense
-from dlg_jax.errors import DLGInputError, check_choice, check_positive_int
-from dlg_jax.files import atomic_write_json
+from dlg_jax.attack import Progress
+from dlg_jax.defenses import format_strength, make_defense
+from dlg_jax.errors import DLGInputError
+from dlg_jax.grid import Point, key_id
 from dlg_jax.pipeline import run_dlg
-from dlg_jax.presets import attack_preset
+from dlg_jax.store import Store
 from dlg_jax.training import TrainConfig, train
 
-BUDGET_FIELDS = ("restarts", "iterations", "tolerance", "chunk_size", "devices", "precision", "block", "seed", "dtype")
+# Columns that describe how and where a row was computed rather than what: they differ between two
+# runs of the same point; every other column is the same on every run (same seed, same numbers).
+RUN_COLUMNS = ("point_wall_seconds", "point_compile_seconds", "point_run_seconds", "restart_iterations_per_second",
+               "finished_at", "host", "dlg_jax_version", "jax_version", "jaxlib_version", "device", "device_count",
+               "backend", "chunk_memory_budget")
 
 
-def _preset(name: str) -> Callable[[AttackConfig], AttackConfig]:
-    return lambda budget: attack_preset(name, **{f: getattr(budget, f) for f in BUDGET_FIELDS})
+def _json(value) -> str:
+    return json.dumps(value, sort_keys=True, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v))
 
 
-# Attacks by name: ``ATTACKS[name](budget) -> AttackConfig``. ``dlg`` is the budget config itself (the
-# attack options describe DLG and its variants in full); the other presets (:mod:`dlg_jax.presets`) keep
-# their own method and take only the budget (BUDGET_FIELDS) from it. Add an attack by adding a factory.
-ATTACKS: dict[str, Callable[[AttackConfig], AttackConfig]] = {"dlg": lambda budget: budget, "ig": _preset("ig")}
+def environment() -> dict:
+    """Versions, device and host of this process (the columns of :data:`RUN_COLUMNS` that describe it)."""
+    import importlib.metadata
+
+    import jax
+    import jaxlib
+
+    try:
+        version = importlib.metadata.version("dlg-jax")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    device = jax.devices()[0]
+    return {"dlg_jax_version": version, "jax_version": jax.__version__, "jaxlib_version": jaxlib.__version__,
+            "backend": jax.default_backend(), "device": f"{device.platform}:{device.device_kind}",
+            "device_count": len(jax.devices()), "host": platform.node()}
 
 
-def attack_config(name: str, budget: AttackConfig = AttackConfig()) -> AttackConfig:
-    """The config of attack ``name`` under ``budget`` (see :data:`ATTACKS`), without snapshots."""
-    check_choice("attack", name, ATTACKS)
-    return dataclasses.replace(ATTACKS[name](budget), snapshots=0)
+def attack_rows(point: Point, progress: Callable[[Progress], None] | None = None) -> list[dict]:
+    """Run one attack point; one row per target (see the module docstring)."""
+    import jax
 
+    defense = make_defense(point.defense, point.strength, **dict(point.defense_options))
+    config = point.config
+    started = time.perf_counter()
+    run = run_dlg(point.model, point.dataset, targets=point.targets, batch_size=point.batch_size, config=config,
+                  model_options=dict(point.model_options), defense=defense, progress=progress,
+                  **dict(point.data_options))
+    wall = time.perf_counter() - started
+    result, metrics = run.result, run.metrics
+    strength = point.strength
+    shared = {
+        "point_id": point.id, "attack": point.attack, "model": point.model,
+        "model_options": _json(dict(point.model_options)), "dataset": point.dataset,
+        "data_options": _json(dict(point.data_options)), "batch_size": point.batch_size, "targets": point.targets,
+        "labels": config.labels, "defense": point.defense, "defense_strength": format_strength(strength),
+        "defense_strength_value": float(strength) if isinstance(strength, (int, float)) else None,
+        "defense_options": _json(dict(point.defense_options)), "seed": config.seed, "restarts": config.restarts,
+        "iterations_budget": config.iterations, "solver": config.solver.name, "dtype": config.dtype,
+        "precision": str(getattr(config, "precision", None) or jax.config.jax_default_matmul_precision or "default"),
+        "config": _json(dataclasses.asdict(config)), "point": _json(point.key()),
+        "point_wall_seconds": wall, "point_compile_seconds": result.compile_seconds,
+        "point_run_seconds": result.run_seconds, "point_restart_iterations": int(result.restart_iterations),
+        "restart_iterations_per_second": result.restart_iterations / max(result.run_seconds, 1e-9),
+        "chunk_memory_budget": config.memory_budget, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **environment(),
+    }
+    rows = []
+    for t in range(point.targets):
+        best = int(result.best_restart[t])
+        rows.append({
+            **shared, "target": t, "target_indices": run.indices[t].tolist(),
+            "true_labels": np.asarray(run.labels[t]).tolist(), "recovered_labels": result.best_labels[t].tolist(),
+            "psnr": float(metrics.psnr[t]), "ssim": float(metrics.ssim[t]), "mse": float(metrics.mse[t]),
+            "label_accuracy": float(metrics.label_accuracy[t]),
+            "success": bool(metrics.slot_psnr[t].min() >= 30.0), "slot_psnr": metrics.slot_psnr[t].tolist(),
+            "duplicates": int(metrics.duplicates[t]), "best_restart": best, "best_loss": float(result.loss[t, best]),
+            "restart_losses": result.loss[t].astype(float).tolist(),
+            "restart_iterations": result.iterations[t].astype(int).tolist(),
+            "restart_evaluations": result.evaluations[t].astype(int).tolist(),
+            "converged_restarts": int(result.converged[t].sum()), "failed_restarts": int(result.failed[t].sum()),
+            "iterations": int(result.iterations[t, best]), "evaluations": int(result.evaluations[t, best]),
+        })
+    return rows
+
+
+def run_points(store: Store, points: Iterable[Any], compute: Callable[[Any], list[dict]], executor=None,
+               on_point: Callable[[Any, list[dict] | None], None] | None = None) -> int:
+    """Run ``compute(point)`` for every point (anything with an ``id``) whose part is not in ``store``
+    yet, on ``executor`` (default: in this process, in order), and store each point's rows as they
+    arrive. ``on_point(point, rows)`` is called for each stored point, and with ``rows=None`` for each
+    point found finished. Returns the number of points run."""
+    from dlg_jax.executors import LocalExecutor
+
+    points = list({p.id: p for p in points}.values())
+    finished = store.finished()
+    todo = [p for p in points if p.id not in finished]
+    for point in points:
+        if point.id in finished and on_point is not None:
+            on_point(point, None)
+    for point, rows in (executor or LocalExecutor()).map(compute, todo):
+        store.write(point.id, rows)
+        if on_point is not None:
+            on_point(point, rows)
+    return len(todo)
+
+
+def check_resume(points: list[Point], store: Store, resume: bool) -> None:
+    """Without ``resume``, a store that already holds some of ``points`` is an error."""
+    done = store.finished() & {p.id for p in points}
+    if done and not resume:
+        raise DLGInputError(f"store {store.path!r} already holds {len(done)} of this grid's {len(points)} points; "
+                            "pass --resume to run the rest, or give a new --store")
+
+
+def run_grid(points: list[Point], store: Store, *, resume: bool = False, executor=None,
+             memory_budget: int | None = None, progress: Callable[[Progress], None] | None = None,
+             on_point: Callable[[Point, list[dict] | None], None] | None = None) -> int:
+    """Run a grid's attack points into ``store``. Without ``resume``, a store that already holds some of
+    these points is an error (nothing is touched). ``memory_budget`` (bytes) sets every point's chunk by
+    memory (:mod:`dlg_jax.memory`); it is not part of a point's identity. Returns the points run."""
+    check_resume(points, store, resume)
+    if memory_budget is not None:
+        points = [dataclasses.replace(p, config=dataclasses.replace(p.config, memory_budget=memory_budget))
+                  for p in points]
+    compute = attack_rows if progress is None else functools.partial(attack_rows, progress=progress)
+    return run_points(store, points, compute, executor, on_point)
+
+
+def point_summaries(rows: list[dict]) -> list[dict]:
+    """One entry per point of ``rows`` (store rows, in order of first appearance): its ``setting``
+    (``attack``, ``defense``, ``strength``, ``defense_options``), per-target ``psnr`` / ``ssim`` lists
+    and their means, ``mse_mean``, ``label_accuracy`` and ``wall_seconds``."""
+    by_point: dict[str, list[dict]] = {}
+    for row in rows:
+        by_point.setdefault(row["point_id"], []).append(row)
+    summaries = []
+    for targets in by_point.values():
+        targets = sorted(targets, key=lambda r: r["target"])
+        key = json.loads(targets[0]["point"])
+        summaries.append({
+            "setting": {"attack": key["attack"], "defense": key["defense"], "strength": key["strength"],
+                        "defense_options": key["defense_options"]},
+            "psnr": [r["psnr"] for r in targets], "ssim": [r["ssim"] for r in targets],
+            "psnr_mean": float(np.mean([r["psnr"] for r in targets])),
+            "ssim_mean": float(np.mean([r["ssim"] for r in targets])),
+            "mse_mean": float(np.mean([r["mse"] for r in targets])),
+            "label_accuracy": float(np.mean([r["label_accuracy"] for r in targets])),
+            "wall_seconds": targets[0]["point_wall_seconds"],
+        })
+    return summaries
+
+
+# ---------------------------------------------------------------------------------------------------
+# The utility side of the privacy-utility trade-off: a model trained with each defense.
 
 @dataclasses.dataclass(frozen=True)
-class Setting:
-    """One point of the grid: ``attack`` name, ``defense`` name, its ``strength`` and options."""
+class TrainingPoint:
+    """Train with ``defense`` at ``strength`` (:func:`dlg_jax.training.train` under ``config``)."""
 
-    attack: str
     defense: str
-    strength: Any = None
-    options: tuple[tuple[str, Any], ...] = ()
+    strength: Any
+    defense_options: tuple[tuple[str, Any], ...]
+    config: TrainConfig
+
+    def key(self) -> dict:
+        return json.loads(_json({"defense": self.defense, "strength": self.strength,
+                                 "defense_options": dict(self.defense_options), "train": dataclasses.asdict(self.config)}))
+
+    @property
+    def id(self) -> str:
+        return "train-" + key_id(self.key())
 
 
-def grid(attacks: Iterable[str], defenses: Iterable[str], strengths: Iterable[Any] | None = None,
-         options: dict[str, dict] | None = None) -> list[Setting]:
-    """Every attack against an undefended baseline (``none``) and every defense at every strength
-    (``strengths`` for all defenses, else each defense's :data:`~dlg_jax.defenses.DEFAULT_STRENGTHS`).
-    ``options[defense]``: that defense's options (e.g. ``{"prune": {"scope": "global"}}``). All settings
-    are validated (by building their defense) before anything runs."""
-    options = options or {}
-    attacks, defenses = list(attacks), [d for d in defenses if d != "none"]
-    for name in attacks:
-        check_choice("attack", name, ATTACKS)
-    for name in defenses:
-        check_choice("defense", name, DEFENSE_NAMES)
-    settings = []
-    for attack in attacks:
-        settings.append(Setting(attack, "none"))
-        for defense in defenses:
-            for strength in (DEFAULT_STRENGTHS[defense] if strengths is None else strengths):
-                built = make_defense(defense, strength, **options.get(defense, {}))
-                settings.append(Setting(attack, defense, built.strength, built.options))
-    return settings
-
-
-def _jsonable(value):
-    return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
-
-
-def setting_key(setting: Setting, config: AttackConfig, model: str, dataset: str, targets: int,
-                batch_size: int, model_options: dict, data_options: dict) -> dict:
-    """Everything that determines a row's numbers, as plain JSON data (the row's identity)."""
-    return _jsonable({
-        "attack": setting.attack, "defense": setting.defense, "strength": setting.strength,
-        "defense_options": dict(setting.options), "model": model, "model_options": model_options,
-        "dataset": dataset, "data_options": data_options, "targets": targets, "batch_size": batch_size,
-        "config": dataclasses.asdict(config),
-    })
-
-
-def load_rows(path: str | os.PathLike) -> list[dict]:
-    """The rows of a results file (``[]`` if it does not exist)."""
-    if not os.path.exists(path):
-        return []
-    try:
-        with open(path) as handle:
-            return list(json.load(handle)["rows"])
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise DLGInputError(
-            f"results file {os.fspath(path)!r} is not a results file this tool wrote: {error}") from None
-
-
-def attack_setting(setting: Setting, config: AttackConfig, *, model: str = "lenet", dataset: str = "colour",
-                   targets: int = 4, batch_size: int = 1, model_options: dict | None = None,
-                   data_options: dict | None = None, progress: Callable[[Progress], None] | None = None) -> dict:
-    """Run one setting with :func:`~dlg_jax.pipeline.run_dlg`: defend the first ``targets`` batches,
-    attack them all at once, score them.
-
-    Returns a row (without its ``setting``, see :func:`setting_key`): the metric summary over targets (``psnr_mean``,
-    ``ssim_mean``, ``mse_mean``, ``label_accuracy``, ``success_rate_psnr30``, ...), per-target ``psnr``,
-    ``ssim``, ``label_accuracy`` lists and timings.
-    """
-    defense = make_defense(setting.defense, setting.strength, **dict(setting.options))
-    started = time.perf_counter()
-    run = run_dlg(model, dataset, targets=targets, batch_size=batch_size, config=config,
-                  model_options=model_options, defense=defense, progress=progress, **(data_options or {}))
-    result, metrics = run.result, run.metrics
-    return {
-        **metrics.summary(),
-        "psnr": metrics.psnr.tolist(), "ssim": metrics.ssim.tolist(),
-        "target_label_accuracy": metrics.label_accuracy.tolist(),
-        "wall_seconds": time.perf_counter() - started, "compile_seconds": result.compile_seconds,
-        "run_seconds": result.run_seconds, "restart_iterations": result.restart_iterations,
-    }
-
-
-def run_resumable(results_path: str | os.PathLike, jobs: list[tuple[dict, Callable[[], dict]]],
-                  on_row: Callable[[dict, bool], None] | None = None) -> list[dict]:
-    """For each ``(key, compute)`` job: reuse the row of ``results_path`` whose ``setting`` equals
-    ``key``, or run ``compute()`` (a row without ``setting``), store it under ``key`` and rewrite the
-    file atomically. ``on_row(row, reused)`` is called in order. Returns the jobs' rows in order."""
-    rows = load_rows(results_path)
-    done = []
-    for key, compute in jobs:
-        row = next((r for r in rows if r.get("setting") == key), None)
-        reused = row is not None
-        if row is None:
-            row = {"setting": key, **compute()}
-            rows.append(row)
-            atomic_write_json(results_path, {"rows": rows})
-        if on_row is not None:
-            on_row(row, reused)
-        done.append(row)
-    return done
-
-
-def run_sweep(settings: list[Setting], results_path: str | os.PathLike, budget: AttackConfig = AttackConfig(),
-              *, model: str = "lenet", dataset: str = "colour", targets: int = 4, batch_size: int = 1,
-              model_options: dict | None = None, data_options: dict | None = None,
-              progress: Callable[[Progress], None] | None = None,
-              on_row: Callable[[dict, bool], None] | None = None) -> list[dict]:
-    """Attack every setting not yet in ``results_path`` (:func:`attack_setting`), resumably.
-
-    ``budget`` is the attack options: each attack's config is :func:`attack_config` of it. Returns the
-    rows of ``settings`` in order.
-    """
-    targets = check_positive_int("targets", targets)
-    batch_size = check_positive_int("batch size", batch_size)
-    model_options, data_options = model_options or {}, data_options or {}
-    jobs = []
-    for setting in settings:
-        config = attack_config(setting.attack, budget)
-        key = setting_key(setting, config, model, dataset, targets, batch_size, model_options, data_options)
-        jobs.append((key, functools.partial(attack_setting, setting, config, model=model, dataset=dataset,
-                                            targets=targets, batch_size=batch_size, model_options=model_options,
-                                            data_options=data_options, progress=progress)))
-    return run_resumable(results_path, jobs, on_row)
-
-
-def run_training_sweep(settings: list[Setting], results_path: str | os.PathLike, config: TrainConfig,
-                       on_row: Callable[[dict, bool], None] | None = None) -> list[dict]:
-    """Train with each distinct defense setting of ``settings`` (:func:`dlg_jax.training.train`),
-    resumably. A row holds ``test_accuracy`` / ``train_accuracy`` per run, their means, the mean
-    minibatch loss over the last 10% of steps and the seconds taken."""
-    jobs, seen = [], set()
-    for setting in settings:
-        defense = make_defense(setting.defense, setting.strength, **dict(setting.options))
-        key = _jsonable({"defense": setting.defense, "strength": setting.strength,
-                         "defense_options": dict(setting.options), "train": dataclasses.asdict(config)})
-        if json.dumps(key, sort_keys=True) in seen:
-            continue
-        seen.add(json.dumps(key, sort_keys=True))
-        jobs.append((key, functools.partial(_training_row, config, defense)))
-    return run_resumable(results_path, jobs, on_row)
-
-
-def _training_row(config: TrainConfig, defense) -> dict:
-    result = train(config, defense)
+def training_rows(point: TrainingPoint) -> list[dict]:
+    """One row: test / train accuracy of every run, their means, the mean minibatch loss over the last
+    10% of steps, the seconds taken."""
+    result = train(point.config, make_defense(point.defense, point.strength, **dict(point.defense_options)))
     tail = max(1, result.loss.shape[1] // 10)
-    return {"test_accuracy": result.test_accuracy.tolist(), "train_accuracy": result.train_accuracy.tolist(),
-            "test_accuracy_mean": float(result.test_accuracy.mean()),
-            "train_accuracy_mean": float(result.train_accuracy.mean()),
-            "final_loss": float(np.mean(result.loss[:, -tail:])), "seconds": result.seconds}
+    return [{"point_id": point.id, "point": _json(point.key()), "defense": point.defense,
+             "defense_strength": format_strength(point.strength),
+             "test_accuracy": result.test_accuracy.tolist(), "train_accuracy": result.train_accuracy.tolist(),
+             "test_accuracy_mean": float(result.test_accuracy.mean()),
+             "train_accuracy_mean": float(result.train_accuracy.mean()),
+             "final_loss": float(np.mean(result.loss[:, -tail:])), "seconds": result.seconds}]

@@ -1,7 +1,6 @@
 """Defenses: each transform against its formula, composition, keys, bad input; DLG's defense claims on
 LeNet; the ``dlg-jax defend`` command."""
 
-import json
 import os
 
 import jax
@@ -15,6 +14,7 @@ from dlg_jax.cli import main
 from dlg_jax.defenses import (apply_defense, compose, defended_gradients, make_defense, per_example_gradients,
                               with_key)
 from dlg_jax.errors import DLGInputError
+from dlg_jax.store import Store
 from dlg_jax.metrics import evaluate
 from dlg_jax.training import TrainConfig, split_indices, train
 from dlg_jax.victim import shared_gradients
@@ -219,16 +219,17 @@ def test_cli_sweep_writes_rows_plot_and_resumes(tmp_path, capsys):
     out = tmp_path / "sweep"
     argv = ["defend", "sweep", *TINY, "--defense", "gaussian,prune", "--strengths", "0.5", "--out", str(out)]
     assert main(argv) == 0
-    rows = json.loads((out / "sweep.json").read_text())["rows"]
-    assert [(r["setting"]["defense"], r["setting"]["strength"]) for r in rows] == [
-        ("none", None), ("gaussian", 0.5), ("prune", 0.5)]
-    assert all(len(r["psnr"]) == 2 and r["setting"]["config"]["iterations"] == 20 for r in rows)
+    rows = Store(out / "store").rows()  # one row per (point, target)
+    assert sorted((r["defense"], r["defense_strength"], r["target"]) for r in rows) == [
+        ("gaussian", "0.5", 0), ("gaussian", "0.5", 1), ("none", "-", 0), ("none", "-", 1), ("prune", "0.5", 0),
+        ("prune", "0.5", 1)]
+    assert all(r["iterations_budget"] == 20 and len(r["restart_losses"]) == 1 for r in rows)
     assert (out / "defense_sweep.png").read_bytes()[:4] == b"\x89PNG"
     assert "| dlg | prune | 0.5 |" in capsys.readouterr().out
     assert main(argv) == 0  # everything reused: nothing rerun, nothing added
-    assert capsys.readouterr().err.count("(from sweep.json)") == 3
-    assert len(json.loads((out / "sweep.json").read_text())["rows"]) == 3
-    assert not [name for name in os.listdir(out) if name.startswith(".tmp")]
+    assert capsys.readouterr().err.count("in the store") == 3
+    assert Store(out / "store").rows() == rows
+    assert not [name for name in os.listdir(out / "store" / "parts") if name.startswith(".tmp")]
 
 
 def test_cli_tradeoff_trains_with_each_defense(tmp_path, capsys):
@@ -238,9 +239,9 @@ def test_cli_tradeoff_trains_with_each_defense(tmp_path, capsys):
     assert "DP noise multiplier must be a number" in capsys.readouterr().err
     assert main(["defend", "tradeoff", *TINY, "--defense", "precision", "--strengths", "int4",
                  "--train-steps", "5", "--train-runs", "1", "--out", str(out)]) == 0
-    training = json.loads((out / "training.json").read_text())["rows"]
-    assert [r["setting"]["defense"] for r in training] == ["none", "precision"]
-    assert {"tradeoff.png", "defense_sweep.png", "summary.md", "sweep.json"} <= set(os.listdir(out))
+    training = Store(out / "training-store").rows()
+    assert sorted(r["defense"] for r in training) == ["none", "precision"]
+    assert {"tradeoff.png", "defense_sweep.png", "summary.md", "store", "training-store"} <= set(os.listdir(out))
     table = capsys.readouterr().out
     assert "| dlg | precision | int4 |" in table and "test accuracy" in table
 

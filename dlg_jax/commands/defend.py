@@ -1,17 +1,20 @@
 """``dlg-jax defend``: defenses against gradient leakage and the privacy-utility trade-off.
 
-    dlg-jax defend sweep     attack x defense x strength -> sweep.json, defense_sweep.png, summary.md
-    dlg-jax defend tradeoff  the sweep, plus a model trained with each defense -> training.json, tradeoff.png
+    dlg-jax defend sweep     attack x defense x strength -> store/, defense_sweep.png, summary.md
+    dlg-jax defend tradeoff  the sweep, plus a model trained with each defense -> training-store/, tradeoff.png
 
-Both are resumable: settings already in ``--out``'s JSON files are reused, not rerun.
+The sweep is a grid (:func:`dlg_jax.grid.expand`) run by the one sweep loop (:mod:`dlg_jax.sweep`) into
+results stores under ``--out`` (:mod:`dlg_jax.store`), so both are resumable: points already stored are
+reused, not rerun, and ``dlg-jax report OUT/store`` reads the same rows.
 """
 
 import argparse
 import itertools
+import json
 import os
 import sys
 
-from dlg_jax.commands.attack import ProgressBar, _positive_int, add_attack_options, attack_config_from_args
+from dlg_jax.commands.attack import ProgressBar, _positive_int, add_attack_options
 
 # Budgets when neither the option nor --quick is given, and with --quick (a smoke run of a few minutes).
 STANDARD = {"restarts": 4, "iterations": 2000, "targets": 4, "train_steps": 500, "train_runs": 3,
@@ -63,11 +66,11 @@ def register(subparsers) -> None:
     modes = parser.add_subparsers(dest="mode", required=True)
     _add_options(modes.add_parser("sweep", help="attack quality vs defense strength",
                                   description="Attack the first --targets batches under every defense and "
-                                              "strength; write sweep.json, defense_sweep.png, summary.md."),
+                                              "strength; write store/, defense_sweep.png, summary.md."),
                  tradeoff=False)
     _add_options(modes.add_parser("tradeoff", help="the sweep plus test accuracy of models trained with each defense",
                                   description="Run the sweep, train a model with each defense on every step's "
-                                              "gradient, write training.json, tradeoff.png, summary.md."),
+                                              "gradient, write training-store/, tradeoff.png, summary.md."),
                  tradeoff=True)
 
 
@@ -102,70 +105,90 @@ class _SettingBars:
         self.bar = ProgressBar(self.enabled)
 
 
+def _defense_entries(args, defenses: list[str]) -> list:
+    """The grid's ``defense`` axis: the undefended baseline, then each defense at its strengths."""
+    options = {"prune": {} if args.prune_scope is None else {"scope": args.prune_scope},
+               "dp": {} if args.dp_clip is None else {"clip": args.dp_clip}}
+    entries = ["none"]
+    for defense in dict.fromkeys(d for d in defenses if d != "none"):
+        entry = {"name": defense, **options.get(defense, {})}
+        if args.strengths is not None:
+            entry["strength"] = [_parse_strength(s) for s in _split(args.strengths)]
+        elif args.quick:
+            entry["strength"] = list(QUICK_STRENGTHS.get(defense, ()))
+        entries.append(entry)
+    return entries
+
+
 def run(args) -> int:
+    import jax
+
     from dlg_jax.defense_report import join_tradeoff, sweep_plot, sweep_table, tradeoff_plot, tradeoff_table
     from dlg_jax.defenses import format_strength
     from dlg_jax.files import atomic_write_bytes, prepare_output_dir
-    from dlg_jax.sweep import grid, run_sweep, run_training_sweep
+    from dlg_jax.grid import expand
+    from dlg_jax.store import Store
+    from dlg_jax.sweep import TrainingPoint, point_summaries, run_grid, run_points, training_rows
     from dlg_jax.training import TrainConfig
 
+    if args.float64:
+        jax.config.update("jax_enable_x64", True)
     args.restarts, args.iterations = _resolve(args, "restarts"), _resolve(args, "iterations")
-    budget = attack_config_from_args(args)
-    defenses = _split(_resolve(args, "defense"))
-    options = {"prune": {} if args.prune_scope is None else {"scope": args.prune_scope},
-               "dp": {} if args.dp_clip is None else {"clip": args.dp_clip}}
-    if args.strengths is not None:
-        strengths = {d: [_parse_strength(s) for s in _split(args.strengths)] for d in defenses}
-    elif args.quick:
-        strengths = {d: list(QUICK_STRENGTHS.get(d, ())) for d in defenses}
-    else:
-        strengths = {d: None for d in defenses}
-    settings = []
-    for defense in defenses:
-        for setting in grid(_split(args.attacks), [defense], strengths[defense], options):
-            if setting not in settings:
-                settings.append(setting)
-    settings.sort(key=lambda s: s.defense != "none")  # undefended baselines first
+    budget = {name: getattr(args, name) for name in ("restarts", "iterations", "tolerance", "chunk_size", "solver",
+                                                      "history_size", "learning_rate")
+              if getattr(args, name) is not None}
+    dataset = {"name": args.dataset, **{k: v for k, v in (("split", args.split), ("data_dir", args.data_dir),
+                                                         ("image_size", args.image_size)) if v is not None}}
+    model = {"name": args.model, **({"activation": args.activation} if args.activation else {})}
+    axes = {"attack": _split(args.attacks), "defense": _defense_entries(args, _split(_resolve(args, "defense"))),
+            "model": model, "dataset": dataset, "batch_size": args.batch_size, "targets": _resolve(args, "targets"),
+            "seed": args.seed, "dtype": "float64" if args.float64 else "float32"}
+    points = sorted(expand(axes, budget).points, key=lambda p: p.defense != "none")  # undefended baselines first
     train_config = None
     if args.tradeoff:
         train_config = TrainConfig(model=args.train_model or args.model, dataset=args.dataset, norm=args.train_norm,
                                    steps=_resolve(args, "train_steps"), batch_size=args.train_batch_size,
                                    learning_rate=args.train_lr, runs=_resolve(args, "train_runs"), seed=args.seed)
     out = prepare_output_dir(args.out)
-    model_options = {"activation": args.activation} if args.activation else {}
-    data_options = {k: v for k, v in (("split", args.split), ("data_dir", args.data_dir),
-                                      ("image_size", args.image_size)) if v is not None}
+    store = Store(os.path.join(out, "store"))
     bars = _SettingBars(not args.quiet)
-
     counter = itertools.count(1)
 
-    def report(row, reused):
+    def report(point, rows):
         bars.next()
-        s = row["setting"]
-        print(f"[{next(counter)}/{len(settings)}] {s['attack']} {s['defense']} {format_strength(s['strength'])}: "
-              f"PSNR {row['psnr_mean']:.1f} dB, SSIM {row['ssim_mean']:.3f}, labels {row['label_accuracy']:.0%}"
-              + (" (from sweep.json)" if reused else f" ({row['wall_seconds']:.0f} s)"), file=sys.stderr)
+        psnr = sum(r["psnr"] for r in rows) / len(rows) if rows else None
+        print(f"[{next(counter)}/{len(points)}] {point.attack} {point.defense} {format_strength(point.strength)}: "
+              + ("in the store" if rows is None else
+                 f"PSNR {psnr:.1f} dB, labels {sum(r['label_accuracy'] for r in rows) / len(rows):.0%} "
+                 f"({rows[0]['point_wall_seconds']:.0f} s)"), file=sys.stderr)
 
     try:
-        rows = run_sweep(settings, os.path.join(out, "sweep.json"), budget, model=args.model, dataset=args.dataset,
-                         targets=_resolve(args, "targets"), batch_size=args.batch_size,
-                         model_options=model_options, data_options=data_options, progress=bars, on_row=report)
+        run_grid(points, store, resume=True, progress=bars, on_point=report)
     finally:
         bars.bar.close()
+    order = {p.id: i for i, p in enumerate(points)}
+    rows = point_summaries(sorted((r for r in store.rows() if r["point_id"] in order),
+                                  key=lambda r: (order[r["point_id"]], r["target"])))
     sweep_plot(os.path.join(out, "defense_sweep.png"), rows,
                title=f"{args.model} on {args.dataset}: attack quality vs defense strength "
                      f"({_resolve(args, 'targets')} targets, {args.restarts} restarts, {args.iterations} iterations)")
     summary = ["## Defense sweep", "", sweep_table(rows), ""]
     print(sweep_table(rows))
     if args.tradeoff:
-        def trained(row, reused):
-            s = row["setting"]
-            print(f"trained with {s['defense']} {format_strength(s['strength'])}: test accuracy "
-                  f"{row['test_accuracy_mean']:.1%}" + (" (from training.json)" if reused else
-                                                         f" ({row['seconds']:.0f} s)"), file=sys.stderr)
+        training = list({(p.defense, p.strength, p.defense_options): TrainingPoint(
+            p.defense, p.strength, p.defense_options, train_config) for p in points}.values())
 
-        training_rows = run_training_sweep(settings, os.path.join(out, "training.json"), train_config, on_row=trained)
-        joined = join_tradeoff(rows, training_rows)
+        def trained(point, rows):
+            print(f"trained with {point.defense} {format_strength(point.strength)}: "
+                  + ("in the store" if rows is None else
+                     f"test accuracy {rows[0]['test_accuracy_mean']:.1%} ({rows[0]['seconds']:.0f} s)"), file=sys.stderr)
+
+        training_store = Store(os.path.join(out, "training-store"))
+        run_points(training_store, training, training_rows, on_point=trained)
+        wanted = {p.id for p in training}
+        training_results = [{**row, "setting": json.loads(row["point"])} for row in training_store.rows()
+                            if row["point_id"] in wanted]
+        joined = join_tradeoff(rows, training_results)
         tradeoff_plot(os.path.join(out, "tradeoff.png"), joined,
                       title=f"Privacy-utility trade-off: {train_config.model} trained on {args.dataset} "
                             f"({train_config.steps} steps), {args.model} attacked")

@@ -1,0 +1,300 @@
+"""Sweeps: grid files, the results store, kill-safe resume, the Ray executor, memory-aware chunking and
+``dlg-jax report``.
+
+The end-to-end tests run ``python -m dlg_jax.cli sweep`` in subprocesses over one small grid (LeNet on
+the embedded 28x28 digits, 2 targets x 2 restarts x 20 iterations per point; the points differ by seed,
+so they share one compiled program) and a shared JAX compilation cache, so that each process compiles
+at most once.
+"""
+
+import dataclasses
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from dlg_jax.cli import main
+from dlg_jax.errors import DLGInputError
+from dlg_jax.grid import parse_grid
+from dlg_jax.memory import chunk_for_budget, parse_bytes
+from dlg_jax.store import Store
+from dlg_jax.sweep import RUN_COLUMNS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SEEDS = 8
+GRID = f"""name = "kill test"
+[budget]
+targets = 2
+restarts = 2
+iterations = 20
+
+[axes]
+dataset = "digits"
+seed = {list(range(SEEDS))}
+"""
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("compile-cache"))
+
+
+@pytest.fixture(scope="module")
+def grid_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("grid") / "grid.toml"
+    path.write_text(GRID)
+    return str(path)
+
+
+def _sweep(grid_file, store, cache, *extra) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "disabled"}
+    return subprocess.Popen([sys.executable, "-m", "dlg_jax.cli", "sweep", grid_file, "--store", str(store), "--quiet",
+                             "--compile-cache", cache, *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _finished(store) -> int:
+    parts = os.path.join(store, "parts")
+    return len([n for n in os.listdir(parts) if n.endswith(".parquet")]) if os.path.isdir(parts) else 0
+
+
+def _comparable(rows: list[dict]) -> str:
+    """Rows without the columns that describe how and where they ran, sorted, as JSON (NaN == NaN)."""
+    kept = [{k: v for k, v in row.items() if k not in RUN_COLUMNS} for row in rows]
+    return json.dumps(sorted(kept, key=lambda r: (r["point_id"], r["target"])), sort_keys=True)
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory, grid_file, cache):
+    """The store of an uninterrupted run of the grid."""
+    store = tmp_path_factory.mktemp("baseline") / "store"
+    process = _sweep(grid_file, store, cache)
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err
+    return store
+
+
+def test_sigkill_twice_then_resume_equals_an_uninterrupted_run(tmp_path, grid_file, cache, baseline):
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    store = tmp_path / "store"
+    for kill in range(2):
+        process = _sweep(grid_file, store, cache, "--resume")
+        wanted = _finished(store) + rng.randint(1, 2)  # kill after one or two more points, at a random moment
+        while _finished(store) < wanted and process.poll() is None:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.3))
+        assert process.poll() is None, f"sweep finished before kill {kill + 1} (seed {seed})"
+        process.kill()  # SIGKILL
+        process.wait()
+    interrupted = _finished(store)
+    assert 2 <= interrupted < SEEDS, f"seed {seed}"
+    process = _sweep(grid_file, store, cache, "--resume")
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err
+    assert f"{SEEDS - interrupted} points run, {interrupted} already stored" in out
+    rows, expected = Store(store).rows(), Store(baseline).rows()
+    assert len(rows) == SEEDS * 2 and len({(r["point_id"], r["target"]) for r in rows}) == SEEDS * 2
+    assert _comparable(rows) == _comparable(expected), f"seed {seed}"
+    assert not [n for n in os.listdir(store / "parts") if not n.endswith(".parquet")]
+
+
+def test_store_rows_hold_metrics_losses_timings_versions(baseline):
+    rows = Store(baseline).rows()
+    row = rows[0]
+    assert len(row["restart_losses"]) == 2 and len(row["restart_iterations"]) == 2
+    assert row["best_loss"] == min(row["restart_losses"])
+    assert 0 <= row["best_restart"] < 2 and row["iterations_budget"] == 20
+    assert row["point_run_seconds"] > 0 and row["point_restart_iterations"] == 2 * 2 * 20
+    assert row["jax_version"] and row["device"].startswith("cpu") and row["precision"]
+    assert row["success"] == (min(row["slot_psnr"]) >= 30.0)
+    assert sorted({r["seed"] for r in rows}) == list(range(SEEDS))
+    # identical targets, different seeds: different dummies, so different losses
+    assert len({r["restart_losses"][0] for r in rows if r["target"] == 0}) == SEEDS
+
+
+def test_resume_needed_for_a_store_holding_the_grid(baseline, grid_file, capsys):
+    before = sorted(os.listdir(baseline / "parts"))
+    assert main(["sweep", grid_file, "--store", str(baseline), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"already holds {SEEDS} of this grid's {SEEDS} points; pass --resume" in err and err.count("\n") == 1
+    assert main(["sweep", grid_file, "--store", str(baseline), "--quiet", "--resume", "--compile-cache", "none"]) == 0
+    assert f"0 points run, {SEEDS} already stored" in capsys.readouterr().out
+    assert sorted(os.listdir(baseline / "parts")) == before
+
+
+def test_report_writes_tables_and_figures(baseline, tmp_path, capsys):
+    assert main(["report", str(baseline), "--out", str(tmp_path / "report")]) == 0
+    out = capsys.readouterr().out
+    assert "## Success rate vs batch size" in out and "## Throughput per device" in out
+    assert f"| dlg | lenet | 1 | {SEEDS} | {2 * SEEDS} |" in out
+    for name in ("report.md", "success_vs_batch_size.png", "success_vs_defense.png", "success_vs_model.png",
+                 "throughput.png"):
+        assert (tmp_path / "report" / name).stat().st_size > 0
+
+
+def test_ray_executor_writes_the_same_rows(tmp_path, grid_file, cache, baseline):
+    pytest.importorskip("ray")
+    small = tmp_path / "grid.toml"
+    small.write_text(GRID.replace(f"seed = {list(range(SEEDS))}", "seed = [0, 1]"))
+    process = _sweep(str(small), tmp_path / "store", cache, "--executor", "ray", "--ray-num-cpus", "2")
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err
+    rows = Store(tmp_path / "store").rows()
+    expected = [r for r in Store(baseline).rows() if r["seed"] in (0, 1)]
+    assert len(rows) == 4 and _comparable(rows) == _comparable(expected)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Grid files.
+
+def test_grid_expands_the_product_of_its_axes():
+    grid = parse_grid("""
+[budget]
+restarts = 3
+[axes]
+attack = ["dlg", "ig"]
+batch_size = [1, 2]
+defense = ["none", {name = "gaussian", strength = [1e-4, 1e-2]}, {name = "prune", strength = 0.3, scope = "global"}]
+labels = "analytic"
+""")
+    points = grid.points
+    assert len(points) == 2 * 2 * 4
+    assert {(p.defense, p.strength) for p in points} == {("none", None), ("gaussian", 1e-4), ("gaussian", 1e-2),
+                                                        ("prune", 0.3)}
+    assert all(p.config.restarts == 3 and p.config.labels == "analytic" and p.config.snapshots == 0 for p in points)
+    ig = next(p for p in points if p.attack == "ig")
+    assert ig.config.distance == "cosine" and ig.config.solver.signed  # the preset, with the grid on top
+    assert len({p.id for p in points}) == len(points)
+    assert parse_grid("[axes]\nbatch_size = [1, 2]").points[0].id == parse_grid("[axes]\nbatch_size = 1").points[0].id
+    assert len(parse_grid("[axes]\ndefense = 'prune'").points) == 5  # every default pruning ratio
+
+
+@pytest.mark.parametrize("text,message", [
+    ("[budget]\nrestarts = 2\nrestart = 3\n", "grid line 3: budget.restart: unknown key 'restart'"),
+    ("[axes]\nseed = [0]\nbatch_size = [1, 'two']\n", "grid line 3: axes.batch_size: must be an integer >= 1, got 'two'"),
+    ("[axes]\ndefense = [{name = 'gaussian', strength = -1}]\n", "grid line 2: axes.defense: noise variance must be"),
+    ("[axes]\nmodel = 'lenet5'\n", "grid line 2: axes.model: unknown model 'lenet5'"),
+    ("[axes]\nlabels = ['joint', 'guess']\n", "grid line 2: axes.labels: unknown label strategy 'guess'"),
+    ("name = 'x'\n\n[axis]\nseed = 1\n", "grid line 3: axis: unknown key 'axis'; allowed: name, budget, axes"),
+    ("[axes]\nbatch_size = [1,\n", "grid: not valid TOML"),
+    ("budget.iterations = 0\n", "grid line 1: budget.iterations: must be an integer >= 1, got 0"),
+    ("[axes]\nseed = []\n", "grid line 2: axes.seed: is an empty list"),
+])
+def test_grid_errors_name_the_line_and_key(text, message):
+    with pytest.raises(DLGInputError) as error:
+        parse_grid(text)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_cli_bad_grid_is_one_line_exit_2_and_creates_no_store(tmp_path, capsys):
+    grid = tmp_path / "bad.toml"
+    grid.write_text("[budget]\niterations = 20\n\n[axes]\nbatch_size = [1, 0]\n")
+    assert main(["sweep", str(grid), "--store", str(tmp_path / "store")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"dlg-jax: error: grid file {grid} line 5: axes.batch_size: must be an integer >= 1, got 0\n"
+    assert not (tmp_path / "store").exists()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The store.
+
+def test_store_parts_are_atomic_and_temporaries_ignored(tmp_path):
+    store = Store(tmp_path / "s")
+    store.write("a", [{"point_id": "a", "x": 1.0, "losses": [1.0, float("nan")]}])
+    store.write("b", [{"point_id": "b", "x": 2.0, "losses": [3.0]}, {"point_id": "b", "x": None, "losses": []}])
+    (tmp_path / "s" / "parts" / ".tmp-xyzc.parquet").write_bytes(b"half a file")  # a killed writer's leftover
+    store.write("a", [{"point_id": "a", "x": 5.0, "losses": [1.0]}])  # a rerun replaces, never duplicates
+    reopened = Store(tmp_path / "s")
+    assert reopened.finished() == {"a", "b"}
+    assert [r["x"] for r in reopened.rows()] == [5.0, 2.0, None]
+
+
+def test_incompatible_or_foreign_stores_are_refused_untouched(tmp_path, capsys):
+    store = Store(tmp_path / "s")
+    store.write("a", [{"point_id": "a", "x": 1.0}])
+    manifest = tmp_path / "s" / "manifest.json"
+    manifest.write_text(json.dumps({"format": "dlg-jax results store", "version": 99}))
+    grid = tmp_path / "g.toml"
+    grid.write_text("[budget]\niterations = 1\n")
+    for argv in (["sweep", str(grid), "--store", str(tmp_path / "s"), "--resume"], ["report", str(tmp_path / "s")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "was written by an incompatible version ('dlg-jax results store' version 99" in err
+        assert err.count("\n") == 1
+    assert sorted(os.listdir(tmp_path / "s" / "parts")) == ["a.parquet"]
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    assert main(["sweep", str(grid), "--store", str(tmp_path / "other")]) == 2
+    assert "is not a dlg-jax results store" in capsys.readouterr().err
+    assert os.listdir(tmp_path / "other") == ["notes.txt"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Memory-aware chunking.
+
+@pytest.mark.parametrize("text,size", [("8GB", 8 * 10**9), ("512MiB", 512 * 2**20), ("1.5 GB", 1_500_000_000),
+                                       ("1000", 1000), (4096, 4096)])
+def test_parse_bytes(text, size):
+    assert parse_bytes(text) == size
+
+
+@pytest.mark.parametrize("bad", ["8 parsecs", "-1GB", "", True, 0])
+def test_parse_bytes_rejects(bad):
+    with pytest.raises(DLGInputError, match="memory budget"):
+        parse_bytes(bad)
+
+
+def test_chunk_for_budget_fits_and_verifies():
+    measured = []
+
+    def linear(n):
+        measured.append(n)
+        return 1000 + 100 * n
+
+    assert chunk_for_budget(2000, 64, linear) == 10 and measured[-1] == 10  # verified at the chosen size
+    assert chunk_for_budget(10**9, 64, linear) == 64  # never more than the problems
+    superlinear = lambda n: 1000 + 100 * n + 10 * n * n  # noqa: E731 - the fit from n = 1, 2 is optimistic
+    chunk = chunk_for_budget(3000, 64, superlinear)
+    assert superlinear(chunk) <= 3000 < superlinear(chunk + 2)  # fits, and close to the largest (10)
+    with pytest.raises(DLGInputError, match=r"memory budget 1 kB is too small for one problem.*needs 1.1 kB"):
+        chunk_for_budget(1000, 64, linear)
+
+
+def test_memory_budget_chunks_the_attack_without_changing_results():
+    import jax
+
+    from dlg_jax import AttackConfig, SolverConfig, build_model, get_dataset, run_attack, shared_gradients
+    from dlg_jax.attack import lower_attack_step
+    from dlg_jax.memory import compiled_bytes
+
+    data = get_dataset("digits")
+    images, labels = data.examples([0, 1])
+    model = build_model("mlp", data.input_shape, data.num_classes)
+    params = model.init(jax.random.key(0))
+    grads = shared_gradients(model, params, images[:, None], labels[:, None])
+    config = AttackConfig(restarts=3, iterations=10, snapshots=0, solver=SolverConfig("adam"))
+    one, two, three = (compiled_bytes(lower_attack_step(model, params, grads, 1, dataclasses.replace(
+        config, chunk_size=n), steps=config.iterations).compile()) for n in (1, 2, 3))
+    assert one < two < three  # each problem adds its dummy and solver state
+    budget = three + (two - one) // 2  # room for 3 problems, not 4
+    chunked = run_attack(model, params, grads, 1, dataclasses.replace(config, memory_budget=budget))
+    whole = run_attack(model, params, grads, 1, config)
+    np.testing.assert_allclose(chunked.loss, whole.loss, rtol=1e-5)
+    with pytest.raises(DLGInputError, match="too small for one problem"):
+        run_attack(model, params, grads, 1, dataclasses.replace(config, memory_budget=one - 1))
+
+
+def test_cli_memory_budget_too_small_is_one_line_exit_2(tmp_path, capsys):
+    grid = tmp_path / "g.toml"
+    grid.write_text("[budget]\niterations = 2\nsolver = 'adam'\n[axes]\nmodel = 'mlp'\ndataset = 'digits'\n")
+    assert main(["sweep", str(grid), "--store", str(tmp_path / "s"), "--memory-budget", "1kB", "--quiet",
+                 "--compile-cache", "none"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dlg-jax: error: memory budget 1 kB is too small for one problem") and err.count("\n") == 1
+    assert Store(tmp_path / "s").finished() == set()
