@@ -23,12 +23,18 @@ MODEL_NAMES = ("lenet", "resnet20", "resnet32", "resnet56", "mlp")
 
 @dataclasses.dataclass(frozen=True)
 class Model:
-    """A classifier: ``apply(params, x[B, *input_shape]) -> logits[B, num_classes]``."""
+    """A classifier: ``apply(params, x[B, *input_shape]) -> logits[B, *label_axes, num_classes]``.
+
+    Images: ``input_shape = (H, W, C)``, ``label_axes = ()``. Text (``dlg_jax.models.bert``):
+    ``input_shape = (L, E)`` word embeddings, ``label_axes = (M,)`` masked positions, ``modality = "text"``.
+    """
 
     name: str
     module: nn.Module
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]
     num_classes: int
+    label_axes: tuple[int, ...] = ()
+    modality: str = "image"
 
     def init(self, key: jax.Array, dtype=jnp.float32) -> Any:
         """Fresh parameters (the model's own initialisation), cast to ``dtype``."""
