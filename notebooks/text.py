@@ -35,7 +35,8 @@ from dlg_jax.text_attack import attack_sentences, text_attack_config
 
 SMALL = os.environ.get("DLG_NOTEBOOK_SMALL") == "1"
 MODEL = "bert-tiny" if SMALL else "bert-small"
-CONFIG = text_attack_config(restarts=1, iterations=20) if SMALL else text_attack_config(restarts=4, iterations=300)
+CONFIG = (text_attack_config(restarts=1, iterations=20) if SMALL else
+          text_attack_config(restarts=4, iterations=300, snapshots=11))   # a snapshot every 30 iterations
 SENTENCE = "the meeting starts at nine in the morning"
 
 # %% [markdown]
@@ -58,16 +59,20 @@ print(sentence.scores)
 # ## Token by token
 #
 # The best restart's embeddings, decoded to their nearest token (among the bag of tokens the
-# embedding gradient reveals) at evenly spaced iterations: words lock in one by one as the gradient
-# matching converges. A ✓ marks a token equal to the original at its position.
+# embedding gradient reveals) at evenly spaced iterations: the words lock in as the gradient
+# matching converges. The client's input holds `[MASK]` at the masked positions (marked `*` in the
+# header); their tokens are the labels, read off the bias gradient before the attack. A ✓ marks a
+# position whose decoded token equals the client's input token.
 
 # %%
-original = vocabulary.tokens(sentence.original)
-lines = ["| iteration | " + " | ".join(original) + " |", "|---" * (len(original) + 1) + "|"]
+inputs = sentence.original.copy()
+inputs[list(sentence.masked)] = vocabulary.MASK            # what the client's model actually saw
+header = [t + ("*" if i in sentence.masked else "") for i, t in enumerate(vocabulary.tokens(sentence.original))]
+lines = ["| iteration | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
 accuracy = []
 for iteration, ids in zip(sentence.snapshot_iterations, sentence.snapshots):
     tokens = vocabulary.tokens(ids)
-    hits = [a == b for a, b in zip(ids, sentence.original)]
+    hits = [a == b for a, b in zip(ids, inputs)]
     accuracy.append(np.mean(hits[1:-1]))
     lines.append(f"| {iteration} | " + " | ".join(f"{t} ✓" if h else t for t, h in zip(tokens, hits)) + " |")
 display(Markdown("\n".join(lines)))
@@ -77,7 +82,7 @@ axis.plot(sentence.snapshot_iterations, accuracy, "o-", ms=4)
 axis.set_ylim(-0.05, 1.05)
 axis.set_xlabel("L-BFGS iteration")
 axis.set_ylabel("token accuracy")
-axis.set_title("word positions decoded right (nearest token in the bag)", fontsize=8)
+axis.set_title("word positions decoded to the input token (nearest in the bag)", fontsize=8)
 plt.tight_layout()
 plt.show()
 
