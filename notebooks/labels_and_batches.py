@@ -72,6 +72,7 @@ for strategy in ("joint", "analytic"):
 figure, axes = plt.subplots(3, 4, figsize=(4, 3.2))
 for t in range(4):
     axes[0, t].imshow(runs["joint"].images[t, 0])
+    axes[0, t].set_title("private", fontsize=6)
     for row, strategy in ((1, "joint"), (2, "analytic")):
         run = runs[strategy]
         axes[row, t].imshow(np.clip(run.result.best_images[t, 0], 0, 1))
