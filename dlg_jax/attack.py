@@ -174,6 +174,14 @@ def initial_dummy(seed: int, target: int, restart: int, batch_size: int, input_s
     return Dummy(images, logits)
 
 
+@functools.partial(jax.jit, static_argnames=("batch_size", "input_shape", "num_classes", "joint", "dtype"))
+def _initial_dummies(seed, targets, restarts, *, batch_size, input_shape, num_classes, joint, dtype) -> Dummy:
+    """:func:`initial_dummy` of each ``(targets[i], restarts[i])``; the seed is traced, so attacks that
+    differ only in their seed (the points of a sweep) share one compilation."""
+    return jax.vmap(lambda t, r: initial_dummy(seed, t, r, batch_size, input_shape, num_classes, joint, dtype))(
+        targets, restarts)
+
+
 @functools.lru_cache(maxsize=32)
 def _programs(model: Model, config: AttackConfig):
     """The compiled building blocks for one (model, config): init, run ``n`` steps, final objective."""
@@ -297,10 +305,9 @@ def run_attack(
                            if config.snapshots else np.zeros((0,), int))
     schedule = _block_schedule(config.iterations, config.block, snapshot_iterations)
 
-    make_dummy = jax.jit(jax.vmap(
-        lambda t, r: initial_dummy(config.seed, t, r, batch_size, model.input_shape, model.num_classes,
-                                   joint, dtype)
-    ))
+    make_dummy = functools.partial(_initial_dummies, jnp.asarray(config.seed), batch_size=batch_size,
+                                   input_shape=model.input_shape, num_classes=model.num_classes, joint=joint,
+                                   dtype=dtype)
     outputs = []
     compile_seconds = run_seconds = 0.0
     restart_iterations = 0
