@@ -7,26 +7,35 @@ restart does the whole budget:
 - JAX: :func:`dlg_jax.attack.run_attack` with ``R`` restarts for each solver; one restart-iteration is one
   solver step of one restart (``AttackResult.restart_iterations``), timed by ``run_seconds`` (compile
   time is reported on its own);
-- PyTorch: :func:`benchmarks.torch_reference.dlg_restart` (``torch.optim.LBFGS``, ``max_iter=20``,
-  ``ceil(I / 20)`` steps) on a few restarts one after another; its rate does not depend on ``R``
-  because restarts run sequentially. One restart-iteration is one L-BFGS iteration (``n_iter``).
+- PyTorch (``torch-reference``): :func:`benchmarks.torch_reference.dlg_restart` (``torch.optim.LBFGS``,
+  ``max_iter=20``, ``ceil(I / 20)`` steps) on a few restarts one after another; its rate does not depend
+  on ``R`` because restarts run sequentially. One restart-iteration is one L-BFGS iteration (``n_iter``).
+- ``torch-reference-compiled``: the same procedure whose closure runs the ``torch.compile``d objective
+  (compile time reported on its own).
+
+PyTorch runs on ``--device`` (default: JAX's device), both sides in full float32. On a GPU/TPU backend
+the defaults are GPU-sized: :data:`ACCELERATOR_RESTARTS` restarts in one chunk.
 
 What one iteration costs differs: the lockstep ``lbfgs`` and PyTorch's ``LBFGS`` without a line search
 evaluate the objective once per iteration; ``optax-lbfgs`` / ``jaxopt-lbfgs`` run a zoom line search
 (several evaluations per iteration); ``adam`` one. So evaluations/s and *accepted* iterations are
 recorded as well.
 
-    python -m benchmarks.attack_throughput [--quick] [--restarts 128] [--iterations 200] [--solvers ...]
+    python -m benchmarks.attack_throughput [--quick] [--restarts 128] [--iterations 200] [--solvers ...] [--device cpu]
 """
 
 import math
 import time
 
+import numpy as np
+
 from benchmarks import common
 
 NAME = "attack_throughput"
 TORCH_NAME = "torch-reference"
+TORCH_COMPILED_NAME = "torch-reference-compiled"
 TORCH_MAX_ITER = 20
+ACCELERATOR_RESTARTS = 1024
 MAX_RESTARTS = 4096
 MAX_ITERATIONS = 100_000
 # jaxopt's zoom search makes every batched restart wait for the slowest (DESIGN.md): minutes at R = 128
@@ -34,17 +43,19 @@ MAX_ITERATIONS = 100_000
 QUICK_SOLVERS = ("lbfgs", "optax-lbfgs", "adam")
 
 
-def _jax_run(problem, solver: str, restarts: int, iterations: int, seed: int):
+def _jax_run(problem, solver: str, restarts: int, iterations: int, seed: int, chunk_size: int | None = None):
     """A warmed-up ``run_attack`` for ``solver`` (``run() -> measurements``) and its compile seconds."""
     from dlg_jax.attack import AttackConfig, run_attack
     from dlg_jax.solvers import SolverConfig
 
     config = AttackConfig(restarts=restarts, iterations=iterations, solver=SolverConfig(name=solver),
-                          tolerance=0.0, snapshots=0, seed=seed)
+                          tolerance=0.0, snapshots=0, seed=seed,
+                          chunk_size=chunk_size or AttackConfig().chunk_size)
 
     def run():
         started = time.perf_counter()
-        result = run_attack(problem.model, problem.params, problem.target_grads, 1, config)
+        with common.jax_precision():
+            result = run_attack(problem.model, problem.params, problem.target_grads, 1, config)
         return {"seconds": result.run_seconds, "wall_seconds": time.perf_counter() - started,
                 "compile_seconds": result.compile_seconds, "restart_iterations": int(result.restart_iterations),
                 "accepted_iterations": int(result.iterations.sum()), "evaluations": int(result.evaluations.sum()),
@@ -54,25 +65,58 @@ def _jax_run(problem, solver: str, restarts: int, iterations: int, seed: int):
     return run, first["compile_seconds"]
 
 
-def _torch_run(problem, restarts: int, iterations: int, seed: int):
-    """``run() -> measurements`` for ``restarts`` sequential DLG restarts of ``ceil(I / 20)`` LBFGS steps."""
+def run_torch_dlg(problem, device, iterations: int, restarts: int, seed: int = 0, compiled: bool = False) -> dict:
+    """The PyTorch DLG procedure on target 0 of ``problem``: ``restarts`` restarts one after another from
+    the attack's dummies, ``ceil(iterations / 20)`` ``LBFGS.step()`` calls each (``max_iter=20``, no early
+    stop), on ``device``; ``compiled``: the closure runs the ``torch.compile``d objective (warm it up
+    with a first call; for :mod:`benchmarks.accelerator`).
+
+    Returns ``{"seconds", "restart_iterations", "accepted_iterations", "evaluations", "failed",
+    "restart_iterations_per_second", "evaluations_per_second", "images" [R, B, H, W, C],
+    "label_logits" [R, B, K], "loss" [R]}``."""
     from benchmarks import torch_reference as tr
 
-    net = tr.twin(problem.model, problem.params)
+    net = _torch_net(problem, device)
     target = tr.shared_gradient(net, problem.images[0], problem.labels[0])
-    images, logits = (a[0] for a in common.initial_dummies(seed, 1, restarts, 1, problem.model))
+    batch = problem.images.shape[1]
+    images, logits = (a[0] for a in common.initial_dummies(seed, 1, restarts, batch, problem.model))
     steps = math.ceil(iterations / TORCH_MAX_ITER)
+    results = [tr.dlg_restart(net, target, images[r], logits[r], steps=steps, max_iter=TORCH_MAX_ITER,
+                              compiled=compiled) for r in range(restarts)]
+    seconds = sum(r.seconds for r in results)
+    done = sum(r.iterations for r in results)
+    evaluations = sum(r.evaluations for r in results)
+    return {"seconds": seconds, "restart_iterations": done, "accepted_iterations": done, "evaluations": evaluations,
+            "failed": sum(r.failed for r in results), "restart_iterations_per_second": done / seconds,
+            "evaluations_per_second": evaluations / seconds, "images": np.stack([r.images for r in results]),
+            "label_logits": np.stack([r.label_logits for r in results]), "loss": np.array([r.loss for r in results])}
+
+
+_NETS: dict = {}
+
+
+def _torch_net(problem, device):
+    """One PyTorch twin per (problem, device), so the compiled closure is compiled once per run."""
+    from benchmarks import torch_reference as tr
+
+    key = (id(problem), str(device))
+    if key not in _NETS:
+        _NETS[key] = (problem, tr.twin(problem.model, problem.params, device))
+    return _NETS[key][1]
+
+
+def _torch_run(problem, restarts: int, iterations: int, seed: int, device, compiled: bool):
+    """``run() -> measurements`` for ``restarts`` sequential DLG restarts of ``ceil(I / 20)`` LBFGS steps,
+    warmed up; and the warm-up's seconds (the compile time when ``compiled``)."""
+    keys = ("seconds", "restart_iterations", "accepted_iterations", "evaluations", "failed")
 
     def run():
-        results = [tr.dlg_restart(net, target, images[r], logits[r], steps=steps, max_iter=TORCH_MAX_ITER)
-                   for r in range(restarts)]
-        iterations_done = sum(r.iterations for r in results)
-        return {"seconds": sum(r.seconds for r in results), "restart_iterations": iterations_done,
-                "accepted_iterations": iterations_done, "evaluations": sum(r.evaluations for r in results),
-                "failed": sum(r.failed for r in results)}
+        measured = run_torch_dlg(problem, device, iterations, restarts, seed, compiled)
+        return {key: measured[key] for key in keys}
 
-    tr.dlg_restart(net, target, images[0], logits[0], steps=1, max_iter=2)  # warm-up
-    return run
+    started = time.perf_counter()
+    run_torch_dlg(problem, device, 2, 1, seed, compiled)  # warm-up (compiles the closure's objective)
+    return run, time.perf_counter() - started
 
 
 def _summarise(name: str, samples: list[dict], restarts: int, compile_seconds: float | None) -> dict:
@@ -91,17 +135,21 @@ def _summarise(name: str, samples: list[dict], restarts: int, compile_seconds: f
 
 
 def headline(rows: list[dict]) -> dict:
-    """The default solver (lockstep ``lbfgs``) against the PyTorch reference."""
+    """The default solver (lockstep ``lbfgs``) against the PyTorch reference (eager closure; keys with
+    ``_vs_torch_compile``: against the compiled closure)."""
     by_name = {r["candidate"]: r for r in rows}
-    if "lbfgs" not in by_name or TORCH_NAME not in by_name:
+    if "lbfgs" not in by_name:
         return {}
-    jax_row, torch_row = by_name["lbfgs"], by_name[TORCH_NAME]
-    return {
-        "restarts": jax_row["restarts"],
-        "speedup_restart_iterations": jax_row["restart_iterations_per_second"] / torch_row["restart_iterations_per_second"],
-        "speedup_accepted_iterations": jax_row["accepted_iterations_per_second"] / torch_row["accepted_iterations_per_second"],
-        "speedup_evaluations": jax_row["restart_evaluations_per_second"] / torch_row["restart_evaluations_per_second"],
-    }
+    jax_row, out = by_name["lbfgs"], {"restarts": by_name["lbfgs"]["restarts"]}
+    for name, suffix in ((TORCH_NAME, ""), (TORCH_COMPILED_NAME, "_vs_torch_compile")):
+        if name not in by_name:
+            continue
+        torch_row = by_name[name]
+        for key, rate in (("restart_iterations", "restart_iterations_per_second"),
+                          ("accepted_iterations", "accepted_iterations_per_second"),
+                          ("evaluations", "restart_evaluations_per_second")):
+            out[f"speedup_{key}{suffix}"] = jax_row[rate] / torch_row[rate]
+    return out
 
 
 def _plot(rows):
@@ -121,31 +169,41 @@ def _plot(rows):
 def run(args) -> dict:
     from dlg_jax.solvers import SOLVER_NAMES
 
-    restarts = args.restarts or 128
+    accelerator = common.is_accelerator()
+    restarts = args.restarts or (ACCELERATOR_RESTARTS if accelerator else 128)
+    chunk_size = args.chunk_size or (restarts if accelerator else None)
     iterations = args.iterations or (20 if args.quick else 200)
     torch_restarts = args.torch_restarts or (2 if args.quick else 4)
     repeats = args.repeats or (2 if args.quick else 3)
     solvers = args.solvers or (QUICK_SOLVERS if args.quick else SOLVER_NAMES)
-    torch = None if args.no_torch else common.require_torch()
+    torch, device = common.setup_torch(args)
     problem = common.make_problem("lenet", 1, 1, args.seed)
     runs, compile_seconds = {}, {}
     for solver in solvers:
-        runs[solver], compile_seconds[solver] = _jax_run(problem, solver, restarts, iterations, args.seed)
+        runs[solver], compile_seconds[solver] = _jax_run(problem, solver, restarts, iterations, args.seed, chunk_size)
         print(f"compiled {solver} ({compile_seconds[solver]:.1f} s)", flush=True)
     if torch is not None:
-        runs[TORCH_NAME] = _torch_run(problem, torch_restarts, iterations, args.seed)
+        for name, compiled in ((TORCH_NAME, False), (TORCH_COMPILED_NAME, True)):
+            runs[name], compile_seconds[name] = _torch_run(problem, torch_restarts, iterations, args.seed,
+                                                           device, compiled)
+            if compiled:
+                print(f"compiled {name} ({compile_seconds[name]:.1f} s)", flush=True)
+            else:
+                compile_seconds[name] = None
     samples = common.alternate(runs, repeats)
-    rows = [_summarise(name, samples[name], torch_restarts if name == TORCH_NAME else restarts,
+    rows = [_summarise(name, samples[name], torch_restarts if name.startswith(TORCH_NAME) else restarts,
                        compile_seconds.get(name)) for name in runs]
     for row in rows:
-        print(f"{row['candidate']:16s} {row['restart_iterations_per_second']:10.1f} restart-iterations/s "
+        print(f"{row['candidate']:25s} {row['restart_iterations_per_second']:10.1f} restart-iterations/s "
               f"{row['restart_evaluations_per_second']:10.1f} restart-evaluations/s", flush=True)
     payload = {
         "benchmark": NAME, "quick": args.quick,
         "config": {"model": "lenet", "num_classes": problem.model.num_classes, "batch_size": 1,
                    "restarts": restarts, "iterations": iterations, "torch_restarts": torch_restarts,
                    "torch_max_iter": TORCH_MAX_ITER, "repeats": repeats, "seed": args.seed,
-                   "solvers": list(solvers)},
+                   "solvers": list(solvers), "chunk_size": chunk_size,
+                   "device": str(device) if device is not None else None},
+        "precision": common.precision_record(torch, device),
         "environment": common.environment(torch), "rows": rows, "headline": headline(rows),
     }
     figure = None if args.no_plot else _plot(rows)
@@ -158,7 +216,9 @@ def build_parser():
 
     parser = common.make_parser(NAME, "Restart-iterations/s of the full attack: JAX solvers vs PyTorch LBFGS.")
     parser.add_argument("--restarts", type=common.positive_int("restarts", MAX_RESTARTS), default=None,
-                        help="JAX restarts R run together (default: 128)")
+                        help=f"JAX restarts R run together (default: 128; on a GPU/TPU {ACCELERATOR_RESTARTS})")
+    parser.add_argument("--chunk-size", type=common.positive_int("chunk size", MAX_RESTARTS), default=None,
+                        help="JAX problems per vmapped chunk (default: AttackConfig's; on a GPU/TPU all restarts)")
     parser.add_argument("--iterations", type=common.positive_int("iterations", MAX_ITERATIONS), default=None,
                         help="iteration budget per restart (default: 200; quick: 20)")
     parser.add_argument("--torch-restarts", type=common.positive_int("torch restarts", MAX_RESTARTS), default=None,

@@ -1,6 +1,11 @@
 """Shared benchmark machinery: command line, PyTorch import guard, problem set-up, timing, environment
 record, matmul peak, XLA FLOP counts and result files.
 
+Device and precision: the PyTorch side runs on the device JAX runs on (``--device cpu|cuda``, default
+:func:`default_device`), both sides at full float32 precision: JAX programs are traced under
+:func:`jax_precision` (``"highest"``), PyTorch on CUDA has TF32 turned off (:func:`torch_device`); every
+result JSON records both settings (:func:`precision_record`).
+
 Timing protocol: every candidate (a JAX program, a PyTorch baseline) is warmed up (JAX: compiled ahead
 of time, the compile time recorded on its own), then the candidates run in turn, ``A, B, C, A, B, C, ...``
 (:func:`alternate`), so that load from other processes on a shared machine hits all of them alike, and
@@ -31,6 +36,10 @@ TORCH_THREADS = 2
 DLG_NUM_CLASSES = 100
 RESNET_NUM_CLASSES = 10
 INPUT_SHAPE = (32, 32, 3)
+DEVICES = ("cpu", "cuda")
+# The matmul/convolution precision every JAX program of the benchmarks is traced with (full float32: on
+# NVIDIA GPUs XLA's default is TF32, with which DLG does not recover the image; DESIGN.md).
+JAX_PRECISION = "highest"
 
 
 class TorchMissingError(ImportError):
@@ -55,6 +64,59 @@ def require_torch():
     return torch
 
 
+def is_accelerator() -> bool:
+    """Whether JAX's default backend is a GPU or TPU (the benchmarks then use GPU-sized settings)."""
+    return jax.default_backend() != "cpu"
+
+
+def default_device() -> str:
+    """The PyTorch device matching JAX's backend: ``"cuda"`` when it is ``gpu``, else ``"cpu"``."""
+    return "cuda" if jax.default_backend() == "gpu" else "cpu"
+
+
+def torch_device(torch, name: str):
+    """``torch.device(name)`` for ``name`` in :data:`DEVICES`, set up for full float32: on CUDA, TF32 is
+    turned off in matmuls and cuDNN convolutions and the float32 matmul precision set to ``"highest"``.
+    Raises :class:`DLGInputError` (one line) when ``name`` is unknown or CUDA is asked of a PyTorch
+    without it."""
+    if name not in DEVICES:
+        raise DLGInputError(f"unknown device {name!r}; allowed: {', '.join(DEVICES)}")
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise DLGInputError(f"device 'cuda' asked, but this PyTorch ({torch.__version__}) has no CUDA device; "
+                                "allowed here: cpu")
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.set_float32_matmul_precision("highest")
+    return torch.device(name)
+
+
+def jax_precision():
+    """The context every JAX program of the benchmarks is traced and compiled in:
+    ``jax.default_matmul_precision(JAX_PRECISION)``."""
+    return jax.default_matmul_precision(JAX_PRECISION)
+
+
+def precision_record(torch=None, device=None) -> dict:
+    """Which precision settings each side ran with (for the result JSON)."""
+    record = {"jax": {"default_matmul_precision": JAX_PRECISION, "backend": jax.default_backend()}}
+    if torch is not None:
+        record["torch"] = {"device": str(device) if device is not None else "cpu",
+                           "float32_matmul_precision": torch.get_float32_matmul_precision(),
+                           "cuda_matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+                           "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32)}
+    return record
+
+
+def setup_torch(args):
+    """``(torch, device)`` for a benchmark run: PyTorch imported and ``args.device`` set up, or
+    ``(None, None)`` when ``args.no_torch`` is set."""
+    if getattr(args, "no_torch", False):
+        return None, None
+    torch = require_torch()
+    return torch, torch_device(torch, args.device or default_device())
+
+
 # ---------------------------------------------------------------------------------------------------
 # Command line
 
@@ -75,6 +137,8 @@ def make_parser(name: str, description: str, timing_options: bool = True) -> arg
                             help="timed repeats per candidate (median reported)")
         parser.add_argument("--seed", type=int, default=0, help="seed of the model weights and the dummies")
         parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
+        parser.add_argument("--device", choices=DEVICES, default=None,
+                            help="where the PyTorch side runs (default: cuda when JAX's backend is gpu, else cpu)")
     return parser
 
 
@@ -235,9 +299,11 @@ def block(tree):
 
 
 def compile_timed(jitted, *args) -> tuple[Any, float]:
-    """``jitted`` lowered and compiled for ``args``: the executable and the seconds that took."""
+    """``jitted`` lowered and compiled for ``args`` under :func:`jax_precision`: the executable and the
+    seconds that took."""
     started = time.perf_counter()
-    compiled = jitted.lower(*args).compile()
+    with jax_precision():
+        compiled = jitted.lower(*args).compile()
     return compiled, time.perf_counter() - started
 
 

@@ -9,14 +9,23 @@ One *restart-evaluation* is ``(J(z), grad_z J(z))`` for one dummy ``z = (x' [B, 
   default ``chunk_size`` (16), each chunk vmapped: how :func:`dlg_jax.attack.run_attack` batches them;
 - ``torch-eager``: a Python loop over the ``R`` restarts of ``autograd.grad(create_graph=True)``
   (DLG's closure);
-- ``torch-func``: ``torch.func.vmap`` over ``R`` of ``grad`` of a loss built on ``grad`` + ``functional_call``.
+- ``torch-func``: ``torch.func.vmap`` over ``R`` of ``grad`` of a loss built on ``grad`` + ``functional_call``;
+- ``torch-compile``: that ``torch.func`` function through ``torch.compile`` (PyTorch's best; its compile
+  time, the first call, is reported on its own and its values are checked against eager).
+
+PyTorch runs on ``--device`` (default: the device JAX runs on), both sides in full float32
+(:mod:`benchmarks.common`). The eager loop is timed on at most :data:`EAGER_RESTARTS` restarts (its rate
+does not depend on ``R``), and the eager values of those restarts are the reference every other
+candidate is compared with (``max_relative_difference_vs_torch``).
 
 FLOPs (and bytes accessed) per restart-evaluation come from XLA's cost analysis of the compiled,
 loop-free vmapped program (divided by the restarts it evaluates); the fraction of peak is
 ``flops x evaluations/s / (float32 matmul peak)``.
 
-    python -m benchmarks.objective_throughput [--quick] [--sizes 1,8,32,128,512] [--candidates ...]
+    python -m benchmarks.objective_throughput [--quick] [--sizes 1,8,32,128,512] [--candidates ...] [--device cpu]
 """
+
+import time
 
 import jax
 import jax.numpy as jnp
@@ -27,9 +36,12 @@ from benchmarks import common
 NAME = "objective_throughput"
 SIZES = (1, 8, 32, 128, 512)
 QUICK_SIZES = (1, 8, 32, 128)
-MAX_RESTARTS = 4096
+ACCELERATOR_SIZES = (1, 128, 1024, 8192)
+QUICK_ACCELERATOR_SIZES = (1, 128, 1024)
+MAX_RESTARTS = 8192
+EAGER_RESTARTS = 64
 JAX_CANDIDATES = ("jax-reverse_over_forward", "jax-reverse", "jax-chunked")
-TORCH_CANDIDATES = ("torch-eager", "torch-func")
+TORCH_CANDIDATES = ("torch-eager", "torch-func", "torch-compile")
 CANDIDATES = JAX_CANDIDATES + TORCH_CANDIDATES
 HEADLINE_RESTARTS = 128
 
@@ -66,45 +78,58 @@ def _jax_program(problem, model, mode: str, chunk: int | None, images: np.ndarra
     return common.timed(lambda: common.block(compiled(dummy, context))), seconds, cost, values
 
 
-def _torch_programs(problem, candidates, images: np.ndarray, logits: np.ndarray):
-    """Warmed-up PyTorch runs ``{name: run}`` and the eager values ``[R]`` (for the agreement check)."""
+def _torch_programs(problem, candidates, images: np.ndarray, logits: np.ndarray, device):
+    """Warmed-up PyTorch runs ``{name: run}`` on ``device``, ``{name: (values [R], compile seconds)}`` and
+    the eager values of the first :data:`EAGER_RESTARTS` restarts (the reference)."""
     from benchmarks import torch_reference as tr
 
-    torch = tr.torch
-    net = tr.twin(problem.model, problem.params)
+    net = tr.twin(problem.model, problem.params, device)
     target = tr.shared_gradient(net, problem.images[0], problem.labels[0])
-    x, y = tr.to_nchw(images), torch.tensor(logits)
+    x, y = tr.to_nchw(images, device), tr.to_tensor(logits, device)
+    eager_count = min(len(x), EAGER_RESTARTS)
 
     def eager():
-        return [tr.eager_value_and_grad(net, target, x[r], y[r])[0].item() for r in range(len(x))]
+        return [tr.eager_value_and_grad(net, target, x[r], y[r])[0].item() for r in range(eager_count)]
 
-    functional = tr.functional_objective(net, target)
-    runs = {}
-    values = np.asarray(eager())
+    runs, info = {}, {}
+    reference = np.asarray(eager())
     if "torch-eager" in candidates:
         runs["torch-eager"] = common.timed(eager)
-    if "torch-func" in candidates:
-        functional(x, y)
-        runs["torch-func"] = common.timed(lambda: functional(x, y))
-    return runs, values
+        info["torch-eager"] = (reference, None, eager_count)
+    for name, compiled in (("torch-func", False), ("torch-compile", True)):
+        if name not in candidates:
+            continue
+        functional = tr.functional_objective(net, target, compiled=compiled)
+        started = time.perf_counter()
+        values = functional(x, y)[0].detach().cpu().numpy()  # the first call compiles
+        info[name] = (values, time.perf_counter() - started if compiled else None, len(x))
+        runs[name] = common.timed(lambda functional=functional: _sync(functional(x, y)))
+    return runs, info, reference
+
+
+def _sync(output):
+    """Wait for ``output``'s tensors (CUDA runs asynchronously): ``.item()`` of the first value."""
+    return output[0][0].item()
 
 
 def jax_variants(problem, names) -> dict:
     """``{name: (model, second_order_mode, chunk)}`` for the JAX candidates among ``names``."""
-    from dlg_jax.attack import AttackConfig
+    from dlg_jax.attack import default_chunk_size
 
     variants = {"jax-reverse_over_forward": (problem.model, "reverse_over_forward", None),
                 "jax-reverse": (problem.model, "reverse", None),
-                "jax-chunked": (problem.model, "reverse_over_forward", AttackConfig().chunk_size)}
+                "jax-chunked": (problem.model, "reverse_over_forward", default_chunk_size())}
     return {name: variants[name] for name in names if name in variants}
 
 
 def measure_objective(problem, restarts: int, repeats: int, seed: int, variants: dict, torch_names,
-                      peak_gflops: float) -> list[dict]:
+                      peak_gflops: float, device="cpu") -> list[dict]:
     """One row per candidate for ``restarts`` restarts of target 0 of ``problem``, timed in alternation.
 
     ``variants``: ``{name: (model, second_order_mode, chunk or None)}`` JAX programs (models sharing
-    ``problem``'s parameters); ``torch_names``: a subset of :data:`TORCH_CANDIDATES`."""
+    ``problem``'s parameters); ``torch_names``: a subset of :data:`TORCH_CANDIDATES`, run on ``device``.
+    Each row: ``restart_evaluations_per_second`` (median), ``compile_seconds`` (JAX, torch-compile),
+    ``max_relative_difference_vs_torch`` (against eager PyTorch), XLA cost per evaluation (JAX)."""
     batch = problem.images.shape[1]
     images, logits = (a[0] for a in common.initial_dummies(seed, 1, restarts, batch, problem.model))
     runs, info, values = {}, {}, {}
@@ -113,26 +138,56 @@ def measure_objective(problem, restarts: int, repeats: int, seed: int, variants:
         info[name] = {"compile_seconds": compile_seconds, "flops_per_evaluation": cost["flops"],
                       "bytes_accessed_per_evaluation": cost["bytes_accessed"],
                       "flops_per_byte": cost["flops"] / cost["bytes_accessed"]}
+    reference = None
     if torch_names:
-        torch_runs, values["torch"] = _torch_programs(problem, torch_names, images, logits)
+        torch_runs, torch_info, reference = _torch_programs(problem, torch_names, images, logits, device)
         runs.update(torch_runs)
+        for name, (torch_values, compile_seconds, timed_restarts) in torch_info.items():
+            values[name] = torch_values
+            info[name] = {"timed_restarts": timed_restarts, "device": str(device)}
+            if compile_seconds is not None:
+                info[name]["compile_seconds"] = compile_seconds
     samples = common.alternate(runs, repeats)
-    reference = values.get("torch")
     rows = []
     for name in runs:
         seconds = common.median(samples[name])
+        evaluated = info[name].get("timed_restarts", restarts)
         row = {"model": problem.model.name, "batch_size": batch, "restarts": restarts, "candidate": name,
                "seconds_median": seconds, "seconds": samples[name],
-               "restart_evaluations_per_second": restarts / seconds, **info.get(name, {})}
+               "restart_evaluations_per_second": evaluated / seconds, **info.get(name, {})}
         if "flops_per_evaluation" in row:
             achieved = row["flops_per_evaluation"] * restarts / seconds
             row["gflops"] = achieved / 1e9
             row["peak_fraction"] = achieved / (peak_gflops * 1e9)
         if reference is not None and name in values:
+            mine = np.asarray(values[name])[:len(reference)]
             row["max_relative_difference_vs_torch"] = float(
-                np.max(np.abs(values[name] - reference) / np.maximum(np.abs(reference), 1e-30)))
+                np.max(np.abs(mine - reference) / np.maximum(np.abs(reference), 1e-30)))
         rows.append(row)
     return rows
+
+
+def compare_objective(restarts: int, device: str | None = None, *, repeats: int = 5, seed: int = 0,
+                      candidates=("jax-reverse_over_forward", "torch-func", "torch-compile", "torch-eager"),
+                      model: str = "lenet", batch_size: int = 1) -> dict:
+    """Objective throughput of JAX vs PyTorch at ``restarts`` restarts, PyTorch on ``device`` (``"cpu"`` or
+    ``"cuda"``; default: JAX's backend), both in full float32 (for :mod:`benchmarks.accelerator`).
+
+    Returns ``{candidate: {"restart_evaluations_per_second": median, "compile_seconds": s or None,
+    "max_relative_difference_vs_torch": x}}`` for ``candidates`` (names from :data:`CANDIDATES`), plus
+    ``"precision"``: the settings each side ran with. One target of ``batch_size`` colour images,
+    ``model``'s weights from ``seed``."""
+    torch_names = [name for name in candidates if name in TORCH_CANDIDATES]
+    torch = common.require_torch() if torch_names else None
+    device = common.torch_device(torch, device or common.default_device()) if torch else None
+    problem = common.make_problem(model, 1, batch_size, seed)
+    rows = measure_objective(problem, restarts, repeats, seed, jax_variants(problem, candidates), torch_names,
+                             float("nan"), device)
+    out = {row["candidate"]: {key: row.get(key) for key in
+                              ("restart_evaluations_per_second", "compile_seconds", "max_relative_difference_vs_torch")}
+           for row in rows}
+    out["precision"] = common.precision_record(torch, device)
+    return out
 
 
 def _plot(rows, title: str, x_key: str):
@@ -162,31 +217,38 @@ def headline(rows: list[dict], restarts: int = HEADLINE_RESTARTS) -> dict:
         rate = at[jax_name]["restart_evaluations_per_second"]
         out.update({"restarts": restarts, f"{prefix}jax_restart_evaluations_per_second": rate,
                     f"{prefix}peak_fraction": at[jax_name].get("peak_fraction")})
-        for name, key in (("torch-eager", "speedup_vs_torch_eager"), ("torch-func", "speedup_vs_torch_func")):
+        for name, key in (("torch-eager", "speedup_vs_torch_eager"), ("torch-func", "speedup_vs_torch_func"),
+                          ("torch-compile", "speedup_vs_torch_compile")):
             if name in at:
                 out[prefix + key] = rate / at[name]["restart_evaluations_per_second"]
     return out
 
 
 def run(args) -> dict:
-    sizes = args.sizes or (QUICK_SIZES if args.quick else SIZES)
+    accelerator = common.is_accelerator()
+    sizes = args.sizes or ((QUICK_ACCELERATOR_SIZES if args.quick else ACCELERATOR_SIZES) if accelerator
+                           else (QUICK_SIZES if args.quick else SIZES))
     repeats = args.repeats or (3 if args.quick else 5)
     candidates = args.candidates
-    torch = common.require_torch() if set(candidates) & set(TORCH_CANDIDATES) else None
+    args.no_torch = not set(candidates) & set(TORCH_CANDIDATES)
+    torch, device = common.setup_torch(args)
     problem = common.make_problem("lenet", 1, 1, args.seed)
     peak = common.peak_matmul()
     variants = jax_variants(problem, candidates)
     torch_names = [name for name in candidates if name in TORCH_CANDIDATES]
     rows = []
     for restarts in sizes:
-        rows += measure_objective(problem, restarts, repeats, args.seed, variants, torch_names, peak["gflops_best"])
+        rows += measure_objective(problem, restarts, repeats, args.seed, variants, torch_names, peak["gflops_best"],
+                                  device)
         for row in rows[-len(candidates):]:
             print(f"R={restarts:5d} {row['candidate']:26s} {row['restart_evaluations_per_second']:10.1f} restart-evals/s",
                   flush=True)
     payload = {
         "benchmark": NAME, "quick": args.quick,
         "config": {"model": "lenet", "num_classes": problem.model.num_classes, "batch_size": 1,
-                   "sizes": list(sizes), "repeats": repeats, "seed": args.seed, "candidates": list(candidates)},
+                   "sizes": list(sizes), "repeats": repeats, "seed": args.seed, "candidates": list(candidates),
+                   "device": str(device) if device is not None else None},
+        "precision": common.precision_record(torch, device),
         "environment": common.environment(torch), "peak_matmul": peak, "rows": rows,
         "headline": headline(rows),
     }
@@ -199,7 +261,8 @@ def build_parser():
     parser = common.make_parser(NAME, "Restart-evaluations/s of DLG's objective: JAX vs PyTorch.")
     parser.add_argument("--sizes", type=common.int_list("restart count", MAX_RESTARTS), default=None,
                         help=f"restart counts R (default: {','.join(map(str, SIZES))}; quick: "
-                             f"{','.join(map(str, QUICK_SIZES))})")
+                             f"{','.join(map(str, QUICK_SIZES))}; on a GPU/TPU "
+                             f"{','.join(map(str, ACCELERATOR_SIZES))}; quick: {','.join(map(str, QUICK_ACCELERATOR_SIZES))})")
     parser.add_argument("--candidates", type=common.name_list("candidate", CANDIDATES), default=CANDIDATES,
                         help=f"comma-separated subset of {','.join(CANDIDATES)}")
     return parser

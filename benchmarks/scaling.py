@@ -5,12 +5,16 @@ For each model and batch size, ``R`` restarts of one target (``B`` colour images
 
 - ``jax-patches``: the library's default model (convolutions as patches + matmul), reverse-over-forward;
 - ``jax-lax``: the same weights with ``lax.conv_general_dilated`` convolutions (the reference layer);
-- ``torch-eager`` / ``torch-func``: the PyTorch twin (:func:`benchmarks.torch_reference.twin`; for
-  ResNet-20 a ``torch.nn`` CIFAR ResNet without normalisation, option-A shortcuts, same weights).
+- ``torch-eager`` / ``torch-func`` / ``torch-compile``: the PyTorch twin
+  (:func:`benchmarks.torch_reference.twin`; for ResNet-20 a ``torch.nn`` CIFAR ResNet without
+  normalisation, option-A shortcuts, same weights) on ``--device``; ``torch-compile`` is the
+  ``torch.func`` objective through ``torch.compile`` (compile time reported on its own).
 
 LeNet keeps DLG's 100-class head; ResNet-20 has 10 classes and ReLU (the model's default).
 
-    python -m benchmarks.scaling [--quick] [--models lenet,resnet20] [--batch-sizes 1,2,4,8] [--restarts 8]
+On a GPU/TPU backend the default restart count is :data:`ACCELERATOR_RESTARTS`.
+
+    python -m benchmarks.scaling [--quick] [--models lenet,resnet20] [--batch-sizes 1,2,4,8] [--restarts 8] [--device cpu]
 """
 
 from benchmarks import common
@@ -23,7 +27,8 @@ CANDIDATES = JAX_CANDIDATES + TORCH_CANDIDATES
 BATCH_SIZES = (1, 2, 4, 8)
 QUICK_BATCH_SIZES = (1, 8)
 MAX_BATCH = 64
-MAX_RESTARTS = 1024
+MAX_RESTARTS = 8192
+ACCELERATOR_RESTARTS = 512
 
 
 def _variants(problem, candidates) -> dict:
@@ -74,27 +79,29 @@ def headline(rows: list[dict]) -> dict:
 def run(args) -> dict:
     models = args.models or MODELS
     batch_sizes = args.batch_sizes or (QUICK_BATCH_SIZES if args.quick else BATCH_SIZES)
-    restarts = args.restarts or (4 if args.quick else 8)
+    restarts = args.restarts or (ACCELERATOR_RESTARTS if common.is_accelerator() else (4 if args.quick else 8))
     repeats = args.repeats or (2 if args.quick else 3)
     candidates = args.candidates
     torch_names = [name for name in candidates if name in TORCH_CANDIDATES]
-    torch = common.require_torch() if torch_names else None
+    args.no_torch = not torch_names
+    torch, device = common.setup_torch(args)
     peak = common.peak_matmul()
     rows = []
     for model_name in models:
         for batch in batch_sizes:
             problem = common.make_problem(model_name, 1, batch, args.seed)
             new = measure_objective(problem, restarts, repeats, args.seed, _variants(problem, candidates),
-                                    torch_names, peak["gflops_best"])
+                                    torch_names, peak["gflops_best"], device)
             rows += new
             for row in new:
-                print(f"{model_name:9s} B={batch:2d} {row['candidate']:12s} "
+                print(f"{model_name:9s} B={batch:2d} {row['candidate']:13s} "
                       f"{row['restart_evaluations_per_second']:9.1f} restart-evals/s", flush=True)
     payload = {
         "benchmark": NAME, "quick": args.quick,
         "config": {"models": list(models), "batch_sizes": list(batch_sizes), "restarts": restarts,
                    "repeats": repeats, "seed": args.seed, "candidates": list(candidates),
-                   "second_order": "reverse_over_forward"},
+                   "second_order": "reverse_over_forward", "device": str(device) if device is not None else None},
+        "precision": common.precision_record(torch, device),
         "environment": common.environment(torch), "peak_matmul": peak, "rows": rows, "headline": headline(rows),
     }
     figure = None if args.no_plot else _plot(rows, models)

@@ -9,13 +9,18 @@ PSNR; the threshold is relative to the shared gradient's squared norm, as ``Atta
   evaluation per iteration) with a budget of ``steps x 20`` iterations;
 - PyTorch: DLG's own settings, ``torch.optim.LBFGS(lr=1, max_iter=20, history_size=100)`` for up to
   ``steps`` (DLG: 300) ``.step()`` calls, restarts of a target one after another, stopping at the
-  first converged restart, targets one after another.
+  first converged restart, targets one after another (``torch-reference``), and the same with the
+  closure's objective ``torch.compile``d (``torch-reference-compiled``; compile time reported apart).
+
+PyTorch runs on ``--device`` (default: JAX's device), both sides in full float32. On a GPU/TPU backend
+the defaults are GPU-sized: :data:`ACCELERATOR_TARGETS` targets x :data:`ACCELERATOR_RESTARTS` restarts
+in one chunk.
 
 The budgets are equal in objective evaluations (``steps x 20`` per restart). A target is *recovered*
 when its best restart reaches PSNR >= 30 dB (:mod:`dlg_jax.metrics`); reported: wall time (JAX with
 and without compilation), success rate, label accuracy and the evaluations actually used.
 
-    python -m benchmarks.time_to_recovery [--quick] [--targets 32] [--restarts 4] [--steps 300] [--tolerance 1e-8]
+    python -m benchmarks.time_to_recovery [--quick] [--targets 32] [--restarts 4] [--steps 300] [--tolerance 1e-8] [--device cpu]
 """
 
 import time
@@ -30,6 +35,9 @@ SUCCESS_PSNR = 30.0
 MAX_TARGETS = 100
 MAX_RESTARTS = 256
 MAX_STEPS = 10_000
+ACCELERATOR_TARGETS = 8
+ACCELERATOR_RESTARTS = 128
+TORCH_NAMES = {"torch-reference": False, "torch-reference-compiled": True}  # name: compiled closure
 
 
 def _scores(problem, images: np.ndarray, labels: np.ndarray) -> dict:
@@ -43,14 +51,16 @@ def _scores(problem, images: np.ndarray, labels: np.ndarray) -> dict:
             "psnr_median": float(np.median(metrics.psnr))}
 
 
-def _jax_run(problem, restarts: int, iterations: int, tolerance: float, seed: int):
+def _jax_run(problem, restarts: int, iterations: int, tolerance: float, seed: int, chunk_size: int | None):
     from dlg_jax.attack import AttackConfig, run_attack
 
-    config = AttackConfig(restarts=restarts, iterations=iterations, tolerance=tolerance, snapshots=0, seed=seed)
+    config = AttackConfig(restarts=restarts, iterations=iterations, tolerance=tolerance, snapshots=0, seed=seed,
+                          chunk_size=chunk_size or AttackConfig().chunk_size)
 
     def run() -> dict:
         started = time.perf_counter()
-        result = run_attack(problem.model, problem.params, problem.target_grads, 1, config)
+        with common.jax_precision():
+            result = run_attack(problem.model, problem.params, problem.target_grads, 1, config)
         wall = time.perf_counter() - started
         return {"wall_seconds": wall, "compile_seconds": result.compile_seconds,
                 "seconds": wall - result.compile_seconds, "run_seconds": result.run_seconds,
@@ -61,10 +71,12 @@ def _jax_run(problem, restarts: int, iterations: int, tolerance: float, seed: in
     return run
 
 
-def _torch_run(problem, restarts: int, steps: int, tolerance: float, seed: int):
+def _torch_run(problem, restarts: int, steps: int, tolerance: float, seed: int, device, compiled: bool):
+    """``run() -> measurements`` of DLG's procedure over all targets (warmed up) and the warm-up seconds
+    (the compile time when ``compiled``)."""
     from benchmarks import torch_reference as tr
 
-    net = tr.twin(problem.model, problem.params)
+    net = tr.twin(problem.model, problem.params, device)
     targets = len(problem.images)
     start_images, start_logits = common.initial_dummies(seed, targets, restarts, 1, problem.model)
 
@@ -75,7 +87,7 @@ def _torch_run(problem, restarts: int, steps: int, tolerance: float, seed: int):
             target = tr.shared_gradient(net, problem.images[t], problem.labels[t])
             threshold = tolerance * sum(float((g ** 2).sum()) for g in target)
             attacks.append(tr.dlg_attack(net, target, start_images[t], start_logits[t], steps=steps,
-                                         max_iter=TORCH_MAX_ITER, tolerance=threshold))
+                                         max_iter=TORCH_MAX_ITER, tolerance=threshold, compiled=compiled))
         wall = time.perf_counter() - started
         best = [a.best_restart for a in attacks]
         images = np.stack([b.images for b in best])
@@ -87,27 +99,37 @@ def _torch_run(problem, restarts: int, steps: int, tolerance: float, seed: int):
                 "failed_restarts": sum(r.failed for a in attacks for r in a.restarts),
                 **_scores(problem, images, labels)}
 
-    return run
+    started = time.perf_counter()
+    warm_target = tr.shared_gradient(net, problem.images[0], problem.labels[0])
+    tr.dlg_restart(net, warm_target, start_images[0, 0], start_logits[0, 0], steps=1, max_iter=2, compiled=compiled)
+    return run, time.perf_counter() - started
 
 
-def _summarise(name: str, samples: list[dict]) -> dict:
+def _summarise(name: str, samples: list[dict], compile_seconds: float | None = None) -> dict:
     last = samples[-1]
     return {"candidate": name, "seconds_median": common.median([s["seconds"] for s in samples]),
+            "torch_compile_seconds": compile_seconds,
             "wall_seconds_median": common.median([s["wall_seconds"] for s in samples]),
             "success_rate": last["success_rate"], "psnr_median": last["psnr_median"],
             "evaluations": last["evaluations"], "samples": samples}
 
 
 def headline(rows: list[dict]) -> dict:
-    """JAX's speedup in wall time (without and with compilation) and both success rates."""
+    """JAX's speedup in wall time (without and with compilation) and both success rates, against the
+    eager reference and (``_vs_torch_compile`` keys) the compiled-closure one."""
     by_name = {r["candidate"]: r for r in rows}
     if "jax" not in by_name or "torch-reference" not in by_name:
         return {}
     jax_row, torch_row = by_name["jax"], by_name["torch-reference"]
-    return {"speedup": torch_row["seconds_median"] / jax_row["seconds_median"],
-            "speedup_including_compile": torch_row["seconds_median"] / jax_row["wall_seconds_median"],
-            "jax_success_rate": jax_row["success_rate"], "torch_success_rate": torch_row["success_rate"],
-            "success_rate_not_worse": jax_row["success_rate"] >= torch_row["success_rate"]}
+    out = {"speedup": torch_row["seconds_median"] / jax_row["seconds_median"],
+           "speedup_including_compile": torch_row["seconds_median"] / jax_row["wall_seconds_median"],
+           "jax_success_rate": jax_row["success_rate"], "torch_success_rate": torch_row["success_rate"],
+           "success_rate_not_worse": jax_row["success_rate"] >= torch_row["success_rate"]}
+    compiled = by_name.get("torch-reference-compiled")
+    if compiled is not None:
+        out.update({"speedup_vs_torch_compile": compiled["seconds_median"] / jax_row["seconds_median"],
+                    "torch_compile_success_rate": compiled["success_rate"]})
+    return out
 
 
 def _plot(rows, targets: int):
@@ -136,27 +158,34 @@ def _plot(rows, targets: int):
 def run(args) -> dict:
     from dlg_jax.attack import AttackConfig
 
-    targets = args.targets or (4 if args.quick else 32)
-    restarts = args.restarts or (2 if args.quick else 4)
+    accelerator = common.is_accelerator()
+    targets = args.targets or (ACCELERATOR_TARGETS if accelerator else (4 if args.quick else 32))
+    restarts = args.restarts or (ACCELERATOR_RESTARTS if accelerator else (2 if args.quick else 4))
+    chunk_size = targets * restarts if accelerator else None
     steps = args.steps or (100 if args.quick else 300)
     repeats = args.repeats or 1
     tolerance = AttackConfig().tolerance if args.tolerance is None else args.tolerance
-    torch = None if args.no_torch else common.require_torch()
+    torch, device = common.setup_torch(args)
     problem = common.make_problem("lenet", targets, 1, args.seed)
-    runs = {"jax": _jax_run(problem, restarts, steps * TORCH_MAX_ITER, tolerance, args.seed)}
+    runs = {"jax": _jax_run(problem, restarts, steps * TORCH_MAX_ITER, tolerance, args.seed, chunk_size)}
+    torch_compile_seconds = {}
     if torch is not None:
-        runs["torch-reference"] = _torch_run(problem, restarts, steps, tolerance, args.seed)
+        for name, compiled in TORCH_NAMES.items():
+            runs[name], seconds = _torch_run(problem, restarts, steps, tolerance, args.seed, device, compiled)
+            torch_compile_seconds[name] = seconds if compiled else None
     samples = common.alternate(runs, repeats)
-    rows = [_summarise(name, samples[name]) for name in runs]
+    rows = [_summarise(name, samples[name], torch_compile_seconds.get(name)) for name in runs]
     for row in rows:
-        print(f"{row['candidate']:16s} {row['seconds_median']:9.1f} s  success {row['success_rate']:.0%}  "
+        print(f"{row['candidate']:25s} {row['seconds_median']:9.1f} s  success {row['success_rate']:.0%}  "
               f"median PSNR {row['psnr_median']:.1f} dB  {row['evaluations']} evaluations", flush=True)
     payload = {
         "benchmark": NAME, "quick": args.quick,
         "config": {"model": "lenet", "num_classes": problem.model.num_classes, "batch_size": 1,
                    "targets": targets, "restarts": restarts, "torch_steps": steps, "torch_max_iter": TORCH_MAX_ITER,
                    "jax_iterations": steps * TORCH_MAX_ITER, "tolerance": tolerance,
-                   "success_psnr": SUCCESS_PSNR, "repeats": repeats, "seed": args.seed},
+                   "success_psnr": SUCCESS_PSNR, "repeats": repeats, "seed": args.seed, "chunk_size": chunk_size,
+                   "device": str(device) if device is not None else None},
+        "precision": common.precision_record(torch, device),
         "environment": common.environment(torch), "rows": rows, "headline": headline(rows),
     }
     figure = None if args.no_plot else _plot(rows, targets)

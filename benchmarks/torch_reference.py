@@ -17,10 +17,16 @@ start from the same weights and the same dummies.
   ``history_size=100``, no line search) for up to 300 ``.step()`` calls, restarts one after another.
 - :func:`functional_objective`: the strongest batched PyTorch form, ``torch.func.vmap`` over restarts
   of ``grad`` (w.r.t. the dummy) of ``J``, which itself takes ``grad`` w.r.t. the parameters of a
-  ``functional_call``.
+  ``functional_call``; with ``compiled=True`` that function goes through ``torch.compile`` (Inductor:
+  fused C++ on CPU, Triton on CUDA), PyTorch's best.
+- :func:`dlg_restart` with ``compiled=True``: the same ``torch.optim.LBFGS`` procedure whose closure
+  evaluates ``J`` and its gradient with the compiled objective (one restart as a batch of one).
+
+Every function works on the device of ``net`` (:func:`twin` ``device=``).
 """
 
 import dataclasses
+import functools
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -163,8 +169,9 @@ class TorchCifarResNet(nn.Module):
         return rows + _dense_layout(self.fc, ("Dense_0",), None)
 
 
-def twin(model, params) -> nn.Module:
-    """The PyTorch twin of ``model`` (a :class:`dlg_jax.models.Model`) holding a copy of ``params``."""
+def twin(model, params, device="cpu") -> nn.Module:
+    """The PyTorch twin of ``model`` (a :class:`dlg_jax.models.Model`) holding a copy of ``params``, on
+    ``device``."""
     from dlg_jax.models import CifarResNet, LeNet
 
     module = model.module
@@ -185,7 +192,12 @@ def twin(model, params) -> nn.Module:
             for key in row.path:
                 leaf = leaf[key]
             row.parameter.copy_(torch.tensor(row.to_torch(np.asarray(leaf, np.float32))))
-    return net.eval()
+    return net.eval().to(device)
+
+
+def device_of(net: nn.Module):
+    """The device ``net``'s parameters live on."""
+    return next(net.parameters()).device
 
 
 def to_flax(net: nn.Module, tensors) -> dict:
@@ -199,9 +211,14 @@ def to_flax(net: nn.Module, tensors) -> dict:
     return tree
 
 
-def to_nchw(images: np.ndarray):
-    """``[..., H, W, C]`` numpy -> ``[..., C, H, W]`` float32 tensor."""
-    return torch.from_numpy(np.array(np.moveaxis(np.asarray(images, np.float32), -1, -3), order="C"))
+def to_nchw(images: np.ndarray, device="cpu"):
+    """``[..., H, W, C]`` numpy -> ``[..., C, H, W]`` float32 tensor on ``device``."""
+    return torch.from_numpy(np.array(np.moveaxis(np.asarray(images, np.float32), -1, -3), order="C")).to(device)
+
+
+def to_tensor(array: np.ndarray, device="cpu"):
+    """A float32 copy of ``array`` on ``device``."""
+    return torch.tensor(np.asarray(array, np.float32), device=device)
 
 
 def to_nhwc(images) -> np.ndarray:
@@ -220,8 +237,10 @@ def soft_cross_entropy(logits, targets):
 
 def shared_gradient(net: nn.Module, images: np.ndarray, labels: np.ndarray) -> list:
     """The victim's gradient for ``images [B, H, W, C]``, ``labels [B]``: tensors in ``net.parameters()`` order."""
-    logits = net(to_nchw(images))
-    targets = F.one_hot(torch.as_tensor(np.asarray(labels), dtype=torch.int64), logits.shape[-1]).float()
+    device = device_of(net)
+    logits = net(to_nchw(images, device))
+    targets = F.one_hot(torch.as_tensor(np.asarray(labels), dtype=torch.int64, device=device),
+                        logits.shape[-1]).float()
     return [g.detach() for g in torch.autograd.grad(soft_cross_entropy(logits, targets), list(net.parameters()))]
 
 
@@ -242,27 +261,48 @@ def eager_value_and_grad(net: nn.Module, target_grads, images, label_logits):
     return value.detach(), (grad_images, grad_logits)
 
 
-def functional_objective(net: nn.Module, target_grads) -> Callable:
-    """``(images [R, B, C, H, W], label_logits [R, B, K]) -> (J [R], (dJ/dx' [R, B, C, H, W], dJ/dy' [R, B, K]))``
-    for ``R`` restarts of one target, with ``torch.func`` (vmap over restarts of grad of a loss that
-    itself takes grad w.r.t. the parameters)."""
+def _batched_matching(net: nn.Module) -> Callable:
+    """``(params, targets, images [R, B, C, H, W], label_logits [R, B, K]) -> ((dJ/dx', dJ/dy'), J [R])``:
+    ``torch.func.vmap`` over restarts of ``grad_and_value`` of ``J``, with the parameters and the
+    shared gradient as arguments (dicts keyed by parameter name), so that a compiled version serves
+    every target without recompiling."""
     from torch.func import functional_call, grad, grad_and_value, vmap
-
-    params = {name: p.detach() for name, p in net.named_parameters()}
-    targets = dict(zip(params, target_grads))
 
     def victim_loss(weights, images, label_logits):
         logits = functional_call(net, weights, (images,))
         return soft_cross_entropy(logits, F.softmax(label_logits, dim=-1))
 
-    def matching(images, label_logits):
+    def matching(params, targets, images, label_logits):
         grads = grad(victim_loss)(params, images, label_logits)
         return sum(((grads[name] - targets[name]) ** 2).sum() for name in grads)
 
-    batched = vmap(grad_and_value(matching, argnums=(0, 1)))
+    return vmap(grad_and_value(matching, argnums=(2, 3)), in_dims=(None, None, 0, 0))
+
+
+# Dynamo keys compiled code on the function's code object: every new net (and every new restart count,
+# the shapes being static) is a recompilation of the same code, more than the default limit of 8 in
+# one benchmark run.
+_RECOMPILE_LIMIT = 64
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_matching(net: nn.Module) -> Callable:
+    """:func:`_batched_matching` of ``net`` through ``torch.compile`` (whole graph, static shapes)."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, _RECOMPILE_LIMIT)
+    return torch.compile(_batched_matching(net), fullgraph=True, dynamic=False)
+
+
+def functional_objective(net: nn.Module, target_grads, compiled: bool = False) -> Callable:
+    """``(images [R, B, C, H, W], label_logits [R, B, K]) -> (J [R], (dJ/dx' [R, B, C, H, W], dJ/dy' [R, B, K]))``
+    for ``R`` restarts of one target, with ``torch.func`` (vmap over restarts of grad of a loss that
+    itself takes grad w.r.t. the parameters). ``compiled``: through ``torch.compile`` (the first call
+    for each new ``R`` compiles, seconds to a minute)."""
+    params = {name: p.detach() for name, p in net.named_parameters()}
+    targets = dict(zip(params, target_grads))
+    batched = _compiled_matching(net) if compiled else _batched_matching(net)
 
     def value_and_grad(images, label_logits):
-        grads, values = batched(images, label_logits)
+        grads, values = batched(params, targets, images, label_logits)
         return values, grads
 
     return value_and_grad
@@ -290,22 +330,32 @@ class RestartResult:
 
 def dlg_restart(net: nn.Module, target_grads, images: np.ndarray, label_logits: np.ndarray, *,
                 steps: int = 300, max_iter: int = 20, history_size: int = 100,
-                tolerance: float | None = None) -> RestartResult:
+                tolerance: float | None = None, compiled: bool = False) -> RestartResult:
     """One DLG restart from ``images [B, H, W, C]``, ``label_logits [B, K]``: ``steps`` calls of
     ``LBFGS.step`` (each up to ``max_iter`` iterations). ``tolerance``: stop after the step whose
     last evaluated ``J`` is ``<= tolerance`` (``None``: run all steps, as DLG). A non-finite ``J``
     stops the restart as failed. The closure differentiates ``J`` w.r.t. the dummy only (DLG's
     ``backward()`` also fills the parameters' ``.grad``, work the attack never uses). ``seconds`` covers
-    the optimisation, not the final evaluation of ``J`` for the report."""
+    the optimisation, not the final evaluation of ``J`` for the report.
+
+    ``compiled``: the closure evaluates ``J`` and its gradient with the ``torch.compile``d
+    :func:`functional_objective` on a batch of one restart (compiled on first use per net and dummy
+    shape; warm it up before timing) instead of eager double backward."""
     started = time.perf_counter()
-    dummy_x = to_nchw(images).requires_grad_(True)
-    dummy_y = torch.tensor(np.asarray(label_logits, np.float32)).requires_grad_(True)
+    device = device_of(net)
+    dummy_x = to_nchw(images, device).requires_grad_(True)
+    dummy_y = to_tensor(label_logits, device).requires_grad_(True)
     optimizer = torch.optim.LBFGS([dummy_x, dummy_y], lr=1, max_iter=max_iter, history_size=history_size)
     last = [float("inf")]
+    objective = functional_objective(net, target_grads, compiled=True) if compiled else None
 
     def closure():
-        value = matching_loss(net, dummy_x, dummy_y, target_grads)
-        dummy_x.grad, dummy_y.grad = torch.autograd.grad(value, [dummy_x, dummy_y])
+        if objective is None:
+            value = matching_loss(net, dummy_x, dummy_y, target_grads)
+            dummy_x.grad, dummy_y.grad = torch.autograd.grad(value, [dummy_x, dummy_y])
+        else:
+            values, (grad_x, grad_y) = objective(dummy_x.detach()[None], dummy_y.detach()[None])
+            value, dummy_x.grad, dummy_y.grad = values[0], grad_x[0], grad_y[0]
         last[0] = value.item()
         return value
 
@@ -324,7 +374,7 @@ def dlg_restart(net: nn.Module, target_grads, images: np.ndarray, label_logits: 
     failed = failed or not np.isfinite(final)
     state = optimizer.state[dummy_x]
     return RestartResult(
-        images=to_nhwc(dummy_x), label_logits=dummy_y.detach().numpy().copy(), loss=final,
+        images=to_nhwc(dummy_x), label_logits=dummy_y.detach().cpu().numpy().copy(), loss=final,
         iterations=int(state.get("n_iter", 0)), evaluations=int(state.get("func_evals", 0)), steps=done,
         seconds=seconds, converged=converged and not failed, failed=failed,
     )

@@ -27,6 +27,7 @@ from dlg_jax.errors import DLGInputError, check_choice, check_positive_int
 from dlg_jax.labels import LABEL_STRATEGIES, is_joint
 from dlg_jax.models import Model
 from dlg_jax.objectives import DISTANCES, SECOND_ORDER_MODES, Context, Dummy, make_objective
+from dlg_jax.precision import DEFAULT_PRECISION, check_precision, matmul_precision
 from dlg_jax.solvers import SolverConfig, make_solver
 from dlg_jax.victim import check_shared_gradients, one_hot
 
@@ -40,11 +41,15 @@ class AttackConfig:
     ``tolerance``: a restart is converged (and frozen) once its objective is at or below
     ``tolerance * ||dW||^2`` (l2 matching: relative to the shared gradient's squared norm, so that a
     target whose gradient is small is held to the same standard) or ``tolerance`` (cosine matching).
-    ``chunk_size``: problems (target x restart pairs) per vmapped batch.
+    ``chunk_size``: problems (target x restart pairs) per device in one vmapped batch (``None``: 16 on
+    CPU, where small chunks stay in cache, 1024 on GPU/TPU, where large batches fill the chip).
+    ``devices``: how many local devices share each chunk (its problem axis is sharded over a 1-D mesh;
+    ``None``: all of them). ``precision``: the matmul/convolution precision of every program the attack
+    traces (:mod:`dlg_jax.precision`; ``highest`` = full float32, which DLG needs on GPUs).
     ``block``: iterations per compiled call between progress reports / early-stop checks.
     ``snapshots``: how many intermediate images (at evenly spaced iterations, first = initial dummy)
     are kept for the best restart. ``box``: clip the images to ``[low, high]`` after every step.
-    ``memory_budget``: bytes; if set, the chunk is the largest whose compiled step fits it
+    ``memory_budget``: bytes per device; if set, the chunk is the largest whose compiled step fits it
     (:func:`dlg_jax.memory.chunk_for_budget`) and ``chunk_size`` is not used.
     """
 
@@ -58,7 +63,9 @@ class AttackConfig:
     box: tuple[float, float] | None = None
     second_order: str = "reverse_over_forward"
     tolerance: float = 1e-8
-    chunk_size: int = 16
+    chunk_size: int | None = None
+    devices: int | None = None
+    precision: str = DEFAULT_PRECISION
     block: int = 100
     snapshots: int = 6
     seed: int = 0
@@ -68,7 +75,11 @@ class AttackConfig:
     def __post_init__(self):
         check_positive_int("restarts", self.restarts)
         check_positive_int("iterations", self.iterations)
-        check_positive_int("chunk_size", self.chunk_size)
+        if self.chunk_size is not None:
+            check_positive_int("chunk_size", self.chunk_size)
+        if self.devices is not None:
+            check_positive_int("devices", self.devices)
+        check_precision(self.precision)
         check_positive_int("block", self.block)
         check_choice("distance", self.distance, DISTANCES)
         check_choice("label strategy", self.labels, LABEL_STRATEGIES)
@@ -174,17 +185,22 @@ def initial_dummy(seed: int, target: int, restart: int, batch_size: int, input_s
     return Dummy(images, logits)
 
 
-@functools.partial(jax.jit, static_argnames=("batch_size", "input_shape", "num_classes", "joint", "dtype"))
-def _initial_dummies(seed, targets, restarts, *, batch_size, input_shape, num_classes, joint, dtype) -> Dummy:
-    """:func:`initial_dummy` of each ``(targets[i], restarts[i])``; the seed is traced, so attacks that
-    differ only in their seed (the points of a sweep) share one compilation."""
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7))
+def _initial_dummies(seed, target_ids, restart_ids, batch_size, input_shape, num_classes, joint, dtype) -> Dummy:
+    """:func:`initial_dummy` of problems ``(target_ids[i], restart_ids[i])``, stacked on a leading axis.
+    The seed is traced, so attacks that differ only in their seed (a sweep's points) compile this once."""
     return jax.vmap(lambda t, r: initial_dummy(seed, t, r, batch_size, input_shape, num_classes, joint, dtype))(
-        targets, restarts)
+        target_ids, restart_ids)
 
 
 @functools.lru_cache(maxsize=32)
-def _programs(model: Model, config: AttackConfig):
-    """The compiled building blocks for one (model, config): init, run ``n`` steps, final objective."""
+def _programs(model: Model, config: AttackConfig, mesh: jax.sharding.Mesh | None):
+    """The compiled building blocks for one (model, config): init, run ``n`` steps, final objective.
+
+    Each maps a chunk of problems (leading axis) with ``jax.vmap``. On a ``mesh``, ``jax.shard_map``
+    hands every device its slice of the chunk, and each device runs exactly the program one device
+    would run on a chunk of that size (no communication), so results do not depend on the device count.
+    """
     objective = make_objective(model, config.distance, tv_weight=config.tv_weight,
                                layer_weights=config.layer_weights, second_order=config.second_order)
     solver = make_solver(objective, config.solver)
@@ -218,22 +234,35 @@ def _programs(model: Model, config: AttackConfig):
 
         return jax.lax.scan(body, problem, None, length=steps)
 
-    batched_init = jax.jit(jax.vmap(init_one, in_axes=(0, Context(None, 0, 0))))
-    batched_objective = jax.jit(jax.vmap(objective, in_axes=(0, Context(None, 0, 0))))
+    per_problem = jax.sharding.PartitionSpec("problems")
+    shared_context = Context(None, 0, 0)
+
+    def batched(fn, out_axes=0):
+        mapped = jax.vmap(fn, in_axes=(0, shared_context), out_axes=out_axes)
+        if mesh is None:
+            return jax.jit(mapped)
+        out_specs = jax.tree.map(lambda axis: jax.sharding.PartitionSpec(*[None] * axis, "problems"), out_axes)
+        # check_vma=False: with the default check, jax 0.10.2 fed every device the same dummies
+        # (wrong results through the objective's custom_vjp); no collective is used, so nothing needs it.
+        return jax.jit(jax.shard_map(mapped, mesh=mesh, out_specs=out_specs, check_vma=False,
+                                     in_specs=(per_problem, Context(jax.sharding.PartitionSpec(), per_problem,
+                                                                    per_problem))))
+
+    batched_init = batched(init_one)
+    batched_objective = batched(objective)
 
     @functools.lru_cache(maxsize=8)
     def batched_run(steps: int):
-        return jax.jit(jax.vmap(functools.partial(run_one, steps=steps), in_axes=(0, Context(None, 0, 0)),
-                                out_axes=(0, 1)))
+        return batched(functools.partial(run_one, steps=steps), out_axes=(0, 1))
 
     return batched_init, batched_run, batched_objective
 
 
-def shared_programs(model: Model, config: AttackConfig):
+def shared_programs(model: Model, config: AttackConfig, mesh: jax.sharding.Mesh | None):
     """:func:`_programs` of ``config`` with the fields they never read (budget, seed, chunking) reset,
-    so that attacks (e.g. the points of a sweep) differing only there share one compilation."""
-    return _programs(model, dataclasses.replace(config, restarts=1, iterations=1, chunk_size=1, block=1,
-                                                snapshots=0, seed=0, memory_budget=None))
+    so that attacks differing only there (the points of a sweep) share one compilation."""
+    return _programs(model, dataclasses.replace(config, restarts=1, iterations=1, chunk_size=None, devices=None,
+                                                block=1, snapshots=0, seed=0, memory_budget=None), mesh)
 
 
 _COMPILED: dict = {}
@@ -242,7 +271,7 @@ _COMPILED: dict = {}
 def _compiled(program, *args):
     """``program`` (a jitted function) compiled ahead of time for ``args``' shapes, cached."""
     signature = (program, jax.tree.structure(args),
-                 tuple((leaf.shape, leaf.dtype) for leaf in jax.tree.leaves(args)))
+                 tuple((leaf.shape, leaf.dtype, getattr(leaf, "sharding", None)) for leaf in jax.tree.leaves(args)))
     if signature not in _COMPILED:
         _COMPILED[signature] = program.lower(*args).compile()
     return _COMPILED[signature]
@@ -254,22 +283,24 @@ def _block_schedule(iterations: int, block: int, snapshot_iterations: np.ndarray
     return sorted(stops)
 
 
-def run_attack(
-    model: Model,
-    params: Any,
-    target_grads: Any,
-    batch_size: int,
-    config: AttackConfig = AttackConfig(),
-    *,
-    fixed_labels: np.ndarray | None = None,
-    progress: Callable[[Progress], None] | None = None,
-) -> AttackResult:
-    """Reconstruct the private batches behind ``T`` shared gradients.
+class _Plan(NamedTuple):
+    """A validated attack: inputs cast to the config's dtype, and how the ``problems = T * R`` problems
+    are split into chunks of ``chunk`` (a multiple of the mesh's size) and placed on devices."""
 
-    ``target_grads``: the parameter pytree with a leading ``T`` axis on every leaf (e.g. from
-    :func:`dlg_jax.victim.shared_gradients`). ``fixed_labels [T, B]``: labels to hold fixed (for label
-    strategies other than ``joint``). Returns an :class:`AttackResult`.
-    """
+    model: Model
+    params: Any
+    target_grads: Any          # leading axis T
+    fixed_targets: jnp.ndarray  # [T, B, K] one-hot (zeros with joint labels)
+    fixed_labels: np.ndarray | None
+    batch_size: int
+    config: AttackConfig
+    joint: bool
+    problems: int
+    chunk: int
+    mesh: jax.sharding.Mesh | None
+
+
+def _plan(model, params, target_grads, batch_size, config, fixed_labels) -> _Plan:
     if not isinstance(config, AttackConfig):
         raise DLGInputError(f"config must be an AttackConfig, got {type(config).__name__}")
     batch_size = check_positive_int("batch size", batch_size)
@@ -290,34 +321,114 @@ def run_attack(
     target_grads = jax.tree.map(lambda g: jnp.asarray(g, dtype), target_grads)
     fixed_targets = (one_hot(jnp.asarray(fixed_labels), model.num_classes, dtype) if not joint
                      else jnp.zeros((targets, batch_size, model.num_classes), dtype))
-
-    batched_init, batched_run, batched_objective = shared_programs(model, config)
-    restarts, chunk = config.restarts, config.chunk_size
-    problems = targets * restarts
-    if config.memory_budget is not None:
+    mesh = problem_mesh(config.devices)
+    devices = 1 if mesh is None else mesh.size
+    problems = targets * config.restarts
+    if devices > problems:
+        raise DLGInputError(f"devices {devices} is more than the {problems} problems (targets x restarts) to "
+                            f"share among them; use at most {problems} devices")
+    per_device = config.chunk_size or default_chunk_size()
+    if config.memory_budget is not None:  # the largest chunk whose compiled step fits (dlg_jax.memory)
         from dlg_jax.memory import chunk_for_budget, step_bytes
 
-        chunk = chunk_for_budget(config.memory_budget, problems, lambda n: step_bytes(
-            model, params, target_grads, fixed_targets, batch_size, config, n))
-    chunk = min(chunk, problems)
+        per_device = chunk_for_budget(config.memory_budget, -(-problems // devices), lambda n: step_bytes(
+            model, params, target_grads, batch_size, config, fixed_labels, n))
+    chunk = min(per_device * devices, -(-problems // devices) * devices)
+    return _Plan(model, params, target_grads, fixed_targets, fixed_labels, batch_size, config, joint,
+                 problems, chunk, mesh)
+
+
+def default_chunk_size() -> int:
+    """Problems per device per vmapped batch when ``AttackConfig.chunk_size`` is ``None``: 16 on CPU
+    (chunks of ~8-24 restarts stay in cache; DESIGN.md), 1024 on accelerators (1024 problems ran at
+    144k restart-iterations/s on an H200, 8 x 16 at 51k)."""
+    return 16 if jax.default_backend() == "cpu" else 1024
+
+
+def problem_mesh(devices: int | None) -> jax.sharding.Mesh | None:
+    """A 1-D mesh ``("problems",)`` over the first ``devices`` local devices (``None``: all), or ``None``
+    for one device. Raises ``DLGInputError`` when more devices are asked for than are present."""
+    available = jax.local_devices()
+    count = len(available) if devices is None else check_positive_int("devices", devices)
+    if count > len(available):
+        raise DLGInputError(f"devices {count} is more than the {len(available)} local "
+                            f"{jax.default_backend()} device(s) present; allowed: 1..{len(available)}")
+    if count == 1:
+        return None
+    return jax.sharding.Mesh(np.asarray(available[:count]), ("problems",),
+                             axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def _placed(tree, mesh, spec):
+    """``tree`` on ``mesh`` with every leaf's leading axis sharded (``spec="problems"``) or replicated."""
+    if mesh is None:
+        return tree
+    return jax.device_put(tree, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(spec)))
+
+
+def _chunk_inputs(plan: _Plan, ids: np.ndarray) -> tuple[Dummy, Context]:
+    """The starting dummies and contexts of problems ``ids`` (``target = id // R``, ``restart = id % R``),
+    placed on the plan's devices."""
+    config, model = plan.config, plan.model
+    target_ids, restart_ids = ids // config.restarts, ids % config.restarts
+    dummy = _initial_dummies(config.seed, jnp.asarray(target_ids), jnp.asarray(restart_ids), plan.batch_size,
+                             tuple(model.input_shape), model.num_classes, plan.joint, jnp.dtype(config.dtype))
+    dummy = _placed(dummy, plan.mesh, "problems")
+    per_problem = (jax.tree.map(lambda g: g[target_ids], plan.target_grads), plan.fixed_targets[target_ids])
+    return dummy, Context(_placed(plan.params, plan.mesh, None), *_placed(per_problem, plan.mesh, "problems"))
+
+
+def run_attack(
+    model: Model,
+    params: Any,
+    target_grads: Any,
+    batch_size: int,
+    config: AttackConfig = AttackConfig(),
+    *,
+    fixed_labels: np.ndarray | None = None,
+    progress: Callable[[Progress], None] | None = None,
+) -> AttackResult:
+    """Reconstruct the private batches behind ``T`` shared gradients.
+
+    ``target_grads``: the parameter pytree with a leading ``T`` axis on every leaf (e.g. from
+    :func:`dlg_jax.victim.shared_gradients`). ``fixed_labels [T, B]``: labels to hold fixed (for label
+    strategies other than ``joint``). Returns an :class:`AttackResult`.
+    """
+    plan = _plan(model, params, target_grads, batch_size, config, fixed_labels)
+    with matmul_precision(config.precision):
+        return _solve(plan, progress)
+
+
+def lower_attack_step(model: Model, params: Any, target_grads: Any, batch_size: int,
+                      config: AttackConfig = AttackConfig(), *, fixed_labels: np.ndarray | None = None,
+                      steps: int = 1) -> jax.stages.Lowered:
+    """The program :func:`run_attack` compiles for ``steps`` iterations of its first chunk, lowered (not
+    run): ``.as_text()`` is its StableHLO, ``.compile()`` gives XLA's cost and memory analysis."""
+    plan = _plan(model, params, target_grads, batch_size, config, fixed_labels)
+    batched_init, batched_run, _ = shared_programs(model, config, plan.mesh)
+    with matmul_precision(config.precision):
+        dummy, context = _chunk_inputs(plan, np.arange(plan.chunk) % plan.problems)
+        state = jax.eval_shape(batched_init, dummy, context)
+        return batched_run(check_positive_int("steps", steps)).lower(state, context)
+
+
+def _solve(plan: _Plan, progress) -> AttackResult:
+    """The chunk loop of :func:`run_attack` (to be traced at ``plan.config.precision``)."""
+    config, problems, chunk = plan.config, plan.problems, plan.chunk
+    batched_init, batched_run, batched_objective = shared_programs(plan.model, config, plan.mesh)
     chunks = -(-problems // chunk)
     snapshot_iterations = (np.unique(np.round(np.linspace(0, config.iterations, config.snapshots)).astype(int))
                            if config.snapshots else np.zeros((0,), int))
     schedule = _block_schedule(config.iterations, config.block, snapshot_iterations)
-
-    make_dummy = functools.partial(_initial_dummies, jnp.asarray(config.seed), batch_size=batch_size,
-                                   input_shape=model.input_shape, num_classes=model.num_classes, joint=joint,
-                                   dtype=dtype)
     outputs = []
     compile_seconds = run_seconds = 0.0
     restart_iterations = 0
     for index in range(chunks):
         ids = np.arange(index * chunk, (index + 1) * chunk)
         ids = np.where(ids < problems, ids, index * chunk)  # pad the last chunk with its first problem
-        target_ids, restart_ids = ids // restarts, ids % restarts
-        context = Context(params, jax.tree.map(lambda g: g[target_ids], target_grads), fixed_targets[target_ids])
         started = time.perf_counter()
-        state = batched_init(make_dummy(jnp.asarray(target_ids), jnp.asarray(restart_ids)), context)
+        dummy, context = _chunk_inputs(plan, ids)
+        state = batched_init(dummy, context)
         jax.block_until_ready(state)
         compile_seconds += time.perf_counter() - started
         histories, snaps, done_at = [], [], 0
@@ -352,15 +463,15 @@ def run_attack(
         final_loss = np.asarray(batched_objective(state.dummy, context))
         outputs.append(dict(
             ids=ids, images=np.asarray(state.dummy.images),
-            label_logits=None if not joint else np.asarray(state.dummy.label_logits),
+            label_logits=None if not plan.joint else np.asarray(state.dummy.label_logits),
             loss=final_loss, failed=np.asarray(state.failed), converged=np.asarray(state.converged),
             iterations=np.asarray(state.iterations),
             evaluations=np.asarray(state.evaluations),
             history=np.concatenate(histories, axis=0).T,
             snapshots=np.stack(snaps, axis=1) if snaps else None,
         ))
-    return _assemble(outputs, problems, targets, restarts, joint, fixed_labels, snapshot_iterations,
-                     compile_seconds, run_seconds, restart_iterations)
+    return _assemble(outputs, problems, problems // config.restarts, config.restarts, plan.joint,
+                     plan.fixed_labels, snapshot_iterations, compile_seconds, run_seconds, restart_iterations)
 
 
 def _assemble(outputs, problems, targets, restarts, joint, fixed_labels, snapshot_iterations,

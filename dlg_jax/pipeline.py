@@ -23,6 +23,7 @@ from dlg_jax.errors import DLGInputError, check_positive_int
 from dlg_jax.labels import recover_labels
 from dlg_jax.metrics import ReconstructionMetrics, evaluate
 from dlg_jax.models import Model, build_model
+from dlg_jax.precision import matmul_precision
 from dlg_jax.victim import shared_gradients
 
 
@@ -84,19 +85,20 @@ def run_dlg(
     gradient before the attacker sees it (per-example defenses such as DP-SGD get per-example gradients).
     Labels are recovered from the (defended) gradient by ``config.labels`` unless it is ``joint``.
     """
-    source = get_dataset(dataset, split=split, data_dir=data_dir, image_size=image_size)
-    grid = target_indices(source, batch_size, indices, targets)
-    net = build_model(model, source.input_shape, source.num_classes, **(model_options or {}))
-    params = net.init(jax.random.fold_in(jax.random.key(config.seed), 0x5EED), dtype=np.dtype(config.dtype))
-    images, labels = source.examples(grid.reshape(-1))
-    images = images.reshape(*grid.shape, *source.input_shape).astype(config.dtype)
-    labels = labels.reshape(grid.shape)
-    if defense is None:
-        grads = shared_gradients(net, params, images, labels)
-    else:
-        grads = defended_gradients(defense, net, params, images, labels,
-                                   jax.random.fold_in(jax.random.key(config.seed), 0xDEF))
-    fixed_labels = recover_labels(config.labels, net, params, grads, batch_size)
-    result = run_attack(net, params, grads, batch_size, config, fixed_labels=fixed_labels, progress=progress)
-    metrics = evaluate(result.best_images, images, result.best_labels, labels)
-    return DLGRun(net, params, source, grid, images, labels, grads, result, metrics)
+    with matmul_precision(config.precision):  # the victim's gradient, label recovery and metrics too
+        source = get_dataset(dataset, split=split, data_dir=data_dir, image_size=image_size)
+        grid = target_indices(source, batch_size, indices, targets)
+        net = build_model(model, source.input_shape, source.num_classes, **(model_options or {}))
+        params = net.init(jax.random.fold_in(jax.random.key(config.seed), 0x5EED), dtype=np.dtype(config.dtype))
+        images, labels = source.examples(grid.reshape(-1))
+        images = images.reshape(*grid.shape, *source.input_shape).astype(config.dtype)
+        labels = labels.reshape(grid.shape)
+        if defense is None:
+            grads = shared_gradients(net, params, images, labels, config.precision)
+        else:
+            grads = defended_gradients(defense, net, params, images, labels,
+                                       jax.random.fold_in(jax.random.key(config.seed), 0xDEF))
+        fixed_labels = recover_labels(config.labels, net, params, grads, batch_size)
+        result = run_attack(net, params, grads, batch_size, config, fixed_labels=fixed_labels, progress=progress)
+        metrics = evaluate(result.best_images, images, result.best_labels, labels)
+        return DLGRun(net, params, source, grid, images, labels, grads, result, metrics)

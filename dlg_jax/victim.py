@@ -16,6 +16,7 @@ import numpy as np
 
 from dlg_jax.errors import DLGInputError
 from dlg_jax.models import Model, check_same_tree
+from dlg_jax.precision import DEFAULT_PRECISION, matmul_precision
 
 
 def soft_cross_entropy(logits: jnp.ndarray, targets: jnp.ndarray) -> jnp.ndarray:
@@ -38,10 +39,13 @@ def shared_gradient(model: Model, params: Any, images: jnp.ndarray, labels: jnp.
     return jax.grad(batch_loss, argnums=1)(model, params, images, targets)
 
 
-def shared_gradients(model: Model, params: Any, images: jnp.ndarray, labels: jnp.ndarray) -> Any:
+def shared_gradients(model: Model, params: Any, images: jnp.ndarray, labels: jnp.ndarray,
+                     precision: str = DEFAULT_PRECISION) -> Any:
     """The shared gradients of ``T`` clients at once: ``images [T, B, H, W, C]``, ``labels [T, B]``
-    give a parameter-shaped pytree with a leading ``T`` axis on every leaf."""
-    return _shared_gradients(model, params, jnp.asarray(images), jnp.asarray(labels))
+    give a parameter-shaped pytree with a leading ``T`` axis on every leaf. ``precision``: of its matmuls
+    and convolutions (:mod:`dlg_jax.precision`; full float32 by default, as a client's float32 step is)."""
+    with matmul_precision(precision):
+        return _shared_gradients(model, params, jnp.asarray(images), jnp.asarray(labels))
 
 
 @jax.jit(static_argnums=0)

@@ -1,5 +1,7 @@
 """Shared fixtures: small models, one real embedded image and its shared gradient."""
 
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -7,6 +9,9 @@ import pytest
 from dlg_jax.data import get_dataset
 from dlg_jax.models import build_model
 from dlg_jax.victim import shared_gradients
+
+# The CLI turns on JAX's persistent compilation cache under ~/.cache; tests that want it pass a folder.
+os.environ.setdefault("DLG_JAX_COMPILATION_CACHE", "off")
 
 
 @pytest.fixture(scope="session")

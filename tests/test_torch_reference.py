@@ -83,6 +83,33 @@ def test_functional_objective_equals_eager(lenet, dummies):
         _assert_close_tree(grad_logits[r].numpy(), eager_logits.numpy(), 1e-4)
 
 
+def test_compiled_objective_and_closure_equal_eager(lenet, dummies):
+    """torch.compile of the torch.func objective (what torch-compile and the compiled DLG closure run)
+    gives eager double backward's values and gradients; one compile (R = 1) serves both checks."""
+    _, net, torch_grads = lenet
+    images, logits = dummies
+    x, y = tr.to_nchw(images[:1]), torch.tensor(logits[:1])
+    values, (grad_images, grad_logits) = tr.functional_objective(net, torch_grads, compiled=True)(x, y)
+    value, (eager_images, eager_logits) = tr.eager_value_and_grad(net, torch_grads, x[0], y[0])
+    np.testing.assert_allclose(values[0].item(), value.item(), rtol=1e-5)
+    _assert_close_tree(grad_images[0].numpy(), eager_images.numpy(), 1e-4)
+    _assert_close_tree(grad_logits[0].numpy(), eager_logits.numpy(), 1e-4)
+    options = dict(steps=2, max_iter=3, tolerance=None)
+    eager = tr.dlg_restart(net, torch_grads, images[0], logits[0], **options)
+    compiled = tr.dlg_restart(net, torch_grads, images[0], logits[0], compiled=True, **options)
+    assert compiled.iterations == eager.iterations and compiled.evaluations == eager.evaluations
+    np.testing.assert_allclose(compiled.loss, eager.loss, rtol=1e-3)
+    _assert_close_tree(compiled.images, eager.images, 1e-3)
+
+
+def test_cuda_asked_of_cpu_torch_is_one_line(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this PyTorch has CUDA")
+    assert objective_throughput.main(["--sizes", "1", "--device", "cuda", "--out", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "no CUDA" in error
+
+
 def test_resnet_twin_logits_match():
     from dlg_jax.models import build_model
 
@@ -126,6 +153,7 @@ def test_dlg_attack_counts_iterations_and_evaluations(lenet, dummies):
     (time_to_recovery.main, ["--targets", "1000"]),
     (scaling.main, ["--models", "vgg"]),
     (scaling.main, ["--batch-sizes", "-1"]),
+    (attack_throughput.main, ["--device", "tpu"]),
 ])
 def test_benchmarks_refuse_bad_input(main, argv, tmp_path, capsys):
     assert main([*argv, "--out", str(tmp_path)]) == 2
@@ -154,8 +182,9 @@ def test_objective_benchmark_writes_results(tmp_path):
 
 def test_summary_reads_results_and_checks_targets(tmp_path, capsys):
     headlines = {
-        "objective_throughput": {"speedup_vs_torch_eager": 12.0, "speedup_vs_torch_func": 2.0, "peak_fraction": 0.3},
-        "attack_throughput": {"speedup_restart_iterations": 11.0},
+        "objective_throughput": {"speedup_vs_torch_eager": 12.0, "speedup_vs_torch_func": 2.0,
+                                 "speedup_vs_torch_compile": 1.1, "peak_fraction": 0.3},
+        "attack_throughput": {"speedup_restart_iterations": 11.0, "speedup_restart_iterations_vs_torch_compile": 2.5},
         "time_to_recovery": {"speedup": 20.0, "jax_success_rate": 0.5, "torch_success_rate": 0.75},
         "scaling": {"resnet20_B1": {"speedup_vs_torch-eager": 1.5}},
     }
@@ -165,7 +194,8 @@ def test_summary_reads_results_and_checks_targets(tmp_path, capsys):
     payload = json.loads((tmp_path / "summary.json").read_text())
     met = {metric: check["met"] for metric, check in payload["targets"].items()}
     assert met == {"objective_speedup_vs_torch_eager": True, "objective_speedup_vs_torch_func": False,
-                   "attack_speedup_vs_torch_reference": True, "time_to_recovery_speedup": False,
+                   "objective_speedup_vs_torch_compile": True, "attack_speedup_vs_torch_reference": True,
+                   "attack_speedup_vs_torch_compile": False, "time_to_recovery_speedup": False,
                    "peak_fraction": True}
     assert payload["summary"]["scaling_resnet20_B1_speedup_vs_torch-eager"] == 1.5
     assert "| objective_speedup_vs_torch_eager | 12.0x | >= 10x | yes |" in capsys.readouterr().out

@@ -31,7 +31,9 @@ def _nonnegative_float(text: str) -> float:
 def add_attack_options(parser: argparse.ArgumentParser) -> None:
     """The options shared by every command that runs attacks (model, data, solver, budget, seed)."""
     from dlg_jax.attack import AttackConfig
+    from dlg_jax.compile_cache import ENVIRONMENT_VARIABLE
     from dlg_jax.models import MODEL_NAMES
+    from dlg_jax.precision import PRECISIONS
     from dlg_jax.presets import attack_preset
     from dlg_jax.solvers import SOLVER_NAMES
 
@@ -60,8 +62,17 @@ def add_attack_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tolerance", type=_nonnegative_float, default=None,
                         help=f"a restart has converged once its objective is <= this x |dW|^2 (l2) "
                              f"(default: {defaults.tolerance})")
-    parser.add_argument("--chunk-size", type=_positive_int, default=defaults.chunk_size,
-                        help="restarts run together in one vmapped batch")
+    parser.add_argument("--chunk-size", type=_positive_int, default=None,
+                        help="problems (targets x restarts) per device in one vmapped batch "
+                             "(default: 16 on CPU, 1024 on GPU/TPU)")
+    parser.add_argument("--devices", type=_positive_int, default=None,
+                        help="shard the problems over this many local devices (default: all)")
+    parser.add_argument("--precision", default=defaults.precision, choices=PRECISIONS,
+                        help="matmul/convolution precision of the victim's gradient and the attack; "
+                             "'highest' = full float32, which DLG needs on GPUs (TF32 otherwise) "
+                             f"(default: {defaults.precision})")
+    parser.add_argument("--no-compilation-cache", action="store_true",
+                        help=f"do not use the persistent compilation cache (also: {ENVIRONMENT_VARIABLE}=off)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the model weights and the dummies")
     parser.add_argument("--float64", action="store_true", help="run in double precision")
 
@@ -99,14 +110,18 @@ def attack_config_from_args(args, **overrides):
 
     import jax
 
+    from dlg_jax.compile_cache import enable_compilation_cache
     from dlg_jax.presets import attack_preset
     from dlg_jax.solvers import SolverConfig
 
     if args.float64:
         jax.config.update("jax_enable_x64", True)
+    if not args.no_compilation_cache:
+        enable_compilation_cache()
     options = {name: getattr(args, name, None) for name in ("restarts", "iterations", "tolerance", "labels")}
     options = {name: value for name, value in options.items() if value is not None}
-    options.update(chunk_size=args.chunk_size, seed=args.seed, dtype="float64" if args.float64 else "float32")
+    options.update(chunk_size=args.chunk_size, devices=args.devices, precision=args.precision, seed=args.seed,
+                   dtype="float64" if args.float64 else "float32")
     options.update(overrides)
     config = attack_preset(getattr(args, "attack", "dlg"), **options)
     solver_options = {name: getattr(args, name) for name in ("history_size", "learning_rate")
@@ -147,6 +162,7 @@ def environment() -> dict:
     import jax
 
     return {"jax": jax.__version__, "backend": jax.default_backend(), "devices": len(jax.devices()),
+            "device_kind": jax.devices()[0].device_kind,
             "python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()}
 
 

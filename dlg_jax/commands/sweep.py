@@ -7,7 +7,6 @@ repeating work. ``--executor ray`` spreads the points over a Ray cluster; ``--me
 each attack's chunk so that its compiled step fits the budget.
 """
 
-import os
 import sys
 import time
 
@@ -27,23 +26,11 @@ def register(subparsers) -> None:
     parser.add_argument("--ray-num-cpus", type=int, default=None, help="CPUs of a local Ray instance")
     parser.add_argument("--ray-cpus-per-point", type=float, default=1.0, help="CPUs reserved per point (default: 1)")
     parser.add_argument("--ray-gpus-per-point", type=float, default=0.0, help="GPUs reserved per point (default: 0)")
-    parser.add_argument("--compile-cache", default=None,
-                        help="JAX's persistent compilation cache, so a resumed sweep does not compile again "
-                             "(default: STORE/.compile-cache; 'none' to disable)")
+    parser.add_argument("--no-compilation-cache", action="store_true",
+                        help="do not keep compiled programs in the persistent cache (dlg_jax.compile_cache; "
+                             "with it, a resumed sweep does not compile again)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(handler=run)
-
-
-def use_compile_cache(directory: str) -> None:
-    """Keep every compiled program in ``directory`` (JAX's persistent cache), for this process and the
-    processes it starts (local Ray workers read the environment)."""
-    import jax
-
-    settings = {"jax_compilation_cache_dir": os.path.abspath(directory),
-                "jax_persistent_cache_min_compile_time_secs": 0, "jax_persistent_cache_min_entry_size_bytes": 0}
-    for name, value in settings.items():
-        jax.config.update(name, value)
-        os.environ[name.upper()] = str(value)
 
 
 def point_label(point) -> str:
@@ -57,6 +44,7 @@ def point_label(point) -> str:
 
 def run(args) -> int:
     from dlg_jax.commands.attack import ProgressBar
+    from dlg_jax.compile_cache import enable_compilation_cache
     from dlg_jax.executors import make_executor
     from dlg_jax.grid import load_grid
     from dlg_jax.memory import parse_bytes
@@ -66,13 +54,12 @@ def run(args) -> int:
     grid = load_grid(args.grid)
     budget = None if args.memory_budget is None else parse_bytes(args.memory_budget)
     store = Store(args.store)
-    if args.compile_cache != "none":
-        use_compile_cache(args.compile_cache or os.path.join(store.path, ".compile-cache"))
+    cache = None if args.no_compilation_cache else enable_compilation_cache()
     points = list(grid.points)
     options = {}
     if args.executor == "ray":
         options = dict(address=args.ray_address, num_cpus=args.ray_num_cpus, cpus_per_task=args.ray_cpus_per_point,
-                       gpus_per_task=args.ray_gpus_per_point)
+                       gpus_per_task=args.ray_gpus_per_point, compilation_cache=cache)
     local = args.executor == "local" and not args.quiet
     bar = ProgressBar(local)
     counter = iter(range(1, len(points) + 1))
