@@ -36,7 +36,8 @@ SETTINGS = {
                         objective=(1024, 8192), torch_iterations=600, repeats=5),
     "cpu": dict(default_iterations=3000, precision=(2, 4, 1500), large=(4, 16, 500),
                 objective=(16, 128), torch_iterations=200, repeats=5),
-    "quick": dict(default_iterations=200, precision=(1, 2, 100), large=(2, 2, 100),
+    # quick: every attack row has the default attack's shape, so the rows share its compiled programs
+    "quick": dict(default_iterations=200, precision=(1, 8, 100), large=(1, 8, 100),
                   objective=(8,), torch_iterations=40, repeats=2),
 }
 RECOVERED_DB = 30.0

@@ -13,6 +13,10 @@ restart does the whole budget:
 - ``torch-reference-compiled``: the same procedure whose closure runs the ``torch.compile``d objective
   (compile time reported on its own).
 
+``attack_variants`` (in the JSON): the lockstep ``lbfgs`` with shorter histories
+(:data:`HISTORY_VARIANTS`; DLG's is 100), timed in the same alternation, with their ratio to the default
+(cheaper steps; whether they converge as well is measured by ``time_to_recovery --history-size``).
+
 PyTorch runs on ``--device`` (default: JAX's device), both sides in full float32. On a GPU/TPU backend
 the defaults are GPU-sized: :data:`ACCELERATOR_RESTARTS` restarts in one chunk.
 
@@ -36,6 +40,7 @@ TORCH_NAME = "torch-reference"
 TORCH_COMPILED_NAME = "torch-reference-compiled"
 TORCH_MAX_ITER = 20
 ACCELERATOR_RESTARTS = 1024
+HISTORY_VARIANTS = (10, 30)
 MAX_RESTARTS = 4096
 MAX_ITERATIONS = 100_000
 # jaxopt's zoom search makes every batched restart wait for the slowest (DESIGN.md): minutes at R = 128
@@ -43,12 +48,14 @@ MAX_ITERATIONS = 100_000
 QUICK_SOLVERS = ("lbfgs", "optax-lbfgs", "adam")
 
 
-def _jax_run(problem, solver: str, restarts: int, iterations: int, seed: int, chunk_size: int | None = None):
+def _jax_run(problem, solver: str, restarts: int, iterations: int, seed: int, chunk_size: int | None = None,
+             history_size: int | None = None):
     """A warmed-up ``run_attack`` for ``solver`` (``run() -> measurements``) and its compile seconds."""
     from dlg_jax.attack import AttackConfig, run_attack
     from dlg_jax.solvers import SolverConfig
 
-    config = AttackConfig(restarts=restarts, iterations=iterations, solver=SolverConfig(name=solver),
+    solver_config = SolverConfig(name=solver, **({} if history_size is None else {"history_size": history_size}))
+    config = AttackConfig(restarts=restarts, iterations=iterations, solver=solver_config,
                           tolerance=0.0, snapshots=0, seed=seed,
                           chunk_size=chunk_size or AttackConfig().chunk_size)
 
@@ -182,6 +189,12 @@ def run(args) -> dict:
     for solver in solvers:
         runs[solver], compile_seconds[solver] = _jax_run(problem, solver, restarts, iterations, args.seed, chunk_size)
         print(f"compiled {solver} ({compile_seconds[solver]:.1f} s)", flush=True)
+    variant_names = {}
+    if "lbfgs" in solvers and not args.no_variants:
+        for history in HISTORY_VARIANTS:
+            name = variant_names[history] = f"lbfgs-history-{history}"
+            runs[name], compile_seconds[name] = _jax_run(problem, "lbfgs", restarts, iterations, args.seed,
+                                                         chunk_size, history)
     if torch is not None:
         for name, compiled in ((TORCH_NAME, False), (TORCH_COMPILED_NAME, True)):
             runs[name], compile_seconds[name] = _torch_run(problem, torch_restarts, iterations, args.seed,
@@ -193,6 +206,13 @@ def run(args) -> dict:
     samples = common.alternate(runs, repeats)
     rows = [_summarise(name, samples[name], torch_restarts if name.startswith(TORCH_NAME) else restarts,
                        compile_seconds.get(name)) for name in runs]
+    by_name = {row["candidate"]: row for row in rows}
+    attack_variants = [
+        {"variant": name, "history_size": history,
+         "restart_iterations_per_second": by_name[name]["restart_iterations_per_second"],
+         "ratio_vs_default": by_name[name]["restart_iterations_per_second"]
+         / by_name["lbfgs"]["restart_iterations_per_second"]}
+        for history, name in variant_names.items()]
     for row in rows:
         print(f"{row['candidate']:25s} {row['restart_iterations_per_second']:10.1f} restart-iterations/s "
               f"{row['restart_evaluations_per_second']:10.1f} restart-evaluations/s", flush=True)
@@ -204,7 +224,8 @@ def run(args) -> dict:
                    "solvers": list(solvers), "chunk_size": chunk_size,
                    "device": str(device) if device is not None else None},
         "precision": common.precision_record(torch, device),
-        "environment": common.environment(torch), "rows": rows, "headline": headline(rows),
+        "environment": common.environment(torch), "rows": rows, "attack_variants": attack_variants,
+        "headline": headline(rows),
     }
     figure = None if args.no_plot else _plot(rows)
     print(f"wrote {common.write_results(args.out, NAME, payload, figure)}")
@@ -227,6 +248,8 @@ def build_parser():
                         help=f"comma-separated subset of {','.join(SOLVER_NAMES)} "
                              f"(default: all; quick: {','.join(QUICK_SOLVERS)})")
     parser.add_argument("--no-torch", action="store_true", help="JAX only")
+    parser.add_argument("--no-variants", action="store_true",
+                        help=f"skip the lbfgs history variants ({', '.join(map(str, HISTORY_VARIANTS))})")
     return parser
 
 

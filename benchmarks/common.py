@@ -93,8 +93,10 @@ def torch_device(torch, name: str):
 
 def jax_precision():
     """The context every JAX program of the benchmarks is traced and compiled in:
-    ``jax.default_matmul_precision(JAX_PRECISION)``."""
-    return jax.default_matmul_precision(JAX_PRECISION)
+    :func:`dlg_jax.precision.matmul_precision` at :data:`JAX_PRECISION`."""
+    from dlg_jax.precision import matmul_precision
+
+    return matmul_precision(JAX_PRECISION)
 
 
 def precision_record(torch=None, device=None) -> dict:
@@ -298,12 +300,13 @@ def block(tree):
     return jax.block_until_ready(tree)
 
 
-def compile_timed(jitted, *args) -> tuple[Any, float]:
-    """``jitted`` lowered and compiled for ``args`` under :func:`jax_precision`: the executable and the
-    seconds that took."""
+def compile_timed(jitted, *args, options: dict | None = None) -> tuple[Any, float]:
+    """``jitted`` lowered and compiled for ``args`` under :func:`jax_precision` (``options``: XLA compiler
+    options for this compilation only, e.g. ``{"xla_cpu_enable_fast_math": True}``): the executable and
+    the seconds that took."""
     started = time.perf_counter()
     with jax_precision():
-        compiled = jitted.lower(*args).compile()
+        compiled = jitted.lower(*args).compile(compiler_options=options or None)
     return compiled, time.perf_counter() - started
 
 

@@ -18,6 +18,11 @@ PyTorch runs on ``--device`` (default: the device JAX runs on), both sides in fu
 does not depend on ``R``), and the eager values of those restarts are the reference every other
 candidate is compared with (``max_relative_difference_vs_torch``).
 
+``objective_variants`` (in the JSON): other ways to build the JAX program, each timed side by side with
+the default (``jax-reverse_over_forward``) at :data:`VARIANT_SIZES` and kept with its number whether it
+won or lost: :data:`VARIANTS` (``lax.conv`` layers, chunking, XLA CPU compiler options set for that one
+compilation).
+
 FLOPs (and bytes accessed) per restart-evaluation come from XLA's cost analysis of the compiled,
 loop-free vmapped program (divided by the restarts it evaluates); the fraction of peak is
 ``flops x evaluations/s / (float32 matmul peak)``.
@@ -26,6 +31,7 @@ loop-free vmapped program (divided by the restarts it evaluates); the fraction o
 """
 
 import time
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -44,16 +50,37 @@ JAX_CANDIDATES = ("jax-reverse_over_forward", "jax-reverse", "jax-chunked")
 TORCH_CANDIDATES = ("torch-eager", "torch-func", "torch-compile")
 CANDIDATES = JAX_CANDIDATES + TORCH_CANDIDATES
 HEADLINE_RESTARTS = 128
+VARIANT_SIZES = (16, 128)
+# name: (description, conv implementation, chunk, XLA compiler options)
+VARIANTS = {
+    "jax-chunked": ("patches, lax.map over chunks of 16 restarts (how run_attack batches)", "patches", 16, None),
+    "jax-lax": ("lax.conv_general_dilated layers (grouped convolutions under vmap)", "lax", None, None),
+    "jax-xla_fast_math": ("patches, xla_cpu_enable_fast_math", "patches", None, {"xla_cpu_enable_fast_math": True}),
+    "jax-xla_onednn": ("patches, xla_cpu_use_onednn", "patches", None, {"xla_cpu_use_onednn": True}),
+    "jax-xla_onednn_lax": ("lax.conv layers, xla_cpu_use_onednn", "lax", None, {"xla_cpu_use_onednn": True}),
+    "jax-xla_no_xnnpack": ("patches, xla_cpu_use_xnnpack off", "patches", None, {"xla_cpu_use_xnnpack": False}),
+}
 
 
-def _jax_program(problem, model, mode: str, chunk: int | None, images: np.ndarray, logits: np.ndarray):
-    """``vmap(value_and_grad(J))`` of ``model`` (with ``problem``'s weights and target 0) for
-    ``images [R, B, H, W, C]``, ``logits [R, B, K]``, compiled; with ``chunk``, ``lax.map`` over chunks
-    of that many restarts (``R`` padded to a multiple). Returns ``(run, compile_seconds, XLA cost per
-    restart-evaluation, values [R])``."""
+class JaxProgram(NamedTuple):
+    """How to build one JAX candidate: the model (its conv implementation), the second-order mode,
+    ``chunk`` (restarts per ``lax.map`` step, ``None``: one vmap) and XLA compiler options."""
+
+    model: Any
+    mode: str = "reverse_over_forward"
+    chunk: int | None = None
+    options: dict | None = None
+
+
+def _jax_program(problem, program: JaxProgram, images: np.ndarray, logits: np.ndarray):
+    """``vmap(value_and_grad(J))`` of ``program.model`` (with ``problem``'s weights and target 0) for
+    ``images [R, B, H, W, C]``, ``logits [R, B, K]``, compiled; with ``program.chunk``, ``lax.map`` over
+    chunks of that many restarts (``R`` padded to a multiple). Returns ``(run, compile_seconds, XLA cost
+    per restart-evaluation, values [R])``."""
     from dlg_jax.objectives import Context, Dummy, make_objective
 
-    objective = make_objective(model, second_order=mode)
+    objective = make_objective(program.model, second_order=program.mode)
+    chunk, options = program.chunk, program.options
     batched = jax.vmap(jax.value_and_grad(objective), in_axes=(0, Context(None, None, None)))
     restarts = len(images)
     chunk = min(chunk or restarts, restarts)
@@ -70,9 +97,10 @@ def _jax_program(problem, model, mode: str, chunk: int | None, images: np.ndarra
     dummy = Dummy(jnp.asarray(images), jnp.asarray(logits))
     context = Context(problem.params, jax.tree.map(lambda g: g[0], problem.target_grads),
                       jnp.zeros(logits.shape[1:], jnp.float32))
-    compiled, seconds = common.compile_timed(jax.jit(batched if chunks == 1 else chunked), dummy, context)
-    costed = compiled if chunks == 1 else jax.jit(batched).lower(jax.tree.map(lambda a: a[:chunk], dummy),
-                                                                   context).compile()
+    compiled, seconds = common.compile_timed(jax.jit(batched if chunks == 1 else chunked), dummy, context,
+                                             options=options)
+    costed = compiled if chunks == 1 else common.compile_timed(
+        jax.jit(batched), jax.tree.map(lambda a: a[:chunk], dummy), context, options=options)[0]
     cost = {key: value / chunk for key, value in common.xla_cost(costed).items()}
     values = np.asarray(common.block(compiled(dummy, context))[0])
     return common.timed(lambda: common.block(compiled(dummy, context))), seconds, cost, values
@@ -113,28 +141,59 @@ def _sync(output):
 
 
 def jax_variants(problem, names) -> dict:
-    """``{name: (model, second_order_mode, chunk)}`` for the JAX candidates among ``names``."""
+    """``{name: JaxProgram}`` for the JAX candidates among ``names``."""
     from dlg_jax.attack import default_chunk_size
 
-    variants = {"jax-reverse_over_forward": (problem.model, "reverse_over_forward", None),
-                "jax-reverse": (problem.model, "reverse", None),
-                "jax-chunked": (problem.model, "reverse_over_forward", default_chunk_size())}
+    variants = {"jax-reverse_over_forward": JaxProgram(problem.model),
+                "jax-reverse": JaxProgram(problem.model, "reverse"),
+                "jax-chunked": JaxProgram(problem.model, chunk=default_chunk_size())}
     return {name: variants[name] for name in names if name in variants}
+
+
+def measure_variants(problem, sizes, repeats: int, seed: int, names=tuple(VARIANTS)) -> list[dict]:
+    """The entries ``names`` of :data:`VARIANTS` timed in alternation with the default program at each
+    of ``sizes``: rows with ``restart_evaluations_per_second``, ``ratio_vs_default`` and the description.
+    On a GPU/TPU backend the XLA CPU options are left out."""
+    from dlg_jax.models import build_model
+
+    model = problem.model
+    models = {impl: build_model(model.name, model.input_shape, model.num_classes, conv_implementation=impl)
+              for impl in ("patches", "lax")}
+    chosen = {name: VARIANTS[name] for name in names
+              if VARIANTS[name][3] is None or not common.is_accelerator()}
+    programs = {"jax-reverse_over_forward": JaxProgram(model)}
+    programs.update({name: JaxProgram(models[impl], chunk=chunk, options=options)
+                     for name, (_, impl, chunk, options) in chosen.items()})
+    rows = []
+    for restarts in sizes:
+        measured = measure_objective(problem, restarts, repeats, seed, programs, (), float("nan"))
+        default = measured[0]["restart_evaluations_per_second"]
+        for row in measured:
+            name = row["candidate"]
+            rows.append({"variant": name, "restarts": restarts,
+                         "description": chosen[name][0] if name in chosen else "the default (patches, one vmap)",
+                         "options": programs[name].options,
+                         "restart_evaluations_per_second": row["restart_evaluations_per_second"],
+                         "ratio_vs_default": row["restart_evaluations_per_second"] / default,
+                         "compile_seconds": row["compile_seconds"],
+                         "bytes_accessed_per_evaluation": row["bytes_accessed_per_evaluation"]})
+            print(f"variant R={restarts:4d} {name:26s} {row['restart_evaluations_per_second']:9.1f} restart-evals/s "
+                  f"(x{rows[-1]['ratio_vs_default']:.2f})", flush=True)
+    return rows
 
 
 def measure_objective(problem, restarts: int, repeats: int, seed: int, variants: dict, torch_names,
                       peak_gflops: float, device="cpu") -> list[dict]:
     """One row per candidate for ``restarts`` restarts of target 0 of ``problem``, timed in alternation.
 
-    ``variants``: ``{name: (model, second_order_mode, chunk or None)}`` JAX programs (models sharing
-    ``problem``'s parameters); ``torch_names``: a subset of :data:`TORCH_CANDIDATES`, run on ``device``.
+    ``variants``: ``{name: JaxProgram}`` (models sharing ``problem``'s parameters); ``torch_names``: a subset of :data:`TORCH_CANDIDATES`, run on ``device``.
     Each row: ``restart_evaluations_per_second`` (median), ``compile_seconds`` (JAX, torch-compile),
     ``max_relative_difference_vs_torch`` (against eager PyTorch), XLA cost per evaluation (JAX)."""
     batch = problem.images.shape[1]
     images, logits = (a[0] for a in common.initial_dummies(seed, 1, restarts, batch, problem.model))
     runs, info, values = {}, {}, {}
-    for name, (model, mode, chunk) in variants.items():
-        runs[name], compile_seconds, cost, values[name] = _jax_program(problem, model, mode, chunk, images, logits)
+    for name, program in variants.items():
+        runs[name], compile_seconds, cost, values[name] = _jax_program(problem, program, images, logits)
         info[name] = {"compile_seconds": compile_seconds, "flops_per_evaluation": cost["flops"],
                       "bytes_accessed_per_evaluation": cost["bytes_accessed"],
                       "flops_per_byte": cost["flops"] / cost["bytes_accessed"]}
@@ -158,7 +217,8 @@ def measure_objective(problem, restarts: int, repeats: int, seed: int, variants:
         if "flops_per_evaluation" in row:
             achieved = row["flops_per_evaluation"] * restarts / seconds
             row["gflops"] = achieved / 1e9
-            row["peak_fraction"] = achieved / (peak_gflops * 1e9)
+            if peak_gflops == peak_gflops:  # not NaN
+                row["peak_fraction"] = achieved / (peak_gflops * 1e9)
         if reference is not None and name in values:
             mine = np.asarray(values[name])[:len(reference)]
             row["max_relative_difference_vs_torch"] = float(
@@ -243,6 +303,7 @@ def run(args) -> dict:
         for row in rows[-len(candidates):]:
             print(f"R={restarts:5d} {row['candidate']:26s} {row['restart_evaluations_per_second']:10.1f} restart-evals/s",
                   flush=True)
+    variants_rows = [] if args.no_variants else measure_variants(problem, VARIANT_SIZES, repeats, args.seed)
     payload = {
         "benchmark": NAME, "quick": args.quick,
         "config": {"model": "lenet", "num_classes": problem.model.num_classes, "batch_size": 1,
@@ -250,6 +311,7 @@ def run(args) -> dict:
                    "device": str(device) if device is not None else None},
         "precision": common.precision_record(torch, device),
         "environment": common.environment(torch), "peak_matmul": peak, "rows": rows,
+        "objective_variants": variants_rows,
         "headline": headline(rows),
     }
     figure = None if args.no_plot else _plot(rows, "LeNet matching loss + gradient (B = 1)", "restarts")
@@ -265,6 +327,9 @@ def build_parser():
                              f"{','.join(map(str, ACCELERATOR_SIZES))}; quick: {','.join(map(str, QUICK_ACCELERATOR_SIZES))})")
     parser.add_argument("--candidates", type=common.name_list("candidate", CANDIDATES), default=CANDIDATES,
                         help=f"comma-separated subset of {','.join(CANDIDATES)}")
+    parser.add_argument("--no-variants", action="store_true",
+                        help=f"skip the objective_variants record ({', '.join(VARIANTS)} at R = "
+                             f"{', '.join(map(str, VARIANT_SIZES))})")
     return parser
 
 

@@ -18,7 +18,7 @@ On a GPU/TPU backend the default restart count is :data:`ACCELERATOR_RESTARTS`.
 """
 
 from benchmarks import common
-from benchmarks.objective_throughput import TORCH_CANDIDATES, measure_objective
+from benchmarks.objective_throughput import TORCH_CANDIDATES, JaxProgram, measure_objective
 
 NAME = "scaling"
 MODELS = ("lenet", "resnet20")
@@ -32,14 +32,14 @@ ACCELERATOR_RESTARTS = 512
 
 
 def _variants(problem, candidates) -> dict:
-    """``{candidate: (model, "reverse_over_forward", None)}`` for the JAX candidates; ``jax-lax`` rebuilds
+    """``{candidate: JaxProgram}`` for the JAX candidates; ``jax-lax`` rebuilds
     ``problem``'s model with ``lax`` convolutions (same parameter tree, so the same weights)."""
     from dlg_jax.models import build_model
 
     model = problem.model
     models = {"jax-patches": model,
               "jax-lax": build_model(model.name, model.input_shape, model.num_classes, conv_implementation="lax")}
-    return {name: (models[name], "reverse_over_forward", None) for name in candidates if name in JAX_CANDIDATES}
+    return {name: JaxProgram(models[name]) for name in candidates if name in JAX_CANDIDATES}
 
 
 def _plot(rows, models):

@@ -51,11 +51,14 @@ def _scores(problem, images: np.ndarray, labels: np.ndarray) -> dict:
             "psnr_median": float(np.median(metrics.psnr))}
 
 
-def _jax_run(problem, restarts: int, iterations: int, tolerance: float, seed: int, chunk_size: int | None):
+def _jax_run(problem, restarts: int, iterations: int, tolerance: float, seed: int, chunk_size: int | None,
+             history_size: int):
     from dlg_jax.attack import AttackConfig, run_attack
+    from dlg_jax.solvers import SolverConfig
 
     config = AttackConfig(restarts=restarts, iterations=iterations, tolerance=tolerance, snapshots=0, seed=seed,
-                          chunk_size=chunk_size or AttackConfig().chunk_size)
+                          chunk_size=chunk_size or AttackConfig().chunk_size,
+                          solver=SolverConfig(history_size=history_size))
 
     def run() -> dict:
         started = time.perf_counter()
@@ -167,7 +170,8 @@ def run(args) -> dict:
     tolerance = AttackConfig().tolerance if args.tolerance is None else args.tolerance
     torch, device = common.setup_torch(args)
     problem = common.make_problem("lenet", targets, 1, args.seed)
-    runs = {"jax": _jax_run(problem, restarts, steps * TORCH_MAX_ITER, tolerance, args.seed, chunk_size)}
+    runs = {"jax": _jax_run(problem, restarts, steps * TORCH_MAX_ITER, tolerance, args.seed, chunk_size,
+                            args.history_size)}
     torch_compile_seconds = {}
     if torch is not None:
         for name, compiled in TORCH_NAMES.items():
@@ -184,6 +188,7 @@ def run(args) -> dict:
                    "targets": targets, "restarts": restarts, "torch_steps": steps, "torch_max_iter": TORCH_MAX_ITER,
                    "jax_iterations": steps * TORCH_MAX_ITER, "tolerance": tolerance,
                    "success_psnr": SUCCESS_PSNR, "repeats": repeats, "seed": args.seed, "chunk_size": chunk_size,
+                   "jax_history_size": args.history_size,
                    "device": str(device) if device is not None else None},
         "precision": common.precision_record(torch, device),
         "environment": common.environment(torch), "rows": rows, "headline": headline(rows),
@@ -205,6 +210,8 @@ def build_parser():
     parser.add_argument("--tolerance", type=common.nonnegative_float("tolerance"), default=None,
                         help="a restart stops once J <= this x ||dW||^2 (default: AttackConfig's)")
     parser.add_argument("--no-torch", action="store_true", help="JAX only")
+    parser.add_argument("--history-size", type=common.positive_int("history size", 1000), default=100,
+                        help="the JAX L-BFGS history (default: 100, DLG's)")
     return parser
 
 

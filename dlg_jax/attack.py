@@ -1,7 +1,8 @@
 """The attack: many independent gradient-inversion problems solved in one compiled, vmapped program.
 
 A *problem* is one restart ``r`` of one target ``t`` (``N = T * R`` problems). Each has its own dummy
-``z = (x' [B, H, W, C], y' [B, K])`` drawn from N(0, 1) with key ``fold_in(fold_in(key(seed), t), r)``
+``z = (x' [B, *input_shape], y' [B, *label_axes, K])`` (images ``[B, H, W, C]``, ``[B, K]``; text
+embeddings ``[B, L, E]``, masked-token logits ``[B, M, V]``) drawn from N(0, 1) with key ``fold_in(fold_in(key(seed), t), r)``
 (so results do not depend on the chunking), and its own shared gradient ``dW_t``; the model parameters
 are shared. Problems run in chunks of ``chunk_size``: inside a chunk, ``jax.vmap`` runs the solver's
 step for every problem in lockstep, ``lax.scan`` runs ``block`` iterations per compiled call, and the
@@ -32,6 +33,8 @@ from dlg_jax.solvers import SolverConfig, make_solver
 from dlg_jax.victim import check_shared_gradients, one_hot
 
 DTYPES = ("float32", "float64")
+BATCH_UPDATES = ("joint", "cyclic")
+DUMMY_INITS = ("randn", "uniform")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +54,10 @@ class AttackConfig:
     are kept for the best restart. ``box``: clip the images to ``[low, high]`` after every step.
     ``memory_budget``: bytes per device; if set, the chunk is the largest whose compiled step fits it
     (:func:`dlg_jax.memory.chunk_for_budget`) and ``chunk_size`` is not used.
+    ``batch_update``: ``"joint"`` (every slot of the dummy batch follows the full gradient) or
+    ``"cyclic"`` (DLG's batch algorithm: at iteration ``i`` only slot ``i mod B`` is updated; see
+    :func:`slot_restricted`). ``dummy_init``: the dummy images start ~ N(0, 1) (``"randn"``, DLG) or
+    ~ U(0, 1) (``"uniform"``, the data range).
     """
 
     restarts: int = 8
@@ -71,6 +78,8 @@ class AttackConfig:
     seed: int = 0
     dtype: str = "float32"
     memory_budget: int | None = None
+    batch_update: str = "joint"
+    dummy_init: str = "randn"
 
     def __post_init__(self):
         check_positive_int("restarts", self.restarts)
@@ -87,6 +96,8 @@ class AttackConfig:
         check_choice("dtype", self.dtype, DTYPES)
         if self.memory_budget is not None:
             check_positive_int("memory_budget", self.memory_budget)
+        check_choice("batch update", self.batch_update, BATCH_UPDATES)
+        check_choice("dummy init", self.dummy_init, DUMMY_INITS)
         if not isinstance(self.solver, SolverConfig):
             raise DLGInputError(f"solver must be a SolverConfig, got {self.solver!r}")
         if self.tv_weight < 0:
@@ -107,10 +118,12 @@ class AttackConfig:
 class AttackResult:
     """All restarts of all targets (numpy arrays; ``T`` targets, ``R`` restarts, ``B`` batch slots).
 
-    images [T, R, B, H, W, C], label_logits [T, R, B, K] (joint labels) or None, labels [T, R, B],
+    images [T, R, B, H, W, C], label_logits [T, R, B, K] (joint labels) or None, labels [T, R, B]
+    (text models: ``images`` are the embeddings [T, R, B, L, E], label_logits [T, R, B, M, V], labels [T, R, B, M]),
     loss [T, R] (final objective), failed / converged [T, R] bool, iterations / evaluations [T, R],
     loss_history [T, R, I] (objective at each iteration run; frozen restarts repeat their last value),
-    best_restart [T], snapshots [T, S, B, H, W, C] uint8 of the best restart at ``snapshot_iterations [S]``.
+    best_restart [T], snapshots [T, S, B, H, W, C] uint8 of the best restart at ``snapshot_iterations [S]``
+    (non-image models: the dummy input itself, e.g. embeddings [T, S, B, L, E], in the attack's dtype).
     """
 
     images: np.ndarray
@@ -176,21 +189,55 @@ def _all_finite(tree) -> jnp.ndarray:
 
 
 def initial_dummy(seed: int, target: int, restart: int, batch_size: int, input_shape, num_classes: int,
-                  joint_labels: bool, dtype) -> Dummy:
-    """Problem ``(target, restart)``'s starting point: images and label logits ~ N(0, 1) (DLG's ``randn``)."""
+                  joint_labels: bool, dtype, images_from: str = "randn",
+                  label_axes: tuple[int, ...] = ()) -> Dummy:
+    """Problem ``(target, restart)``'s starting point: label logits ``[B, *label_axes, K]`` ~ N(0, 1) and
+    the input ``[B, *input_shape]`` ~ N(0, 1) (DLG's ``randn``) or, with ``images_from="uniform"``, ~ U(0, 1)."""
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), target), restart)
     image_key, label_key = jax.random.split(key)
-    images = jax.random.normal(image_key, (batch_size, *input_shape), dtype)
-    logits = jax.random.normal(label_key, (batch_size, num_classes), dtype) if joint_labels else None
+    draw = jax.random.uniform if images_from == "uniform" else jax.random.normal
+    images = draw(image_key, (batch_size, *input_shape), dtype)
+    logits = (jax.random.normal(label_key, (batch_size, *label_axes, num_classes), dtype) if joint_labels
+              else None)
     return Dummy(images, logits)
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7))
-def _initial_dummies(seed, target_ids, restart_ids, batch_size, input_shape, num_classes, joint, dtype) -> Dummy:
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7, 8, 9))
+def _initial_dummies(seed, target_ids, restart_ids, batch_size, input_shape, num_classes, joint, dtype,
+                     images_from, label_axes) -> Dummy:
     """:func:`initial_dummy` of problems ``(target_ids[i], restart_ids[i])``, stacked on a leading axis.
     The seed is traced, so attacks that differ only in their seed (a sweep's points) compile this once."""
-    return jax.vmap(lambda t, r: initial_dummy(seed, t, r, batch_size, input_shape, num_classes, joint, dtype))(
-        target_ids, restart_ids)
+    return jax.vmap(lambda t, r: initial_dummy(seed, t, r, batch_size, input_shape, num_classes, joint, dtype,
+                                               images_from, label_axes))(target_ids, restart_ids)
+
+
+def slot_restricted(objective: Callable[[Dummy, Context], jnp.ndarray]):
+    """DLG's cyclic batch update (Zhu et al. 2019, batched DLG: slot ``i mod N`` at iteration ``i``).
+
+    Returns ``J_s(z, (context, s)) = J(z, context)``, the same value, whose gradient is
+    ``dJ/dz`` in slot ``s`` of every dummy leaf (``images [B, ...]``, ``label_logits [B, K]``) and 0 in the
+    other slots (the other slots enter through ``stop_gradient``). The attack passes ``s = i mod B`` at
+    iteration ``i`` (accepted steps; init: slot 0).
+
+    What the solvers make of it: Adam's (and signed Adam's) update at iteration ``i`` is driven by slot
+    ``i mod B``'s gradient, its moments carry earlier slots' steps along. Lockstep L-BFGS evaluates
+    at its trial point, so the gradient of slot ``i mod B`` shapes the direction of iteration ``i + 1``;
+    its memory pairs ``(s, y)`` then pair a step with the difference of two gradients restricted to
+    different slots, which is no curvature pair of ``J``: the inverse-Hessian estimate couples the slots and
+    all of them move a little every step (only the first step moves slot 0 alone). So with L-BFGS
+    ``cyclic`` is a preconditioned cyclic coordinate descent, not exact block coordinate descent.
+    """
+
+    def restricted(dummy: Dummy, slot_context) -> jnp.ndarray:
+        context, slot = slot_context
+
+        def keep_slot(leaf):
+            mask = (jnp.arange(leaf.shape[0]) == slot).reshape(-1, *(1,) * (leaf.ndim - 1))
+            return jnp.where(mask, leaf, jax.lax.stop_gradient(leaf))
+
+        return objective(jax.tree.map(keep_slot, dummy), context)
+
+    return restricted
 
 
 @functools.lru_cache(maxsize=32)
@@ -203,11 +250,15 @@ def _programs(model: Model, config: AttackConfig, mesh: jax.sharding.Mesh | None
     """
     objective = make_objective(model, config.distance, tv_weight=config.tv_weight,
                                layer_weights=config.layer_weights, second_order=config.second_order)
-    solver = make_solver(objective, config.solver)
+    cyclic = config.batch_update == "cyclic"
+    solver = make_solver(slot_restricted(objective) if cyclic else objective, config.solver)
+
+    def solver_context(context, iterations, dummy):
+        return (context, iterations % dummy.images.shape[0]) if cyclic else context
 
     def init_one(dummy, context):
         value = objective(dummy, context)
-        state = solver.init(dummy, context)
+        state = solver.init(dummy, solver_context(context, 0, dummy))
         scale = (sum(jnp.vdot(g, g) for g in jax.tree.leaves(context.target_grad))
                  if config.distance == "l2" else 1.0)
         threshold = jnp.asarray(config.tolerance * scale, value.dtype)
@@ -216,7 +267,8 @@ def _programs(model: Model, config: AttackConfig, mesh: jax.sharding.Mesh | None
 
     def run_one(problem: _Problem, context: Context, steps: int):
         def body(p: _Problem, _):
-            new_dummy, new_state, value = solver.step(p.dummy, p.solver_state, context)
+            new_dummy, new_state, value = solver.step(p.dummy, p.solver_state,
+                                                      solver_context(context, p.iterations, p.dummy))
             if config.box is not None:
                 new_dummy = new_dummy._replace(images=jnp.clip(new_dummy.images, *config.box))
             active = ~(p.failed | p.converged)
@@ -259,10 +311,12 @@ def _programs(model: Model, config: AttackConfig, mesh: jax.sharding.Mesh | None
 
 
 def shared_programs(model: Model, config: AttackConfig, mesh: jax.sharding.Mesh | None):
-    """:func:`_programs` of ``config`` with the fields they never read (budget, seed, chunking) reset,
-    so that attacks differing only there (the points of a sweep) share one compilation."""
-    return _programs(model, dataclasses.replace(config, restarts=1, iterations=1, chunk_size=None, devices=None,
-                                                block=1, snapshots=0, seed=0, memory_budget=None), mesh)
+    """:func:`_programs` of ``config`` with the fields they never read (budget, seed, chunking, devices)
+    reset, so that attacks (e.g. the points of a sweep) differing only there share one compilation.
+    ``precision`` stays: it is how the programs are traced."""
+    return _programs(model, dataclasses.replace(config, restarts=1, iterations=1, chunk_size=1, devices=1,
+                                                block=1, snapshots=0, seed=0, memory_budget=None, dummy_init="randn"),
+                     mesh)
 
 
 _COMPILED: dict = {}
@@ -270,8 +324,9 @@ _COMPILED: dict = {}
 
 def _compiled(program, *args):
     """``program`` (a jitted function) compiled ahead of time for ``args``' shapes, cached."""
-    signature = (program, jax.tree.structure(args),
-                 tuple((leaf.shape, leaf.dtype, getattr(leaf, "sharding", None)) for leaf in jax.tree.leaves(args)))
+    signature = (program, jax.tree.structure(args), tuple(
+        (leaf.shape, leaf.dtype, leaf.sharding if isinstance(getattr(leaf, "sharding", None), jax.sharding.NamedSharding)
+         else None) for leaf in jax.tree.leaves(args)))
     if signature not in _COMPILED:
         _COMPILED[signature] = program.lower(*args).compile()
     return _COMPILED[signature]
@@ -290,7 +345,7 @@ class _Plan(NamedTuple):
     model: Model
     params: Any
     target_grads: Any          # leading axis T
-    fixed_targets: jnp.ndarray  # [T, B, K] one-hot (zeros with joint labels)
+    fixed_targets: jnp.ndarray  # [T, B, *label_axes, K] one-hot (zeros with joint labels)
     fixed_labels: np.ndarray | None
     batch_size: int
     config: AttackConfig
@@ -303,14 +358,17 @@ class _Plan(NamedTuple):
 def _plan(model, params, target_grads, batch_size, config, fixed_labels) -> _Plan:
     if not isinstance(config, AttackConfig):
         raise DLGInputError(f"config must be an AttackConfig, got {type(config).__name__}")
+    if config.tv_weight and model.modality != "image":
+        raise DLGInputError(f"the TV prior is for images; model {model.name!r} is a {model.modality} model")
     batch_size = check_positive_int("batch size", batch_size)
     model.check_params(params, "model params")
     targets = check_shared_gradients(model, params, target_grads)
     joint = is_joint(config.labels)
     if not joint:
-        if fixed_labels is None or np.shape(fixed_labels) != (targets, batch_size):
+        label_shape = (targets, batch_size, *model.label_axes)
+        if fixed_labels is None or np.shape(fixed_labels) != label_shape:
             raise DLGInputError(
-                f"label strategy {config.labels!r} needs fixed_labels of shape {(targets, batch_size)}, "
+                f"label strategy {config.labels!r} needs fixed_labels of shape {label_shape}, "
                 f"got {None if fixed_labels is None else np.shape(fixed_labels)}"
             )
         labels = np.asarray(fixed_labels)
@@ -320,22 +378,27 @@ def _plan(model, params, target_grads, batch_size, config, fixed_labels) -> _Pla
     params = jax.tree.map(lambda p: jnp.asarray(p, dtype), params)
     target_grads = jax.tree.map(lambda g: jnp.asarray(g, dtype), target_grads)
     fixed_targets = (one_hot(jnp.asarray(fixed_labels), model.num_classes, dtype) if not joint
-                     else jnp.zeros((targets, batch_size, model.num_classes), dtype))
+                     else jnp.zeros((targets, batch_size, *model.label_axes, model.num_classes), dtype))
     mesh = problem_mesh(config.devices)
     devices = 1 if mesh is None else mesh.size
     problems = targets * config.restarts
     if devices > problems:
         raise DLGInputError(f"devices {devices} is more than the {problems} problems (targets x restarts) to "
                             f"share among them; use at most {problems} devices")
-    per_device = config.chunk_size or default_chunk_size()
-    if config.memory_budget is not None:  # the largest chunk whose compiled step fits (dlg_jax.memory)
-        from dlg_jax.memory import chunk_for_budget, step_bytes
+    per_device = -(-problems // devices)
+    plan = _Plan(model, params, target_grads, fixed_targets, fixed_labels, batch_size, config, joint,
+                 problems, min(config.chunk_size or default_chunk_size(), per_device) * devices, mesh)
+    if config.memory_budget is None:
+        return plan
+    from dlg_jax.memory import chunk_for_budget, compiled_bytes
 
-        per_device = chunk_for_budget(config.memory_budget, -(-problems // devices), lambda n: step_bytes(
-            model, params, target_grads, batch_size, config, fixed_labels, n))
-    chunk = min(per_device * devices, -(-problems // devices) * devices)
-    return _Plan(model, params, target_grads, fixed_targets, fixed_labels, batch_size, config, joint,
-                 problems, chunk, mesh)
+    steps = min(config.block, config.iterations)
+
+    def step_bytes(n: int) -> int:  # one device's share of the attack step over n problems per device
+        with matmul_precision(config.precision):
+            return compiled_bytes(_compiled(*_step_arguments(plan._replace(chunk=n * devices), steps)))
+
+    return plan._replace(chunk=chunk_for_budget(config.memory_budget, per_device, step_bytes) * devices)
 
 
 def default_chunk_size() -> int:
@@ -372,7 +435,8 @@ def _chunk_inputs(plan: _Plan, ids: np.ndarray) -> tuple[Dummy, Context]:
     config, model = plan.config, plan.model
     target_ids, restart_ids = ids // config.restarts, ids % config.restarts
     dummy = _initial_dummies(config.seed, jnp.asarray(target_ids), jnp.asarray(restart_ids), plan.batch_size,
-                             tuple(model.input_shape), model.num_classes, plan.joint, jnp.dtype(config.dtype))
+                             tuple(model.input_shape), model.num_classes, plan.joint, jnp.dtype(config.dtype),
+                             config.dummy_init, tuple(model.label_axes))
     dummy = _placed(dummy, plan.mesh, "problems")
     per_problem = (jax.tree.map(lambda g: g[target_ids], plan.target_grads), plan.fixed_targets[target_ids])
     return dummy, Context(_placed(plan.params, plan.mesh, None), *_placed(per_problem, plan.mesh, "problems"))
@@ -392,7 +456,8 @@ def run_attack(
 
     ``target_grads``: the parameter pytree with a leading ``T`` axis on every leaf (e.g. from
     :func:`dlg_jax.victim.shared_gradients`). ``fixed_labels [T, B]``: labels to hold fixed (for label
-    strategies other than ``joint``). Returns an :class:`AttackResult`.
+    strategies other than ``joint``; ``[T, B, *model.label_axes]`` for text models). Returns an
+    :class:`AttackResult`.
     """
     plan = _plan(model, params, target_grads, batch_size, config, fixed_labels)
     with matmul_precision(config.precision):
@@ -405,11 +470,17 @@ def lower_attack_step(model: Model, params: Any, target_grads: Any, batch_size: 
     """The program :func:`run_attack` compiles for ``steps`` iterations of its first chunk, lowered (not
     run): ``.as_text()`` is its StableHLO, ``.compile()`` gives XLA's cost and memory analysis."""
     plan = _plan(model, params, target_grads, batch_size, config, fixed_labels)
-    batched_init, batched_run, _ = shared_programs(model, config, plan.mesh)
     with matmul_precision(config.precision):
-        dummy, context = _chunk_inputs(plan, np.arange(plan.chunk) % plan.problems)
-        state = jax.eval_shape(batched_init, dummy, context)
-        return batched_run(check_positive_int("steps", steps)).lower(state, context)
+        program, state, context = _step_arguments(plan, check_positive_int("steps", steps))
+        return program.lower(state, context)
+
+
+def _step_arguments(plan: _Plan, steps: int):
+    """The jitted ``steps``-iteration program of the plan's first chunk and its arguments (the state as
+    shapes only: nothing runs)."""
+    batched_init, batched_run, _ = shared_programs(plan.model, plan.config, plan.mesh)
+    dummy, context = _chunk_inputs(plan, np.arange(plan.chunk) % plan.problems)
+    return batched_run(steps), jax.eval_shape(batched_init, dummy, context), context
 
 
 def _solve(plan: _Plan, progress) -> AttackResult:
@@ -420,6 +491,7 @@ def _solve(plan: _Plan, progress) -> AttackResult:
     snapshot_iterations = (np.unique(np.round(np.linspace(0, config.iterations, config.snapshots)).astype(int))
                            if config.snapshots else np.zeros((0,), int))
     schedule = _block_schedule(config.iterations, config.block, snapshot_iterations)
+    snapshot = to_uint8 if plan.model.modality == "image" else np.array
     outputs = []
     compile_seconds = run_seconds = 0.0
     restart_iterations = 0
@@ -433,7 +505,7 @@ def _solve(plan: _Plan, progress) -> AttackResult:
         compile_seconds += time.perf_counter() - started
         histories, snaps, done_at = [], [], 0
         if 0 in snapshot_iterations:
-            snaps.append(to_uint8(np.asarray(state.dummy.images)))
+            snaps.append(snapshot(np.asarray(state.dummy.images)))
         for stop in schedule:
             steps = stop - done_at
             started = time.perf_counter()
@@ -447,7 +519,7 @@ def _solve(plan: _Plan, progress) -> AttackResult:
             histories.append(history)
             done_at = stop
             if stop in snapshot_iterations:
-                snaps.append(to_uint8(np.asarray(state.dummy.images)))
+                snaps.append(snapshot(np.asarray(state.dummy.images)))
             live = slice(0, int(np.sum(ids < problems)) if index == chunks - 1 else len(ids))
             failed, converged = np.asarray(state.failed)[live], np.asarray(state.converged)[live]
             if progress is not None:
@@ -459,7 +531,7 @@ def _solve(plan: _Plan, progress) -> AttackResult:
             if np.all(failed | converged):
                 break
         while len(snaps) < len(snapshot_iterations):  # stopped early: the rest are the final images
-            snaps.append(to_uint8(np.asarray(state.dummy.images)))
+            snaps.append(snapshot(np.asarray(state.dummy.images)))
         final_loss = np.asarray(batched_objective(state.dummy, context))
         outputs.append(dict(
             ids=ids, images=np.asarray(state.dummy.images),
@@ -498,7 +570,7 @@ def _assemble(outputs, problems, targets, restarts, joint, fixed_labels, snapsho
     best = np.argmin(ranking, axis=1)
     label_logits = gather("label_logits") if joint else None
     labels = (np.argmax(label_logits, axis=-1) if joint
-              else np.broadcast_to(np.asarray(fixed_labels)[:, None, :], images.shape[:3]).copy())
+              else np.repeat(np.asarray(fixed_labels)[:, None], restarts, axis=1))
     if outputs[0]["snapshots"] is not None:
         snapshots = gather("snapshots")[np.arange(targets), best]
     else:

@@ -26,13 +26,18 @@ def cache_directory() -> str | None:
 
 def enable_compilation_cache(directory: str | None = None) -> str | None:
     """Point JAX's persistent compilation cache at ``directory`` (default: :func:`cache_directory`) and
-    cache every program, however quickly it compiled. Returns the folder used, or ``None`` if off.
-    Call it before the first compilation (JAX reads the setting once)."""
+    cache every program, however quickly it compiled, in this process and in the processes it starts
+    (e.g. local Ray workers: JAX reads the same settings from their ``JAX_*`` environment variables).
+    Returns the folder used, or ``None`` if off. Call it before the first compilation (JAX reads the
+    setting once)."""
     directory = directory if directory is not None else cache_directory()
     if directory is None:
         return None
+    directory = os.path.abspath(directory)
     os.makedirs(directory, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", directory)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    settings = {"jax_compilation_cache_dir": directory, "jax_persistent_cache_min_compile_time_secs": 0.0,
+                "jax_persistent_cache_min_entry_size_bytes": 0}
+    for name, value in settings.items():
+        jax.config.update(name, value)
+        os.environ[name.upper()] = str(value)
     return directory

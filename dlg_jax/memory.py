@@ -7,17 +7,15 @@ temporaries. For the attack's step over ``n`` problems (the vmapped solver itera
     bytes(n) = arguments + outputs + temporaries - aliased  ~=  a + b * n
 
 where ``a`` is what all problems share (the model parameters) and ``b`` what each problem adds. We
-compile the step for ``n = 1`` and ``n = 2`` problems per device (shapes only, nothing runs), fit ``a``
-and ``b``, take ``n = floor((budget - a) / b)`` (at most the problems per device) and verify that size
-by compiling it too (with the persistent compilation cache on, the attack then loads that program
-instead of compiling it again); if it does not fit (memory grew faster than
+compile the step for ``n = 1`` and ``n = 2`` (shapes only, nothing runs), fit ``a`` and ``b``, take
+``n = floor((budget - a) / b)`` (at most the number of problems) and verify that size by compiling it
+too (the attack then reuses that compiled program); if it does not fit (memory grew faster than
 linearly), ``n`` shrinks in proportion to the excess until it does, which may land a little below the
 largest size that fits. A budget below ``bytes(1)`` raises :class:`~dlg_jax.errors.DLGInputError`.
 
 Sizes are written ``8GB`` (10^9 bytes), ``512MiB`` (2^20 bytes), ``1.5 GB`` or a plain byte count.
 """
 
-import dataclasses
 import re
 
 from dlg_jax.errors import DLGInputError
@@ -57,17 +55,6 @@ def compiled_bytes(compiled) -> int:
     stats = compiled.memory_analysis()
     return int(stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
                - stats.alias_size_in_bytes)
-
-
-def step_bytes(model, params, target_grads, batch_size: int, config, fixed_labels, problems: int) -> int:
-    """Bytes per device of the attack's step (``min(block, iterations)`` iterations) over chunks of
-    ``problems`` problems per device (:func:`dlg_jax.attack.lower_attack_step`, from shapes only)."""
-    from dlg_jax.attack import lower_attack_step
-
-    config = dataclasses.replace(config, chunk_size=problems, memory_budget=None)
-    return compiled_bytes(lower_attack_step(model, params, target_grads, batch_size, config,
-                                            fixed_labels=fixed_labels,
-                                            steps=min(config.block, config.iterations)).compile())
 
 
 def chunk_for_budget(budget: int, problems: int, measure) -> int:

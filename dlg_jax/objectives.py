@@ -40,8 +40,9 @@ SECOND_ORDER_MODES = ("reverse_over_forward", "reverse")
 
 
 class Dummy(NamedTuple):
-    """What the attacker optimises for one restart: images ``[B, H, W, C]`` and, with joint labels,
-    label logits ``[B, K]`` (``None`` when the labels are fixed)."""
+    """What the attacker optimises for one restart: ``images``, the attacked input array (images
+    ``[B, H, W, C]`` or word embeddings ``[B, L, E]``) and, with joint labels, label logits
+    ``[B, *label_axes, K]`` (``[B, K]``; masked-LM ``[B, M, V]``; ``None`` when the labels are fixed)."""
 
     images: jnp.ndarray
     label_logits: jnp.ndarray | None
@@ -49,7 +50,7 @@ class Dummy(NamedTuple):
 
 class Context(NamedTuple):
     """What the objective holds constant for one restart: the model parameters (shared), the shared
-    gradient ``dW`` of its target, and fixed soft targets ``[B, K]`` (ignored with joint labels)."""
+    gradient ``dW`` of its target, and fixed soft targets ``[B, *label_axes, K]`` (ignored with joint labels)."""
 
     params: Any
     target_grad: Any

@@ -77,6 +77,7 @@ def run_dlg(
     data_dir: str | None = None,
     image_size: int | None = None,
     progress: Callable[[Progress], None] | None = None,
+    num_classes: int | None = None,
 ) -> DLGRun:
     """Build the model (weights from ``config.seed``), compute each target's shared gradient, attack it
     and score the best restart per target.
@@ -84,11 +85,15 @@ def run_dlg(
     ``defense``: an optional victim-side :class:`~dlg_jax.defenses.Defense` applied to each client's
     gradient before the attacker sees it (per-example defenses such as DP-SGD get per-example gradients).
     Labels are recovered from the (defended) gradient by ``config.labels`` unless it is ``joint``.
+    ``num_classes``: the model's outputs (default: the dataset's classes; more, e.g. 100 as DLG's CIFAR-100
+    LeNet, widens the final layer and with it the shared gradient).
     """
     with matmul_precision(config.precision):  # the victim's gradient, label recovery and metrics too
         source = get_dataset(dataset, split=split, data_dir=data_dir, image_size=image_size)
         grid = target_indices(source, batch_size, indices, targets)
-        net = build_model(model, source.input_shape, source.num_classes, **(model_options or {}))
+        if num_classes is not None and num_classes < source.num_classes:
+            raise DLGInputError(f"num_classes must be >= the dataset's {source.num_classes} classes, got {num_classes}")
+        net = build_model(model, source.input_shape, num_classes or source.num_classes, **(model_options or {}))
         params = net.init(jax.random.fold_in(jax.random.key(config.seed), 0x5EED), dtype=np.dtype(config.dtype))
         images, labels = source.examples(grid.reshape(-1))
         images = images.reshape(*grid.shape, *source.input_shape).astype(config.dtype)

@@ -5,7 +5,9 @@ mean soft-label cross-entropy
 
     loss(W) = (1 / B) * sum_b sum_k -t[b, k] * log_softmax(F(x; W))[b, k]
 
-and the shared gradient is ``dW = grad_W loss(W)``, a pytree shaped like the parameters.
+and the shared gradient is ``dW = grad_W loss(W)``, a pytree shaped like the parameters. The same
+functions serve any input array (``images`` is the attacked input: images ``[B, H, W, C]`` or word
+embeddings ``[B, L, E]``) and targets with extra axes (masked-LM: ``[B, M, V]``, mean over ``B`` and ``M``).
 """
 
 from typing import Any
@@ -20,7 +22,8 @@ from dlg_jax.precision import DEFAULT_PRECISION, matmul_precision
 
 
 def soft_cross_entropy(logits: jnp.ndarray, targets: jnp.ndarray) -> jnp.ndarray:
-    """``mean_b sum_k -targets[b, k] * log_softmax(logits)[b, k]`` for ``logits, targets [B, K]``."""
+    """``mean_b sum_k -targets[b, k] * log_softmax(logits)[b, k]`` for ``logits, targets [B, K]``; with
+    extra axes (``[B, M, K]``) the mean runs over every axis but the class axis."""
     return jnp.mean(jnp.sum(-targets * jax.nn.log_softmax(logits, axis=-1), axis=-1))
 
 
@@ -29,7 +32,7 @@ def one_hot(labels: jnp.ndarray, num_classes: int, dtype=jnp.float32) -> jnp.nda
 
 
 def batch_loss(model: Model, params: Any, images: jnp.ndarray, targets: jnp.ndarray) -> jnp.ndarray:
-    """The victim's training loss on ``images [B, H, W, C]`` with soft targets ``[B, K]``."""
+    """The victim's training loss on ``images [B, *input_shape]`` with soft targets ``[B, *label_axes, K]``."""
     return soft_cross_entropy(model.apply(params, images), targets)
 
 

@@ -132,10 +132,12 @@ def test_experiment_command_writes_json_plots_and_tables(tmp_path, capsys):
     assert labels["budget"] == {"targets": 1, "restarts": 1, "iterations": 10} and labels["quick"]
     assert labels["rows"][0]["idlg_label_accuracy"] == 1.0 and labels["rows"][0]["dataset"] == "colour"
     assert "environment" in labels
-    assert main(["experiment", "batch", "--quick", *TINY, "--batch-sizes", "1", "--out", str(out)]) == 0
+    assert main(["experiment", "batch", "--quick", *TINY, "--batch-sizes", "1", "--datasets", "colour",
+                 "--methods", "dlg", "--out", str(out)]) == 0
     batch = json.loads((out / "batch.json").read_text())
-    assert [row["batch_size"] for row in batch["rows"]] == [1]
+    assert [(row["dataset"], row["method"], row["batch_size"]) for row in batch["rows"]] == [("colour", "dlg", 1)]
     assert len(batch["rows"][0]["curve"]) == 10 and batch["rows"][0]["peak_rss_mb"] > 0
+    assert batch["rows"][0]["fully_recovered"] == 0.0 and batch["rows"][0]["iterations_to_recovery"] is None
     assert main(["experiment", "compare", "--quick", *TINY, "--models", "lenet", "--out", str(out)]) == 0
     compare = json.loads((out / "compare.json").read_text())
     assert [(row["model"], row["attack"]) for row in compare["rows"]] == [("lenet", "dlg"), ("lenet", "ig")]
@@ -144,7 +146,7 @@ def test_experiment_command_writes_json_plots_and_tables(tmp_path, capsys):
         assert (out / f"{name}.md").read_text().startswith("| ")
     assert not [name for name in os.listdir(out) if name.startswith(".tmp")]
     printed = capsys.readouterr().out
-    assert "iDLG label acc." in printed and "median iterations to converge" in printed and "| lenet | ig |" in printed
+    assert "iDLG label acc." in printed and "fully recovered" in printed and "| lenet | ig |" in printed
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -152,7 +154,8 @@ def test_experiment_command_writes_json_plots_and_tables(tmp_path, capsys):
     (["labels", "--datasets", "colour", "--targets", "101"], "index 100 is outside dataset 'colour'"),
     (["batch", "--batch-sizes", "2,0"], "expected an integer >= 1, got '0'"),
     (["compare", "--models", "vgg"], "unknown model 'vgg'"),
-    (["compare", "--models", "resnet20-tanh"], "unknown activation 'tanh'"),
+    (["batch", "--methods", "dlg,gan"], "unknown attack method 'gan'"),
+    (["compare", "--models", "resnet20-tanh"], "unknown model option 'tanh'"),
     (["fastest"], "invalid choice: 'fastest'"),
 ])
 def test_experiment_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):

@@ -52,9 +52,9 @@ def grid_file(tmp_path_factory):
 
 
 def _sweep(grid_file, store, cache, *extra) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "disabled", "DLG_JAX_COMPILATION_CACHE": cache}
+    env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "disabled"}
     return subprocess.Popen([sys.executable, "-m", "dlg_jax.cli", "sweep", grid_file, "--store", str(store), "--quiet",
-                             *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             "--compile-cache", cache, *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
@@ -123,7 +123,7 @@ def test_resume_needed_for_a_store_holding_the_grid(baseline, grid_file, capsys)
     assert main(["sweep", grid_file, "--store", str(baseline), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert f"already holds {SEEDS} of this grid's {SEEDS} points; pass --resume" in err and err.count("\n") == 1
-    assert main(["sweep", grid_file, "--store", str(baseline), "--quiet", "--resume", "--no-compilation-cache"]) == 0
+    assert main(["sweep", grid_file, "--store", str(baseline), "--quiet", "--resume", "--compile-cache", "none"]) == 0
     assert f"0 points run, {SEEDS} already stored" in capsys.readouterr().out
     assert sorted(os.listdir(baseline / "parts")) == before
 
@@ -270,7 +270,8 @@ def test_memory_budget_chunks_the_attack_without_changing_results():
     import jax
 
     from dlg_jax import AttackConfig, SolverConfig, build_model, get_dataset, run_attack, shared_gradients
-    from dlg_jax.memory import step_bytes
+    from dlg_jax.attack import lower_attack_step
+    from dlg_jax.memory import compiled_bytes
 
     data = get_dataset("digits")
     images, labels = data.examples([0, 1])
@@ -278,7 +279,8 @@ def test_memory_budget_chunks_the_attack_without_changing_results():
     params = model.init(jax.random.key(0))
     grads = shared_gradients(model, params, images[:, None], labels[:, None])
     config = AttackConfig(restarts=3, iterations=10, snapshots=0, solver=SolverConfig("adam"))
-    one, two, three = (step_bytes(model, params, grads, 1, config, None, n) for n in (1, 2, 3))
+    one, two, three = (compiled_bytes(lower_attack_step(model, params, grads, 1, dataclasses.replace(
+        config, chunk_size=n), steps=config.iterations).compile()) for n in (1, 2, 3))
     assert one < two < three  # each problem adds its dummy and solver state
     budget = three + (two - one) // 2  # room for 3 problems, not 4
     chunked = run_attack(model, params, grads, 1, dataclasses.replace(config, memory_budget=budget))
@@ -292,7 +294,7 @@ def test_cli_memory_budget_too_small_is_one_line_exit_2(tmp_path, capsys):
     grid = tmp_path / "g.toml"
     grid.write_text("[budget]\niterations = 2\nsolver = 'adam'\n[axes]\nmodel = 'mlp'\ndataset = 'digits'\n")
     assert main(["sweep", str(grid), "--store", str(tmp_path / "s"), "--memory-budget", "1kB", "--quiet",
-                 "--no-compilation-cache"]) == 2
+                 "--compile-cache", "none"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("dlg-jax: error: memory budget 1 kB is too small for one problem") and err.count("\n") == 1
     assert Store(tmp_path / "s").finished() == set()

@@ -169,7 +169,7 @@ def test_missing_torch_is_one_line(monkeypatch, tmp_path, capsys):
 
 def test_objective_benchmark_writes_results(tmp_path):
     argv = ["--sizes", "2", "--repeats", "1", "--candidates", "jax-reverse_over_forward,torch-eager",
-            "--out", str(tmp_path)]
+            "--no-variants", "--out", str(tmp_path)]
     assert objective_throughput.main(argv) == 0
     payload = json.loads((tmp_path / "objective_throughput.json").read_text())
     assert (tmp_path / "objective_throughput.png").exists()
@@ -178,6 +178,14 @@ def test_objective_benchmark_writes_results(tmp_path):
     assert rows["jax-reverse_over_forward"]["max_relative_difference_vs_torch"] < 1e-4
     assert rows["torch-eager"]["restart_evaluations_per_second"] > 0
     assert payload["environment"]["versions"]["torch"].startswith("2.")
+
+
+def test_objective_variants_are_recorded_with_their_numbers():
+    problem = common.make_problem("lenet", 1, 1, seed=0)
+    rows = objective_throughput.measure_variants(problem, (2,), 1, 0, names=("jax-xla_fast_math",))
+    assert [row["variant"] for row in rows] == ["jax-reverse_over_forward", "jax-xla_fast_math"]
+    assert rows[0]["ratio_vs_default"] == 1.0 and rows[1]["restart_evaluations_per_second"] > 0
+    assert rows[1]["options"] == {"xla_cpu_enable_fast_math": True}
 
 
 def test_summary_reads_results_and_checks_targets(tmp_path, capsys):

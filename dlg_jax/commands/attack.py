@@ -75,6 +75,10 @@ def add_attack_options(parser: argparse.ArgumentParser) -> None:
                         help=f"do not use the persistent compilation cache (also: {ENVIRONMENT_VARIABLE}=off)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the model weights and the dummies")
     parser.add_argument("--float64", action="store_true", help="run in double precision")
+    parser.add_argument("--batch-update", default=None, choices=("joint", "cyclic"),
+                        help="joint: every slot each iteration (default); cyclic: slot i mod B at iteration i (DLG)")
+    parser.add_argument("--dummy-init", default=None, choices=("randn", "uniform"),
+                        help="dummy images ~ N(0, 1) (default, DLG) or ~ U(0, 1)")
 
 
 def _register_common_attack(subparsers):
@@ -118,7 +122,8 @@ def attack_config_from_args(args, **overrides):
         jax.config.update("jax_enable_x64", True)
     if not args.no_compilation_cache:
         enable_compilation_cache()
-    options = {name: getattr(args, name, None) for name in ("restarts", "iterations", "tolerance", "labels")}
+    options = {name: getattr(args, name, None) for name in ("restarts", "iterations", "tolerance", "labels",
+                                                   "batch_update", "dummy_init")}
     options = {name: value for name, value in options.items() if value is not None}
     options.update(chunk_size=args.chunk_size, devices=args.devices, precision=args.precision, seed=args.seed,
                    dtype="float64" if args.float64 else "float32")

@@ -1,8 +1,8 @@
 """``dlg-jax experiment``: the label, batch and attack-comparison experiments (:mod:`dlg_jax.experiments`).
 
     dlg-jax experiment labels  [--quick]   DLG vs iDLG label accuracy per embedded dataset
-    dlg-jax experiment batch   [--quick]   DLG iterations to converge vs batch size
-    dlg-jax experiment compare [--quick]   PSNR of DLG vs Inverting Gradients, LeNet and ResNet-20
+    dlg-jax experiment batch   [--quick]   batch recovery per B, method and dataset
+    dlg-jax experiment compare [--quick]   PSNR of DLG vs Inverting Gradients, LeNet and ResNets
     dlg-jax experiment all     [--quick]   the three in turn
 
 Each writes ``<name>.json``, ``<name>.png`` and ``<name>.md`` to ``--out`` and prints the table.
@@ -22,8 +22,7 @@ def _int_csv(text: str) -> list[int]:
 
 
 def register(subparsers):
-    from dlg_jax.experiments import EXPERIMENT_NAMES, QUICK, STANDARD
-    from dlg_jax.presets import PRESET_NAMES
+    from dlg_jax.experiments import BATCH_METHODS, EXPERIMENT_NAMES, METHODS, QUICK, STANDARD
 
     def budget_text(name):
         def text(budget):
@@ -42,11 +41,22 @@ def register(subparsers):
     parser.add_argument("--restarts", type=_positive_int, default=None, help="override the restarts per target")
     parser.add_argument("--iterations", type=_positive_int, default=None, help="override the iterations per restart")
     parser.add_argument("--datasets", type=_csv, default=None,
-                        help="labels: comma-separated datasets (default: digits,colour,faces)")
+                        help="comma-separated datasets (labels default: digits,colour,faces; batch: colour,digits; "
+                             "compare: the first, default colour)")
     parser.add_argument("--batch-sizes", type=_int_csv, default=None, help="batch: comma-separated (default: 1,2,4,8)")
-    parser.add_argument("--attack", default="dlg", choices=PRESET_NAMES, help="batch: the attack (default: dlg)")
+    parser.add_argument("--methods", type=_csv, default=None,
+                        help=f"batch, compare: comma-separated attack methods of {', '.join(METHODS)} "
+                             f"(default: batch {','.join(BATCH_METHODS)}; compare dlg,ig)")
     parser.add_argument("--models", type=_csv, default=None,
-                        help="compare: comma-separated name[-activation] (default: lenet,resnet20-sigmoid,resnet20-relu)")
+                        help="compare: comma-separated name[-token...], tokens relu, sigmoid, bn, nostride, dlginit, "
+                             "dlg (DLG's ResNet) (default: lenet,resnet20-sigmoid,resnet20-relu)")
+    parser.add_argument("--float64", action="store_true", help="run in double precision")
+    parser.add_argument("--tolerance", type=float, default=None,
+                        help="batch: a restart converges (and stops) at objective <= this x |dW|^2 (default: 1e-8)")
+    parser.add_argument("--chunk-size", type=_positive_int, default=None,
+                        help="problems (target x restart) per vmapped batch (default: 16; on a GPU: all of them)")
+    parser.add_argument("--classes", type=_positive_int, default=None,
+                        help="batch: LeNet's number of outputs (default: the dataset's; DLG's CIFAR-100 code: 100)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the model weights and the dummies")
     parser.add_argument("--out", default="experiments-out", help="output directory (default: experiments-out)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
@@ -77,14 +87,20 @@ def run(args) -> int:
     from dlg_jax.files import prepare_output_dir
 
     prepare_output_dir(args.out)
+    if args.float64:
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
     bars = _RunBars(not args.quiet)
     names = EXPERIMENT_NAMES if args.name == "all" else (args.name,)
     try:
         for name in names:
             result = run_experiment(name, quick=args.quick, targets=args.targets, restarts=args.restarts,
                                     iterations=args.iterations, datasets=args.datasets,
-                                    batch_sizes=args.batch_sizes, attack=args.attack, models=args.models,
-                                    seed=args.seed,
+                                    batch_sizes=args.batch_sizes, methods=args.methods, models=args.models,
+                                    seed=args.seed, dtype="float64" if args.float64 else "float32",
+                                    num_classes=args.classes, tolerance=args.tolerance,
+                                    chunk_size=args.chunk_size,
                                     log=bars.log, progress=bars)
             bars.close()
             paths = save_experiment(result, args.out, {"environment": environment()})

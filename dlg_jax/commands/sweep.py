@@ -7,6 +7,7 @@ repeating work. ``--executor ray`` spreads the points over a Ray cluster; ``--me
 each attack's chunk so that its compiled step fits the budget.
 """
 
+import os
 import sys
 import time
 
@@ -26,9 +27,9 @@ def register(subparsers) -> None:
     parser.add_argument("--ray-num-cpus", type=int, default=None, help="CPUs of a local Ray instance")
     parser.add_argument("--ray-cpus-per-point", type=float, default=1.0, help="CPUs reserved per point (default: 1)")
     parser.add_argument("--ray-gpus-per-point", type=float, default=0.0, help="GPUs reserved per point (default: 0)")
-    parser.add_argument("--no-compilation-cache", action="store_true",
-                        help="do not keep compiled programs in the persistent cache (dlg_jax.compile_cache; "
-                             "with it, a resumed sweep does not compile again)")
+    parser.add_argument("--compile-cache", default=None,
+                        help="JAX's persistent compilation cache, so a resumed sweep does not compile again "
+                             "(default: STORE/.compile-cache; 'none' to disable)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(handler=run)
 
@@ -54,7 +55,8 @@ def run(args) -> int:
     grid = load_grid(args.grid)
     budget = None if args.memory_budget is None else parse_bytes(args.memory_budget)
     store = Store(args.store)
-    cache = None if args.no_compilation_cache else enable_compilation_cache()
+    cache = (None if args.compile_cache == "none"
+             else enable_compilation_cache(args.compile_cache or os.path.join(store.path, ".compile-cache")))
     points = list(grid.points)
     options = {}
     if args.executor == "ray":

@@ -16,19 +16,25 @@ from dlg_jax.errors import DLGInputError, check_choice
 from dlg_jax.models.layers import CONV_IMPLEMENTATIONS, Conv2D
 from dlg_jax.models.lenet import LeNet
 from dlg_jax.models.mlp import MLP
-from dlg_jax.models.resnet import ACTIVATIONS, NORMS, CifarResNet
+from dlg_jax.models.resnet import ACTIVATIONS, NORMS, RESNET_INITS, CifarResNet, dlg_resnet
 
 MODEL_NAMES = ("lenet", "resnet20", "resnet32", "resnet56", "mlp")
 
 
 @dataclasses.dataclass(frozen=True)
 class Model:
-    """A classifier: ``apply(params, x[B, *input_shape]) -> logits[B, num_classes]``."""
+    """A classifier: ``apply(params, x[B, *input_shape]) -> logits[B, *label_axes, num_classes]``.
+
+    Images: ``input_shape = (H, W, C)``, ``label_axes = ()``. Text (``dlg_jax.models.bert``):
+    ``input_shape = (L, E)`` word embeddings, ``label_axes = (M,)`` masked positions, ``modality = "text"``.
+    """
 
     name: str
     module: nn.Module
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]
     num_classes: int
+    label_axes: tuple[int, ...] = ()
+    modality: str = "image"
 
     def init(self, key: jax.Array, dtype=jnp.float32) -> Any:
         """Fresh parameters (the model's own initialisation), cast to ``dtype``."""
@@ -74,31 +80,40 @@ def build_model(
     activation: str | None = None,
     norm: str = "none",
     conv_implementation: str = "patches",
+    strides: bool = True,
+    init: str = "he",
 ) -> Model:
     """Build a registered model.
 
     ``activation`` defaults to each model's source (LeNet: sigmoid, fixed; ResNet: relu; MLP: sigmoid).
     ``conv_implementation`` is ``"patches"`` (fast under vmap) or ``"lax"`` (reference).
+    ResNets only: ``norm`` (``none``, ``group``, ``batch``), ``strides`` (``False``: DLG's stride-free
+    variant) and ``init`` (``he`` or ``dlg``); ``dlg_resnet()`` gives DLG's options
+    (:mod:`dlg_jax.models.resnet`).
     """
     check_choice("model", name, MODEL_NAMES)
     check_choice("conv implementation", conv_implementation, CONV_IMPLEMENTATIONS)
     check_choice("norm", norm, NORMS)
+    check_choice("init", init, RESNET_INITS)
     if activation is not None:
         check_choice("activation", activation, ACTIVATIONS)
     if len(input_shape) != 3 or min(input_shape) < 1:
         raise DLGInputError(f"input shape must be (height, width, channels) >= 1, got {input_shape!r}")
     if num_classes < 2:
         raise DLGInputError(f"num_classes must be >= 2, got {num_classes!r}")
+    if not name.startswith("resnet") and (norm, strides, init) != ("none", True, "he"):
+        raise DLGInputError(f"norm, strides and init are ResNet options; {name!r} takes none of them")
     if name == "lenet":
         if activation not in (None, "sigmoid"):
             raise DLGInputError(f"lenet's activation is sigmoid (as DLG); got {activation!r}")
         module = LeNet(num_classes, conv_implementation)
     elif name.startswith("resnet"):
         module = CifarResNet(num_classes, int(name[len("resnet"):]), activation or "relu", norm,
-                             conv_implementation)
+                             conv_implementation, bool(strides), init)
     else:
         module = MLP(num_classes, activation=activation or "sigmoid")
     return Model(name, module, tuple(int(d) for d in input_shape), int(num_classes))
 
 
-__all__ = ["MODEL_NAMES", "Model", "build_model", "check_same_tree", "Conv2D", "LeNet", "CifarResNet", "MLP"]
+__all__ = ["MODEL_NAMES", "Model", "build_model", "check_same_tree", "Conv2D", "LeNet", "CifarResNet", "MLP",
+           "dlg_resnet"]

