@@ -7,7 +7,8 @@
 - :func:`tradeoff_plot`: utility (test accuracy of a model trained with the defense) against privacy
   (attack PSNR) per defense and strength.
 
-Rows are those of :func:`dlg_jax.sweep.run_sweep` and :func:`dlg_jax.sweep.run_training_sweep`.
+Rows are per defense setting: :func:`dlg_jax.sweep.point_summaries` of a results store, and training
+rows (:func:`dlg_jax.sweep.training_rows`) with their ``setting``.
 """
 
 import matplotlib

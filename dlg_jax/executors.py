@@ -35,12 +35,14 @@ class RayExecutor:
 
     ``address``: a running cluster (``"auto"``, ``"ray://head:10001"``, ...); default ``$RAY_ADDRESS``,
     else a local instance with ``num_cpus`` CPUs that is shut down by :meth:`close`.
+    ``compilation_cache``: a folder each task keeps JAX's persistent compilation cache in
+    (:func:`dlg_jax.compile_cache.enable_compilation_cache`; ``None``: off).
     """
 
     name = "ray"
 
     def __init__(self, address: str | None = None, *, num_cpus: int | None = None, cpus_per_task: float = 1,
-                 gpus_per_task: float = 0):
+                 gpus_per_task: float = 0, compilation_cache: str | None = None):
         try:
             import ray
         except ImportError:
@@ -54,10 +56,11 @@ class RayExecutor:
             ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
                      log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": python_path}})
         self.options = {"num_cpus": cpus_per_task, "num_gpus": gpus_per_task, "max_retries": 1}
+        self.compilation_cache = compilation_cache
 
     def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
-        remote = self.ray.remote(**self.options)(fn)
-        pending = {remote.remote(item): item for item in items}
+        remote = self.ray.remote(**self.options)(_task)
+        pending = {remote.remote(fn, item, self.compilation_cache): item for item in items}
         while pending:
             done, _ = self.ray.wait(list(pending), num_returns=1)
             for ref in done:
@@ -72,6 +75,15 @@ class RayExecutor:
     def close(self) -> None:
         if self.owned and self.ray.is_initialized():
             self.ray.shutdown()
+
+
+def _task(fn: Callable[[Any], Any], item: Any, compilation_cache: str | None) -> Any:
+    """One Ray task: ``fn(item)``, with the compilation cache on when asked."""
+    if compilation_cache is not None:
+        from dlg_jax.compile_cache import enable_compilation_cache
+
+        enable_compilation_cache(compilation_cache)
+    return fn(item)
 
 
 def make_executor(name: str, **options) -> LocalExecutor | RayExecutor:

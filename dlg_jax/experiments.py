@@ -53,6 +53,7 @@ METHODS = {
     "ig": ("ig", {}),                                                       # Inverting Gradients
 }
 BATCH_METHODS = ("dlg", "dlg-cyclic", "dlg-uniform", "dlg-count-uniform", "ig")
+QUICK_BATCH = {"batch_sizes": (1, 2), "methods": ("dlg", "dlg-count-uniform")}  # --quick's smaller grid
 BATCH_DATASETS = ("colour", "digits")
 # Model spec tokens after the name (parse_model): activation, or DLG's ResNet options.
 MODEL_TOKENS = {"relu": {"activation": "relu"}, "sigmoid": {"activation": "sigmoid"},
@@ -80,7 +81,7 @@ class Budget:
 # ``compare`` has one budget for LeNet/MLP and one for the ResNets (~35x slower per iteration on a CPU).
 STANDARD = {
     "labels": Budget(targets=100, restarts=1, iterations=300),
-    "batch": Budget(targets=2, restarts=4, iterations=3000),
+    "batch": Budget(targets=2, restarts=2, iterations=3000),
     "compare": {"lenet": Budget(targets=4, restarts=2, iterations=3000),
                 "resnet": Budget(targets=2, restarts=1, iterations=500)},
 }
@@ -310,8 +311,9 @@ def run_experiment(name: str, *, quick: bool = False, targets: int | None = None
         result = label_experiment(datasets or EMBEDDED, budgets["labels"].replace(**override), seed=seed,
                                   log=log, progress=progress)
     elif name == "batch":
-        result = batch_experiment(batch_sizes or (1, 2, 4, 8), budgets["batch"].replace(**override),
-                                  datasets=datasets or BATCH_DATASETS, methods=methods or BATCH_METHODS,
+        grid = QUICK_BATCH if quick else {"batch_sizes": (1, 2, 4, 8), "methods": BATCH_METHODS}
+        result = batch_experiment(batch_sizes or grid["batch_sizes"], budgets["batch"].replace(**override),
+                                  datasets=datasets or BATCH_DATASETS, methods=methods or grid["methods"],
                                   seed=seed, settings=settings, num_classes=num_classes, log=log, progress=progress)
     else:
         compare_budgets = {key: budget.replace(**override) for key, budget in budgets["compare"].items()}

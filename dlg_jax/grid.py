@@ -50,7 +50,7 @@ SOLVER_KEYS = ("solver", "history_size", "learning_rate")
 # AttackConfig fields a grid may set (precision and any later scalar field join automatically).
 CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(AttackConfig)
                     if f.name not in ("solver", "layer_weights", "box", "snapshots"))
-BUDGET_KEYS = ("targets", "restarts", "iterations", "tolerance", "chunk_size", "block", "memory_budget",
+BUDGET_KEYS = ("targets", "restarts", "iterations", "tolerance", "chunk_size", "devices", "block", "memory_budget",
                *SOLVER_KEYS)
 AXIS_KEYS = tuple(dict.fromkeys((*POINT_KEYS, *CONFIG_KEYS, *SOLVER_KEYS)))
 TOP_KEYS = ("name", "budget", "axes")
@@ -61,7 +61,7 @@ DEFAULTS = {"attack": "dlg", "model": "lenet", "dataset": "colour", "batch_size"
 # Fields that choose how a point runs, not what it computes: left out of its identity.
 EXECUTION_FIELDS = ("memory_budget",)
 
-_INT_KEYS = {"batch_size", "targets", "restarts", "iterations", "chunk_size", "block", "history_size"}
+_INT_KEYS = {"batch_size", "targets", "restarts", "iterations", "chunk_size", "devices", "block", "history_size"}
 _NUMBER_KEYS = {"tolerance", "tv_weight", "learning_rate"}
 
 

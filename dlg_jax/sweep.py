@@ -60,8 +60,6 @@ def environment() -> dict:
 
 def attack_rows(point: Point, progress: Callable[[Progress], None] | None = None) -> list[dict]:
     """Run one attack point; one row per target (see the module docstring)."""
-    import jax
-
     defense = make_defense(point.defense, point.strength, **dict(point.defense_options))
     config = point.config
     started = time.perf_counter()
@@ -79,7 +77,7 @@ def attack_rows(point: Point, progress: Callable[[Progress], None] | None = None
         "defense_strength_value": float(strength) if isinstance(strength, (int, float)) else None,
         "defense_options": _json(dict(point.defense_options)), "seed": config.seed, "restarts": config.restarts,
         "iterations_budget": config.iterations, "solver": config.solver.name, "dtype": config.dtype,
-        "precision": str(getattr(config, "precision", None) or jax.config.jax_default_matmul_precision or "default"),
+        "precision": config.precision,
         "config": _json(dataclasses.asdict(config)), "point": _json(point.key()),
         "point_wall_seconds": wall, "point_compile_seconds": result.compile_seconds,
         "point_run_seconds": result.run_seconds, "point_restart_iterations": int(result.restart_iterations),

@@ -39,17 +39,17 @@ def test_slot_restricted_objective_keeps_the_value_and_one_slot_of_the_gradient(
             assert not np.any(np.delete(np.asarray(got), slot, axis=0))
 
 
-@pytest.mark.parametrize("solver", ["lbfgs", "adam"])
-def test_cyclic_update_moves_slot_zero_alone_first(digits_pair, solver):
+def test_cyclic_update_moves_slot_zero_alone_first(digits_pair):
     model, params, _, _, grads = digits_pair
     start = initial_dummy(0, 0, 0, 3, model.input_shape, 10, True, jnp.float32)
     moved = {}
-    for update in ("joint", "cyclic"):
+    for update, solver in (("joint", "lbfgs"), ("cyclic", "lbfgs"), ("cyclic", "adam")):
         config = AttackConfig(restarts=1, iterations=1, snapshots=0, batch_update=update, solver=SolverConfig(solver))
         result = run_attack(model, params, grads, 3, config)
-        moved[update] = [bool(np.any(result.images[0, 0, b] != start.images[b])) or
-                         bool(np.any(result.label_logits[0, 0, b] != start.label_logits[b])) for b in range(3)]
-    assert moved == {"joint": [True, True, True], "cyclic": [True, False, False]}
+        moved[update, solver] = [bool(np.any(result.images[0, 0, b] != start.images[b])) or
+                                 bool(np.any(result.label_logits[0, 0, b] != start.label_logits[b])) for b in range(3)]
+    assert moved == {("joint", "lbfgs"): [True, True, True], ("cyclic", "lbfgs"): [True, False, False],
+                     ("cyclic", "adam"): [True, False, False]}
 
 
 def test_options_and_bad_values():

@@ -123,6 +123,7 @@ def _defense_entries(args, defenses: list[str]) -> list:
 def run(args) -> int:
     import jax
 
+    from dlg_jax.compile_cache import enable_compilation_cache
     from dlg_jax.defense_report import join_tradeoff, sweep_plot, sweep_table, tradeoff_plot, tradeoff_table
     from dlg_jax.defenses import format_strength
     from dlg_jax.files import atomic_write_bytes, prepare_output_dir
@@ -133,6 +134,8 @@ def run(args) -> int:
 
     if args.float64:
         jax.config.update("jax_enable_x64", True)
+    if not args.no_compilation_cache:
+        enable_compilation_cache()
     args.restarts, args.iterations = _resolve(args, "restarts"), _resolve(args, "iterations")
     budget = {name: getattr(args, name) for name in ("restarts", "iterations", "tolerance", "chunk_size", "solver",
                                                       "history_size", "learning_rate")
@@ -142,7 +145,8 @@ def run(args) -> int:
     model = {"name": args.model, **({"activation": args.activation} if args.activation else {})}
     axes = {"attack": _split(args.attacks), "defense": _defense_entries(args, _split(_resolve(args, "defense"))),
             "model": model, "dataset": dataset, "batch_size": args.batch_size, "targets": _resolve(args, "targets"),
-            "seed": args.seed, "dtype": "float64" if args.float64 else "float32"}
+            "seed": args.seed, "dtype": "float64" if args.float64 else "float32", "precision": args.precision,
+            **({"devices": args.devices} if args.devices is not None else {})}
     points = sorted(expand(axes, budget).points, key=lambda p: p.defense != "none")  # undefended baselines first
     train_config = None
     if args.tradeoff:

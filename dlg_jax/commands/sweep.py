@@ -55,13 +55,13 @@ def run(args) -> int:
     grid = load_grid(args.grid)
     budget = None if args.memory_budget is None else parse_bytes(args.memory_budget)
     store = Store(args.store)
-    if args.compile_cache != "none":
-        enable_compilation_cache(args.compile_cache or os.path.join(store.path, ".compile-cache"))
+    cache = (None if args.compile_cache == "none"
+             else enable_compilation_cache(args.compile_cache or os.path.join(store.path, ".compile-cache")))
     points = list(grid.points)
     options = {}
     if args.executor == "ray":
         options = dict(address=args.ray_address, num_cpus=args.ray_num_cpus, cpus_per_task=args.ray_cpus_per_point,
-                       gpus_per_task=args.ray_gpus_per_point)
+                       gpus_per_task=args.ray_gpus_per_point, compilation_cache=cache)
     local = args.executor == "local" and not args.quiet
     bar = ProgressBar(local)
     counter = iter(range(1, len(points) + 1))
