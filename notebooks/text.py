@@ -19,7 +19,7 @@
 # shares the gradient. The attacker knows the weights, the sentence length and which positions were
 # masked, and runs the same engine as for images: continuous dummy word embeddings `[1, L, E]`
 # optimised by L-BFGS until their gradient matches, then each position decoded to its nearest
-# vocabulary token (README, "Text"). Needs the `text` extra (`pip install -e '.[text]'`).
+# vocabulary token (README, "Text").
 #
 # Full settings take a minute or two on 2 CPU cores; `DLG_NOTEBOOK_SMALL=1` runs a few iterations.
 
