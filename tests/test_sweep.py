@@ -88,7 +88,11 @@ def test_sigkill_twice_then_resume_equals_an_uninterrupted_run(tmp_path, grid_fi
         wanted = _finished(store) + rng.randint(1, 2)  # kill after one or two more points, at a random moment
         while _finished(store) < wanted and process.poll() is None:
             time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 0.3))
+        # a random moment within the next point (cached compiles make points short: stop waiting once it
+        # has finished, so that some points are always left for the resume)
+        deadline = time.monotonic() + rng.uniform(0.0, 0.3)
+        while time.monotonic() < deadline and _finished(store) <= wanted and process.poll() is None:
+            time.sleep(0.005)
         assert process.poll() is None, f"sweep finished before kill {kill + 1} (seed {seed})"
         process.kill()  # SIGKILL
         process.wait()
