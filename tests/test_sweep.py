@@ -59,8 +59,10 @@ def _sweep(grid_file, store, cache, *extra) -> subprocess.Popen:
 
 
 def _finished(store) -> int:
+    """Finished parts, as the store counts them (a part killed mid-write is a ``.tmp-*`` file, not one)."""
     parts = os.path.join(store, "parts")
-    return len([n for n in os.listdir(parts) if n.endswith(".parquet")]) if os.path.isdir(parts) else 0
+    return len([n for n in os.listdir(parts) if n.endswith(".parquet") and not n.startswith(".")]) \
+        if os.path.isdir(parts) else 0
 
 
 def _comparable(rows: list[dict]) -> str:
