@@ -12,10 +12,21 @@ Per problem and iteration: a problem whose objective is below its threshold (``A
 whose objective or new dummy is NaN/inf is *failed* and frozen at its last finite dummy (so it never
 poisons the others, which share no state with it). The best restart of a target is the non-failed one
 with the lowest final objective; every restart's result is kept.
+
+**Group consistency** (GradInversion, Yin et al. 2021; ``AttackConfig.group_consistency``): the restarts of
+one target are independent problems in the vmapped step, so the group mean ``E_t`` (the mean over target
+``t``'s restarts of their current images, failed restarts left out) is computed on the host every
+``group_every`` iterations and held constant in each restart's context until the next update; before the
+first update the term is off (the mean of random initialisations is noise). Chunks are then made of whole
+targets (a multiple of ``R``). Changing the objective invalidates an L-BFGS state (its stored value and
+gradient, its curvature pairs), so the L-BFGS solvers are re-initialised at every update (their memory
+restarts); Adam keeps its moments and learning-rate schedule. GradInversion registers the restarts to each
+other (image registration) before averaging; we average them unregistered, a simplification.
 """
 
 import dataclasses
 import functools
+import math
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -26,8 +37,10 @@ import numpy as np
 from dlg_jax.data import to_uint8
 from dlg_jax.errors import DLGInputError, check_choice, check_positive_int
 from dlg_jax.labels import LABEL_STRATEGIES, is_joint
-from dlg_jax.models import Model
-from dlg_jax.objectives import DISTANCES, SECOND_ORDER_MODES, Context, Dummy, make_objective
+from dlg_jax.models import Model, check_same_tree
+from dlg_jax.models.batchnorm import batchnorm_statistics, check_batchnorm
+from dlg_jax.objectives import (DISTANCES, SECOND_ORDER_MODES, Context, Dummy, GroupMean, check_prior_weights,
+                                make_objective)
 from dlg_jax.precision import DEFAULT_PRECISION, check_precision, matmul_precision
 from dlg_jax.solvers import SolverConfig, make_solver
 from dlg_jax.victim import check_shared_gradients, one_hot
@@ -58,6 +71,10 @@ class AttackConfig:
     ``"cyclic"`` (DLG's batch algorithm: at iteration ``i`` only slot ``i mod B`` is updated; see
     :func:`slot_restricted`). ``dummy_init``: the dummy images start ~ N(0, 1) (``"randn"``, DLG) or
     ~ U(0, 1) (``"uniform"``, the data range).
+    ``bn_prior``, ``group_consistency``: weights of GradInversion's batch-norm statistics prior and group
+    consistency term (:mod:`dlg_jax.objectives`); the BN prior needs the reference statistics
+    (``run_attack(bn_statistics=...)``), group consistency ``restarts >= 2`` and updates the group mean
+    every ``group_every`` iterations (module docstring).
     """
 
     restarts: int = 8
@@ -66,6 +83,9 @@ class AttackConfig:
     distance: str = "l2"
     labels: str = "joint"
     tv_weight: float = 0.0
+    bn_prior: float = 0.0
+    group_consistency: float = 0.0
+    group_every: int = 100
     layer_weights: tuple[float, ...] | None = None
     box: tuple[float, float] | None = None
     second_order: str = "reverse_over_forward"
@@ -100,8 +120,12 @@ class AttackConfig:
         check_choice("dummy init", self.dummy_init, DUMMY_INITS)
         if not isinstance(self.solver, SolverConfig):
             raise DLGInputError(f"solver must be a SolverConfig, got {self.solver!r}")
-        if self.tv_weight < 0:
-            raise DLGInputError(f"tv_weight must be >= 0, got {self.tv_weight}")
+        check_prior_weights(tv_weight=self.tv_weight, bn_prior=self.bn_prior,
+                            group_consistency=self.group_consistency)
+        check_positive_int("group_every", self.group_every)
+        if self.group_consistency and self.restarts < 2:
+            raise DLGInputError(f"group_consistency needs restarts >= 2 (one restart's group mean is itself), "
+                                f"got restarts={self.restarts}")
         if not self.tolerance >= 0:
             raise DLGInputError(f"tolerance must be >= 0, got {self.tolerance}")
         if self.snapshots < 0:
@@ -248,8 +272,9 @@ def _programs(model: Model, config: AttackConfig, mesh: jax.sharding.Mesh | None
     hands every device its slice of the chunk, and each device runs exactly the program one device
     would run on a chunk of that size (no communication), so results do not depend on the device count.
     """
-    objective = make_objective(model, config.distance, tv_weight=config.tv_weight,
-                               layer_weights=config.layer_weights, second_order=config.second_order)
+    objective = make_objective(model, config.distance, tv_weight=config.tv_weight, bn_prior=config.bn_prior,
+                               group_consistency=config.group_consistency, layer_weights=config.layer_weights,
+                               second_order=config.second_order)
     cyclic = config.batch_update == "cyclic"
     solver = make_solver(slot_restricted(objective) if cyclic else objective, config.solver)
 
@@ -279,15 +304,23 @@ def _programs(model: Model, config: AttackConfig, mesh: jax.sharding.Mesh | None
             failed = p.failed | (active & ~value_ok) | (moving & ~step_ok)
             dummy = jax.tree.map(lambda a, b: jnp.where(step_ok, a, b), new_dummy, p.dummy)
             loss = jnp.where(active & value_ok, value, p.loss)
-            evaluations = jnp.where(active, solver.evaluations(new_state), p.evaluations)
+            evaluations = jnp.where(active, p.evaluations + solver.evaluations(new_state)
+                                    - solver.evaluations(p.solver_state), p.evaluations)
             updated = _Problem(dummy, new_state, loss, failed, p.converged | converged,
                                p.iterations + step_ok.astype(jnp.int32), evaluations, p.threshold)
             return updated, loss
 
         return jax.lax.scan(body, problem, None, length=steps)
 
+    def regroup_one(problem: _Problem, context: Context):
+        """After the group mean changed: a fresh L-BFGS state (Adam's is kept), its evaluations counted."""
+        if config.solver.name == "adam":
+            return problem
+        state = solver.init(problem.dummy, solver_context(context, problem.iterations, problem.dummy))
+        return problem._replace(solver_state=state, evaluations=problem.evaluations + solver.evaluations(state))
+
     per_problem = jax.sharding.PartitionSpec("problems")
-    shared_context = Context(None, 0, 0)
+    shared_context = Context(None, 0, 0, None, 0)
 
     def batched(fn, out_axes=0):
         mapped = jax.vmap(fn, in_axes=(0, shared_context), out_axes=out_axes)
@@ -298,6 +331,7 @@ def _programs(model: Model, config: AttackConfig, mesh: jax.sharding.Mesh | None
         # (wrong results through the objective's custom_vjp); no collective is used, so nothing needs it.
         return jax.jit(jax.shard_map(mapped, mesh=mesh, out_specs=out_specs, check_vma=False,
                                      in_specs=(per_problem, Context(jax.sharding.PartitionSpec(), per_problem,
+                                                                    per_problem, jax.sharding.PartitionSpec(),
                                                                     per_problem))))
 
     batched_init = batched(init_one)
@@ -307,16 +341,16 @@ def _programs(model: Model, config: AttackConfig, mesh: jax.sharding.Mesh | None
     def batched_run(steps: int):
         return batched(functools.partial(run_one, steps=steps), out_axes=(0, 1))
 
-    return batched_init, batched_run, batched_objective
+    return batched_init, batched_run, batched_objective, batched(regroup_one)
 
 
 def shared_programs(model: Model, config: AttackConfig, mesh: jax.sharding.Mesh | None):
-    """:func:`_programs` of ``config`` with the fields they never read (budget, seed, chunking, devices)
-    reset, so that attacks (e.g. the points of a sweep) differing only there share one compilation.
-    ``precision`` stays: it is how the programs are traced."""
-    return _programs(model, dataclasses.replace(config, restarts=1, iterations=1, chunk_size=1, devices=1,
-                                                block=1, snapshots=0, seed=0, memory_budget=None, dummy_init="randn"),
-                     mesh)
+    """:func:`_programs` of ``config`` with the fields they never read (budget, seed, chunking, devices,
+    group schedule) reset, so that attacks (e.g. the points of a sweep) differing only there share one
+    compilation. ``precision`` stays: it is how the programs are traced."""
+    return _programs(model, dataclasses.replace(config, restarts=2, iterations=1, chunk_size=1, devices=1,
+                                                block=1, snapshots=0, seed=0, memory_budget=None, dummy_init="randn",
+                                                group_every=1), mesh)
 
 
 _COMPILED: dict = {}
@@ -347,6 +381,7 @@ class _Plan(NamedTuple):
     target_grads: Any          # leading axis T
     fixed_targets: jnp.ndarray  # [T, B, *label_axes, K] one-hot (zeros with joint labels)
     fixed_labels: np.ndarray | None
+    bn_statistics: Any          # reference batch-norm statistics (BN prior) or None
     batch_size: int
     config: AttackConfig
     joint: bool
@@ -355,11 +390,20 @@ class _Plan(NamedTuple):
     mesh: jax.sharding.Mesh | None
 
 
-def _plan(model, params, target_grads, batch_size, config, fixed_labels) -> _Plan:
+def _plan(model, params, target_grads, batch_size, config, fixed_labels, bn_statistics=None) -> _Plan:
     if not isinstance(config, AttackConfig):
         raise DLGInputError(f"config must be an AttackConfig, got {type(config).__name__}")
     if config.tv_weight and model.modality != "image":
         raise DLGInputError(f"the TV prior is for images; model {model.name!r} is a {model.modality} model")
+    if config.bn_prior:
+        check_batchnorm(model, f"the BN prior (bn_prior={config.bn_prior})")
+        if bn_statistics is None:
+            raise DLGInputError("the BN prior needs bn_statistics, the reference statistics "
+                                "(dlg_jax.models.batchnorm.reference_statistics of reference images)")
+        reference = jax.eval_shape(lambda p, x: batchnorm_statistics(model, p, x),
+                                   jax.eval_shape(model.init, jax.random.key(0)),
+                                   jax.ShapeDtypeStruct((1, *model.input_shape), jnp.float32))
+        check_same_tree("bn_statistics", bn_statistics, reference, f"the batch-norm layers of model {model.name!r}")
     batch_size = check_positive_int("batch size", batch_size)
     model.check_params(params, "model params")
     targets = check_shared_gradients(model, params, target_grads)
@@ -377,6 +421,7 @@ def _plan(model, params, target_grads, batch_size, config, fixed_labels) -> _Pla
     dtype = jnp.dtype(config.dtype)
     params = jax.tree.map(lambda p: jnp.asarray(p, dtype), params)
     target_grads = jax.tree.map(lambda g: jnp.asarray(g, dtype), target_grads)
+    bn_statistics = jax.tree.map(lambda s: jnp.asarray(s, dtype), bn_statistics) if config.bn_prior else None
     fixed_targets = (one_hot(jnp.asarray(fixed_labels), model.num_classes, dtype) if not joint
                      else jnp.zeros((targets, batch_size, *model.label_axes, model.num_classes), dtype))
     mesh = problem_mesh(config.devices)
@@ -386,8 +431,9 @@ def _plan(model, params, target_grads, batch_size, config, fixed_labels) -> _Pla
         raise DLGInputError(f"devices {devices} is more than the {problems} problems (targets x restarts) to "
                             f"share among them; use at most {problems} devices")
     per_device = -(-problems // devices)
-    plan = _Plan(model, params, target_grads, fixed_targets, fixed_labels, batch_size, config, joint,
-                 problems, min(config.chunk_size or default_chunk_size(), per_device) * devices, mesh)
+    plan = _Plan(model, params, target_grads, fixed_targets, fixed_labels, bn_statistics, batch_size, config,
+                 joint, problems, _whole_targets(min(config.chunk_size or default_chunk_size(), per_device) * devices,
+                                                 config, devices), mesh)
     if config.memory_budget is None:
         return plan
     from dlg_jax.memory import chunk_for_budget, compiled_bytes
@@ -398,7 +444,17 @@ def _plan(model, params, target_grads, batch_size, config, fixed_labels) -> _Pla
         with matmul_precision(config.precision):
             return compiled_bytes(_compiled(*_step_arguments(plan._replace(chunk=n * devices), steps)))
 
-    return plan._replace(chunk=chunk_for_budget(config.memory_budget, per_device, step_bytes) * devices)
+    return plan._replace(chunk=_whole_targets(chunk_for_budget(config.memory_budget, per_device, step_bytes) * devices,
+                                              config, devices))
+
+
+def _whole_targets(chunk: int, config: AttackConfig, devices: int) -> int:
+    """With group consistency, ``chunk`` rounded down (at least up to one unit) to a multiple of
+    ``lcm(R, devices)``, so that every chunk holds all restarts of its targets; else ``chunk``."""
+    if not config.group_consistency:
+        return chunk
+    unit = math.lcm(config.restarts, devices)
+    return max(unit, chunk // unit * unit)
 
 
 def default_chunk_size() -> int:
@@ -439,7 +495,24 @@ def _chunk_inputs(plan: _Plan, ids: np.ndarray) -> tuple[Dummy, Context]:
                              config.dummy_init, tuple(model.label_axes))
     dummy = _placed(dummy, plan.mesh, "problems")
     per_problem = (jax.tree.map(lambda g: g[target_ids], plan.target_grads), plan.fixed_targets[target_ids])
-    return dummy, Context(_placed(plan.params, plan.mesh, None), *_placed(per_problem, plan.mesh, "problems"))
+    group = (GroupMean(jnp.zeros_like(dummy.images), jnp.zeros(len(ids), dummy.images.dtype))
+             if config.group_consistency else None)
+    return dummy, Context(_placed(plan.params, plan.mesh, None), *_placed(per_problem, plan.mesh, "problems"),
+                          _placed(plan.bn_statistics, plan.mesh, None), _placed(group, plan.mesh, "problems"))
+
+
+def group_means(images: np.ndarray, targets: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Each problem's group mean: ``images [n, ...]`` of problems of targets ``targets [n]`` averaged over
+    the problems of the same target with ``weights [n]`` (0/1); a target whose weights are all 0 gets its
+    plain mean. Returns ``[n, ...]``."""
+    means = np.empty_like(images)
+    for target in np.unique(targets):
+        members = targets == target
+        weight = weights[members].astype(images.dtype)
+        if not weight.any():
+            weight = np.ones_like(weight)
+        means[members] = np.tensordot(weight, images[members], axes=1) / weight.sum()
+    return means
 
 
 def run_attack(
@@ -450,26 +523,28 @@ def run_attack(
     config: AttackConfig = AttackConfig(),
     *,
     fixed_labels: np.ndarray | None = None,
+    bn_statistics: Any = None,
     progress: Callable[[Progress], None] | None = None,
 ) -> AttackResult:
     """Reconstruct the private batches behind ``T`` shared gradients.
 
     ``target_grads``: the parameter pytree with a leading ``T`` axis on every leaf (e.g. from
     :func:`dlg_jax.victim.shared_gradients`). ``fixed_labels [T, B]``: labels to hold fixed (for label
-    strategies other than ``joint``; ``[T, B, *model.label_axes]`` for text models). Returns an
-    :class:`AttackResult`.
+    strategies other than ``joint``; ``[T, B, *model.label_axes]`` for text models). ``bn_statistics``:
+    the BN prior's reference statistics (with ``config.bn_prior``; the tree of
+    :func:`~dlg_jax.models.batchnorm.reference_statistics`). Returns an :class:`AttackResult`.
     """
-    plan = _plan(model, params, target_grads, batch_size, config, fixed_labels)
+    plan = _plan(model, params, target_grads, batch_size, config, fixed_labels, bn_statistics)
     with matmul_precision(config.precision):
         return _solve(plan, progress)
 
 
 def lower_attack_step(model: Model, params: Any, target_grads: Any, batch_size: int,
                       config: AttackConfig = AttackConfig(), *, fixed_labels: np.ndarray | None = None,
-                      steps: int = 1) -> jax.stages.Lowered:
+                      bn_statistics: Any = None, steps: int = 1) -> jax.stages.Lowered:
     """The program :func:`run_attack` compiles for ``steps`` iterations of its first chunk, lowered (not
     run): ``.as_text()`` is its StableHLO, ``.compile()`` gives XLA's cost and memory analysis."""
-    plan = _plan(model, params, target_grads, batch_size, config, fixed_labels)
+    plan = _plan(model, params, target_grads, batch_size, config, fixed_labels, bn_statistics)
     with matmul_precision(config.precision):
         program, state, context = _step_arguments(plan, check_positive_int("steps", steps))
         return program.lower(state, context)
@@ -478,7 +553,7 @@ def lower_attack_step(model: Model, params: Any, target_grads: Any, batch_size: 
 def _step_arguments(plan: _Plan, steps: int):
     """The jitted ``steps``-iteration program of the plan's first chunk and its arguments (the state as
     shapes only: nothing runs)."""
-    batched_init, batched_run, _ = shared_programs(plan.model, plan.config, plan.mesh)
+    batched_init, batched_run, _, _ = shared_programs(plan.model, plan.config, plan.mesh)
     dummy, context = _chunk_inputs(plan, np.arange(plan.chunk) % plan.problems)
     return batched_run(steps), jax.eval_shape(batched_init, dummy, context), context
 
@@ -486,11 +561,12 @@ def _step_arguments(plan: _Plan, steps: int):
 def _solve(plan: _Plan, progress) -> AttackResult:
     """The chunk loop of :func:`run_attack` (to be traced at ``plan.config.precision``)."""
     config, problems, chunk = plan.config, plan.problems, plan.chunk
-    batched_init, batched_run, batched_objective = shared_programs(plan.model, config, plan.mesh)
+    batched_init, batched_run, batched_objective, batched_regroup = shared_programs(plan.model, config, plan.mesh)
     chunks = -(-problems // chunk)
     snapshot_iterations = (np.unique(np.round(np.linspace(0, config.iterations, config.snapshots)).astype(int))
                            if config.snapshots else np.zeros((0,), int))
-    schedule = _block_schedule(config.iterations, config.block, snapshot_iterations)
+    regroup_at = set(range(config.group_every, config.iterations, config.group_every)) if config.group_consistency else set()
+    schedule = sorted(set(_block_schedule(config.iterations, config.block, snapshot_iterations)) | regroup_at)
     snapshot = to_uint8 if plan.model.modality == "image" else np.array
     outputs = []
     compile_seconds = run_seconds = 0.0
@@ -530,6 +606,8 @@ def _solve(plan: _Plan, progress) -> AttackResult:
                                   int(converged.sum()), int(failed.sum()), len(losses)))
             if np.all(failed | converged):
                 break
+            if stop in regroup_at:
+                context, state = _regroup(plan, ids, index, state, context, batched_regroup)
         while len(snaps) < len(snapshot_iterations):  # stopped early: the rest are the final images
             snaps.append(snapshot(np.asarray(state.dummy.images)))
         final_loss = np.asarray(batched_objective(state.dummy, context))
@@ -544,6 +622,18 @@ def _solve(plan: _Plan, progress) -> AttackResult:
         ))
     return _assemble(outputs, problems, problems // config.restarts, config.restarts, plan.joint,
                      plan.fixed_labels, snapshot_iterations, compile_seconds, run_seconds, restart_iterations)
+
+
+def _regroup(plan: _Plan, ids: np.ndarray, index: int, state: _Problem, context: Context, batched_regroup):
+    """Group consistency's update between blocks: each problem's context gets its target's current mean
+    image (padding duplicates and failed restarts left out) and the term is switched on; the solver state
+    is re-initialised for the new objective (``regroup_one``)."""
+    live = (np.arange(index * plan.chunk, (index + 1) * plan.chunk) < plan.problems) & ~np.asarray(state.failed)
+    images = np.asarray(state.dummy.images)
+    means = group_means(images, ids // plan.config.restarts, live)
+    group = GroupMean(jnp.asarray(means), jnp.ones(len(ids), images.dtype))
+    context = context._replace(group=_placed(group, plan.mesh, "problems"))
+    return context, _compiled(batched_regroup, state, context)(state, context)
 
 
 def _assemble(outputs, problems, targets, restarts, joint, fixed_labels, snapshot_iterations,

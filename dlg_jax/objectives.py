@@ -4,7 +4,7 @@ For one restart, with shared model parameters ``W``, shared gradient ``dW`` and 
 ``z = (x' [B, H, W, C], y' [B, K])``::
 
     g(z)  = grad_W loss(F(x'; W), targets(z))                     # victim.soft_cross_entropy
-    J(z)  = D(g(z), dW) + tv_weight * TV(x')
+    J(z)  = D(g(z), dW) + tv_weight * TV(x') + bn_prior * R_bn(x') + group_consistency * R_group(x')
 
 with ``targets(z) = softmax(y')`` (DLG's joint labels) or fixed one-hot targets (analytic labels), and
 ``D`` one of
@@ -13,6 +13,18 @@ with ``targets(z) = softmax(y')`` (DLG's joint labels) or fixed one-hot targets 
     cosine:  1 - sum_l w_l <g_l, dW_l> / (sqrt(sum_l w_l ||g_l||^2) sqrt(sum_l w_l ||dW_l||^2))   (IG)
 
 over the parameter leaves ``l`` (``w_l = 1`` unless layer weights are given).
+
+**GradInversion's priors** (Yin et al., CVPR 2021, eq. 7 and 10):
+
+    R_bn(x')    = sum_l ||mu_l(x') - mu_l*||_2 + ||var_l(x') - var_l*||_2
+    R_group(x') = mean over the B*H*W*C pixels of (x' - E)^2
+
+``mu_l(x'), var_l(x') [C_l]``: the per-channel batch statistics of batch-norm layer ``l``'s input on the
+dummy batch (:func:`dlg_jax.models.batchnorm.batchnorm_statistics`); ``mu_l*, var_l*``: the statistics
+"stored in the model" (``Context.bn_statistics``; our victims keep no running statistics, so the attack
+takes them from a reference set of images: :func:`dlg_jax.models.batchnorm.reference_statistics`).
+``E [B, H, W, C]``: the mean of the restarts of the same target (``Context.group``, held constant within
+the objective; the attack recomputes it between blocks of iterations: :mod:`dlg_jax.attack`).
 
 **The second-order term.** ``grad_z J`` needs the derivative of a gradient. Instead of differentiating
 through the backward pass (reverse-over-reverse), :func:`make_objective` uses the identity
@@ -31,8 +43,9 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from dlg_jax.errors import check_choice
+from dlg_jax.errors import DLGInputError, check_choice
 from dlg_jax.models import Model
+from dlg_jax.models.batchnorm import batchnorm_statistics
 from dlg_jax.victim import batch_loss
 
 DISTANCES = ("l2", "cosine")
@@ -48,13 +61,26 @@ class Dummy(NamedTuple):
     label_logits: jnp.ndarray | None
 
 
+class GroupMean(NamedTuple):
+    """Group consistency's anchor for one restart: ``images [B, H, W, C]``, the mean of its target's
+    restarts, and ``on`` (scalar 0 or 1: whether the term is active yet)."""
+
+    images: jnp.ndarray
+    on: jnp.ndarray
+
+
 class Context(NamedTuple):
     """What the objective holds constant for one restart: the model parameters (shared), the shared
-    gradient ``dW`` of its target, and fixed soft targets ``[B, *label_axes, K]`` (ignored with joint labels)."""
+    gradient ``dW`` of its target, fixed soft targets ``[B, *label_axes, K]`` (ignored with joint labels),
+    the reference batch-norm statistics (shared; the tree of
+    :func:`~dlg_jax.models.batchnorm.batchnorm_statistics`; only with the BN prior) and the group mean
+    (:class:`GroupMean`; only with group consistency)."""
 
     params: Any
     target_grad: Any
     fixed_targets: jnp.ndarray
+    bn_statistics: Any = None
+    group: GroupMean | None = None
 
 
 def _tree_vdot(a: Any, b: Any, weights: Any) -> jnp.ndarray:
@@ -83,6 +109,33 @@ def total_variation(images: jnp.ndarray) -> jnp.ndarray:
     return jnp.mean(dy) + jnp.mean(dx)
 
 
+def _norm(x: jnp.ndarray) -> jnp.ndarray:
+    """``||x||_2`` with a zero (not NaN) gradient at ``x = 0``."""
+    return jnp.sqrt(jnp.maximum(jnp.vdot(x, x), jnp.finfo(x.dtype).tiny))
+
+
+def bn_statistics_prior(statistics: Any, reference: Any) -> jnp.ndarray:
+    """GradInversion's ``R_bn``: ``sum_l ||mu_l - mu_l*||_2 + ||var_l - var_l*||_2`` over the leaves of two
+    trees of batch-norm statistics (:func:`~dlg_jax.models.batchnorm.batchnorm_statistics`)."""
+    return sum(_norm(a - b) for a, b in zip(jax.tree.leaves(statistics), jax.tree.leaves(reference)))
+
+
+def group_consistency_prior(images: jnp.ndarray, group: GroupMean) -> jnp.ndarray:
+    """GradInversion's ``R_group`` (as a mean): ``on * mean((images - group.images)^2)``."""
+    return group.on * jnp.mean(jnp.square(images - group.images))
+
+
+def check_prior_weights(**weights: float) -> None:
+    """Raise :class:`DLGInputError` unless every prior weight (``name=value``) is a finite number >= 0."""
+    for name, value in weights.items():
+        try:
+            ok = 0 <= float(value) < float("inf")
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise DLGInputError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
 def soft_targets(dummy: Dummy, context: Context) -> jnp.ndarray:
     """``softmax(y')`` with joint labels, else the fixed targets."""
     if dummy.label_logits is None:
@@ -95,13 +148,17 @@ def make_objective(
     distance: str = "l2",
     *,
     tv_weight: float = 0.0,
+    bn_prior: float = 0.0,
+    group_consistency: float = 0.0,
     layer_weights: tuple[float, ...] | None = None,
     second_order: str = "reverse_over_forward",
 ) -> Callable[[Dummy, Context], jnp.ndarray]:
     """The objective ``J(dummy, context) -> scalar`` for one restart; differentiable in ``dummy`` only
-    (the context acts as a constant: its cotangent is zero, as under ``stop_gradient``)."""
+    (the context acts as a constant: its cotangent is zero, as under ``stop_gradient``). With
+    ``bn_prior`` the context must hold ``bn_statistics``, with ``group_consistency`` a ``group``."""
     check_choice("distance", distance, DISTANCES)
     check_choice("second-order mode", second_order, SECOND_ORDER_MODES)
+    check_prior_weights(tv_weight=tv_weight, bn_prior=bn_prior, group_consistency=group_consistency)
     measure = {"l2": l2_distance, "cosine": cosine_distance}[distance]
 
     def leaf_weights(tree):
@@ -114,12 +171,24 @@ def make_objective(
     def dummy_gradient(dummy, context):
         return jax.grad(victim_loss)(context.params, dummy, context)
 
-    def prior(dummy):
-        return tv_weight * total_variation(dummy.images) if tv_weight else 0.0
+    def prior(dummy, context):
+        value = tv_weight * total_variation(dummy.images) if tv_weight else 0.0
+        if bn_prior:
+            if context.bn_statistics is None:
+                raise DLGInputError("the BN prior needs reference statistics in the context (bn_statistics)")
+            statistics = batchnorm_statistics(model, context.params, dummy.images)
+            value = value + bn_prior * bn_statistics_prior(statistics, context.bn_statistics)
+        if group_consistency:
+            if context.group is None:
+                raise DLGInputError("group consistency needs the group mean in the context (group)")
+            value = value + group_consistency * group_consistency_prior(dummy.images, context.group)
+        return value
+
+    has_prior = bool(tv_weight or bn_prior or group_consistency)
 
     def objective(dummy: Dummy, context: Context) -> jnp.ndarray:
         grad = dummy_gradient(dummy, context)
-        return measure(grad, context.target_grad, leaf_weights(grad)) + prior(dummy)
+        return measure(grad, context.target_grad, leaf_weights(grad)) + prior(dummy, context)
 
     if second_order == "reverse":
         return objective
@@ -133,8 +202,8 @@ def make_objective(
             return jax.jvp(lambda p: victim_loss(p, d, context), (context.params,), (direction,))[1]
 
         dummy_grad = jax.grad(directional_derivative)(dummy)
-        if tv_weight:
-            prior_value, prior_grad = jax.value_and_grad(prior)(dummy)
+        if has_prior:
+            prior_value, prior_grad = jax.value_and_grad(prior)(dummy, context)
             value = value + prior_value
             dummy_grad = jax.tree.map(jnp.add, dummy_grad, prior_grad)
         return value, dummy_grad

@@ -23,6 +23,7 @@ from dlg_jax.errors import DLGInputError, check_positive_int
 from dlg_jax.labels import recover_labels
 from dlg_jax.metrics import ReconstructionMetrics, evaluate
 from dlg_jax.models import Model, build_model
+from dlg_jax.models.batchnorm import reference_statistics
 from dlg_jax.precision import matmul_precision
 from dlg_jax.victim import shared_gradients
 
@@ -63,6 +64,20 @@ def target_indices(dataset: DataSource, batch_size: int, indices: Sequence[int] 
     return grid
 
 
+BN_REFERENCE_IMAGES = 512
+
+
+def bn_reference(model: Model, params: Any, source: DataSource, grid: np.ndarray, config: AttackConfig) -> Any:
+    """The BN prior's "stored" statistics: :func:`~dlg_jax.models.batchnorm.reference_statistics` of the
+    first ``BN_REFERENCE_IMAGES`` images of ``source`` that are not in any target batch (``grid``), as if
+    the model had been trained on the rest of the data (a DLG victim is untrained and keeps none)."""
+    others = np.setdiff1d(np.arange(source.size), grid.reshape(-1))[:BN_REFERENCE_IMAGES]
+    if others.size == 0:
+        raise DLGInputError(f"the BN prior needs reference images besides the targets; dataset {source.name!r} "
+                            f"has {source.size} images, all of them targets")
+    return reference_statistics(model, params, source.examples(others)[0].astype(config.dtype))
+
+
 def run_dlg(
     model: str = "lenet",
     dataset: str = "colour",
@@ -86,7 +101,8 @@ def run_dlg(
     gradient before the attacker sees it (per-example defenses such as DP-SGD get per-example gradients).
     Labels are recovered from the (defended) gradient by ``config.labels`` unless it is ``joint``.
     ``num_classes``: the model's outputs (default: the dataset's classes; more, e.g. 100 as DLG's CIFAR-100
-    LeNet, widens the final layer and with it the shared gradient).
+    LeNet, widens the final layer and with it the shared gradient). With ``config.bn_prior`` the reference
+    statistics come from the dataset's other images (:func:`bn_reference`).
     """
     with matmul_precision(config.precision):  # the victim's gradient, label recovery and metrics too
         source = get_dataset(dataset, split=split, data_dir=data_dir, image_size=image_size)
@@ -104,6 +120,8 @@ def run_dlg(
             grads = defended_gradients(defense, net, params, images, labels,
                                        jax.random.fold_in(jax.random.key(config.seed), 0xDEF))
         fixed_labels = recover_labels(config.labels, net, params, grads, batch_size)
-        result = run_attack(net, params, grads, batch_size, config, fixed_labels=fixed_labels, progress=progress)
+        bn_statistics = bn_reference(net, params, source, grid, config) if config.bn_prior else None
+        result = run_attack(net, params, grads, batch_size, config, fixed_labels=fixed_labels,
+                            bn_statistics=bn_statistics, progress=progress)
         metrics = evaluate(result.best_images, images, result.best_labels, labels)
         return DLGRun(net, params, source, grid, images, labels, grads, result, metrics)

@@ -79,6 +79,13 @@ def add_attack_options(parser: argparse.ArgumentParser) -> None:
                         help="joint: every slot each iteration (default); cyclic: slot i mod B at iteration i (DLG)")
     parser.add_argument("--dummy-init", default=None, choices=("randn", "uniform"),
                         help="dummy images ~ N(0, 1) (default, DLG) or ~ U(0, 1)")
+    parser.add_argument("--bn-prior", type=_nonnegative_float, default=None,
+                        help="weight of GradInversion's batch-norm statistics prior (models with batch norm; "
+                             "reference statistics from the dataset's other images) (default: 0)")
+    parser.add_argument("--group-consistency", type=_nonnegative_float, default=None,
+                        help="weight of GradInversion's group consistency: each restart pulled toward the mean "
+                             "of its target's restarts, updated every 100 iterations; needs --restarts >= 2 "
+                             "(default: 0)")
 
 
 def _register_common_attack(subparsers):
@@ -91,6 +98,9 @@ def _register_common_attack(subparsers):
     add_attack_options(parser)
     parser.add_argument("--attack", default="dlg", choices=PRESET_NAMES,
                         help="dlg (Zhu et al. 2019) or ig (Inverting Gradients, Geiping et al. 2020) (default: dlg)")
+    parser.add_argument("--norm", default=None, choices=("none", "group", "batch"),
+                        help="resnet normalisation (default: none); batch: batch norm from the batch's own "
+                             "statistics, as a client computes its gradient in training mode")
     parser.add_argument("--labels", default=None, choices=LABEL_STRATEGIES,
                         help="label strategy (default: the attack's, dlg joint, ig auto)")
     which = parser.add_mutually_exclusive_group()
@@ -123,7 +133,7 @@ def attack_config_from_args(args, **overrides):
     if not args.no_compilation_cache:
         enable_compilation_cache()
     options = {name: getattr(args, name, None) for name in ("restarts", "iterations", "tolerance", "labels",
-                                                   "batch_update", "dummy_init")}
+                                                   "batch_update", "dummy_init", "bn_prior", "group_consistency")}
     options = {name: value for name, value in options.items() if value is not None}
     options.update(chunk_size=args.chunk_size, devices=args.devices, precision=args.precision, seed=args.seed,
                    dtype="float64" if args.float64 else "float32")
@@ -178,7 +188,7 @@ def run(args) -> int:
 
     config = attack_config_from_args(args)
     out = prepare_output_dir(args.out)
-    model_options = {"activation": args.activation} if args.activation else {}
+    model_options = {name: getattr(args, name) for name in ("activation", "norm") if getattr(args, name)}
     bar = ProgressBar(not args.quiet)
     started = time.perf_counter()
     try:
