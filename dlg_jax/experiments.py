@@ -4,7 +4,8 @@
   analytic rule on single-image gradients of DLG's LeNet, for every embedded dataset. iDLG reads the label
   off the final layer's gradient (instant); DLG's label is ``argmax`` of its optimised label logits after
   a modest attack budget (stated in the output).
-- ``batch`` (DLG, Zhu et al. 2019, batched recovery): attack methods (:data:`METHODS`) on LeNet with ``B``
+- ``batch`` (DLG, Zhu et al. 2019, batched recovery): attack methods (:data:`METHODS`) on LeNet (or other
+  models: ``models``, e.g. a batch-norm ResNet for ``ig-gi``, GradInversion's priors) with ``B``
   private images per gradient, per dataset; the share of targets *fully recovered* (the restart with the
   lowest objective has every slot >= 30 dB PSNR after the optimal assignment of slots to images),
   iterations and wall time to recovery, duplicate (collapsed) slots, throughput and peak memory.
@@ -17,6 +18,7 @@ and :func:`save_experiment` writes ``<name>.json``, ``<name>.png`` and ``<name>.
 """
 
 import dataclasses
+import itertools
 import os
 import resource
 import time
@@ -43,6 +45,8 @@ EMBEDDED = ("digits", "colour", "faces")
 COMPARE_MODELS = ("lenet", "resnet20-sigmoid", "resnet20-relu")
 CURVE_POINTS = 200
 RECOVERED_PSNR = 30.0
+GI_BN_PRIOR = 0.01             # ig-gi's weights (cosine distance ~ 0..1; R_bn ~ 30 at a random dummy on
+GI_GROUP_CONSISTENCY = 0.1     # resnet20-sigmoid-bn/digits, 0.5 at the private batch)
 
 # Attack methods: a preset (dlg_jax.presets) plus AttackConfig overrides, as plain data.
 METHODS = {
@@ -51,6 +55,8 @@ METHODS = {
     "dlg-uniform": ("dlg", {"dummy_init": "uniform"}),                      # dummy images ~ U(0, 1)
     "dlg-count-uniform": ("dlg", {"labels": "count", "dummy_init": "uniform"}),  # + labels off the gradient
     "ig": ("ig", {}),                                                       # Inverting Gradients
+    # IG + GradInversion's BN-statistics prior and group consistency (batch-norm models only)
+    "ig-gi": ("ig", {"bn_prior": GI_BN_PRIOR, "group_consistency": GI_GROUP_CONSISTENCY}),
 }
 BATCH_METHODS = ("dlg", "dlg-cyclic", "dlg-uniform", "dlg-count-uniform", "ig")
 QUICK_BATCH = {"batch_sizes": (1, 2), "methods": ("dlg", "dlg-count-uniform")}  # --quick's smaller grid
@@ -185,11 +191,11 @@ def recovery(run: DLGRun, psnr: float = RECOVERED_PSNR) -> dict:
 
 def batch_experiment(batch_sizes: Sequence[int] = (1, 2, 4, 8), budget: Budget = STANDARD["batch"], *,
                      datasets: Sequence[str] = BATCH_DATASETS, methods: Sequence[str] = BATCH_METHODS,
-                     seed: int = 0, settings: dict | None = None, num_classes: int | None = None,
+                     models: Sequence[str] = ("lenet",), seed: int = 0, settings: dict | None = None, num_classes: int | None = None,
                      log: Log | None = None, progress: Callable[[Progress], None] | None = None) -> ExperimentResult:
-    """Each method of :data:`METHODS` on LeNet with ``B`` images per gradient, for each dataset and each
-    ``B`` in ``batch_sizes``; targets are the first ``budget.targets`` consecutive batches. One row per
-    (dataset, method, B). ``num_classes``: LeNet's outputs (default: the dataset's; DLG's code uses 100).
+    """Each method of :data:`METHODS` on each model spec of ``models`` (:func:`parse_model`; default LeNet)
+    with ``B`` images per gradient, for each dataset and each ``B`` in ``batch_sizes``; targets are the first
+    ``budget.targets`` consecutive batches. One row per (dataset, model, method, B). ``num_classes``: the model's outputs (default: the dataset's; DLG's code uses 100).
     ``settings``: extra :class:`~dlg_jax.attack.AttackConfig` fields for every run (``dtype``, ``tolerance``,
     ``chunk_size``).
 
@@ -204,43 +210,43 @@ def batch_experiment(batch_sizes: Sequence[int] = (1, 2, 4, 8), budget: Budget =
     """
     for method in methods:
         check_choice("attack method", method, METHODS)
+    specs = [(spec, *parse_model(spec)) for spec in models]
     batch_sizes = [check_positive_int("batch size", b) for b in batch_sizes]
     for dataset in datasets:
         get_dataset(dataset).check_indices(np.arange(budget.targets * max(batch_sizes)))
     rows = []
     for dataset in datasets:
-        for method in methods:
-            for batch_size in batch_sizes:
-                if log:
-                    log(f"batch: {dataset}, {method}, B={batch_size}, {budget.targets} targets")
-                run = run_dlg("lenet", dataset, targets=budget.targets, batch_size=batch_size,
-                              config=_config(method, budget, seed, **(settings or {})), progress=progress,
-                              num_classes=num_classes)
-                result, summary, found = run.result, run.metrics.summary(), recovery(run)
-                converged = result.converged
-                curve, points = _relative_curve(run)
-                throughput = result.restart_iterations / max(result.run_seconds, 1e-9)
-                lockstep = result.restart_iterations / (budget.targets * budget.restarts)
-                its = found["iterations"][found["full"]]
-                median_its = float(np.median(its)) if its.size else None
-                rows.append({
-                    "dataset": dataset, "method": method, "batch_size": batch_size,
-                    "classes": run.model.num_classes,
-                    "targets": int(converged.shape[0]), "restarts": int(converged.shape[1]),
-                    "fully_recovered": float(found["full"].mean()), "oracle_recovered": float(found["oracle"].mean()),
-                    "restarts_recovered": int(found["restarts_full"].sum()),
-                    "iterations_to_recovery": median_its,
-                    "seconds_to_recovery": (median_its * result.run_seconds / max(lockstep, 1.0)
-                                            if median_its is not None else None),
-                    "converged_restarts": int(converged.sum()),
-                    "psnr_mean": summary["psnr_mean"], "worst_slot_psnr": run.metrics.slot_psnr.min(axis=1).tolist(),
-                    "ssim_mean": summary["ssim_mean"], "label_accuracy": summary["label_accuracy"],
-                    "duplicates": summary["duplicates"], "relative_loss_final": curve[-1], "curve": curve,
-                    "curve_iterations": points, "run_seconds": result.run_seconds,
-                    "compile_seconds": result.compile_seconds, "restart_iterations_per_second": throughput,
-                    "peak_rss_mb": _peak_rss_mb(),
-                })
-    return ExperimentResult("batch", {"experiment": "batch", "model": "lenet", "datasets": list(datasets),
+        for (spec, name, options), method, batch_size in itertools.product(specs, methods, batch_sizes):
+            if log:
+                log(f"batch: {dataset}, {spec}, {method}, B={batch_size}, {budget.targets} targets")
+            run = run_dlg(name, dataset, targets=budget.targets, batch_size=batch_size,
+                          config=_config(method, budget, seed, **(settings or {})), progress=progress,
+                          num_classes=num_classes, model_options=options)
+            result, summary, found = run.result, run.metrics.summary(), recovery(run)
+            converged = result.converged
+            curve, points = _relative_curve(run)
+            throughput = result.restart_iterations / max(result.run_seconds, 1e-9)
+            lockstep = result.restart_iterations / (budget.targets * budget.restarts)
+            its = found["iterations"][found["full"]]
+            median_its = float(np.median(its)) if its.size else None
+            rows.append({
+                "dataset": dataset, "model": spec, "method": method, "batch_size": batch_size,
+                "classes": run.model.num_classes,
+                "targets": int(converged.shape[0]), "restarts": int(converged.shape[1]),
+                "fully_recovered": float(found["full"].mean()), "oracle_recovered": float(found["oracle"].mean()),
+                "restarts_recovered": int(found["restarts_full"].sum()),
+                "iterations_to_recovery": median_its,
+                "seconds_to_recovery": (median_its * result.run_seconds / max(lockstep, 1.0)
+                                        if median_its is not None else None),
+                "converged_restarts": int(converged.sum()),
+                "psnr_mean": summary["psnr_mean"], "worst_slot_psnr": run.metrics.slot_psnr.min(axis=1).tolist(),
+                "ssim_mean": summary["ssim_mean"], "label_accuracy": summary["label_accuracy"],
+                "duplicates": summary["duplicates"], "relative_loss_final": curve[-1], "curve": curve,
+                "curve_iterations": points, "run_seconds": result.run_seconds,
+                "compile_seconds": result.compile_seconds, "restart_iterations_per_second": throughput,
+                "peak_rss_mb": _peak_rss_mb(),
+            })
+    return ExperimentResult("batch", {"experiment": "batch", "models": list(models), "datasets": list(datasets),
                                       "methods": {m: {"preset": METHODS[m][0], **METHODS[m][1]} for m in methods},
                                       "budget": dataclasses.asdict(budget), "dtype": run.result.images.dtype.name,
                                       "settings": settings or {}, "seed": seed, "recovered_psnr": RECOVERED_PSNR, "rows": rows})
@@ -299,7 +305,7 @@ def run_experiment(name: str, *, quick: bool = False, targets: int | None = None
     """Experiment ``name`` with the ``QUICK`` or ``STANDARD`` budget, ``targets`` / ``restarts`` /
     ``iterations`` overriding it (for every model of ``compare``). ``datasets`` (labels, batch, compare:
     its first), ``batch_sizes`` (batch), ``methods`` (batch, compare: :data:`METHODS`) and ``models``
-    (compare) select the settings; ``num_classes`` widens LeNet's classifier (batch); ``dtype``,
+    (batch: default LeNet; compare) select the settings; ``num_classes`` widens LeNet's classifier (batch); ``dtype``,
     ``tolerance`` and ``chunk_size`` go into every attack's config (compare keeps tolerance 0). Adds
     ``wall_seconds`` to the payload."""
     check_choice("experiment", name, EXPERIMENT_NAMES)
@@ -314,6 +320,7 @@ def run_experiment(name: str, *, quick: bool = False, targets: int | None = None
         grid = QUICK_BATCH if quick else {"batch_sizes": (1, 2, 4, 8), "methods": BATCH_METHODS}
         result = batch_experiment(batch_sizes or grid["batch_sizes"], budgets["batch"].replace(**override),
                                   datasets=datasets or BATCH_DATASETS, methods=methods or grid["methods"],
+                                  models=models or ("lenet",),
                                   seed=seed, settings=settings, num_classes=num_classes, log=log, progress=progress)
     else:
         compare_budgets = {key: budget.replace(**override) for key, budget in budgets["compare"].items()}
@@ -338,19 +345,19 @@ def markdown_table(result: ExperimentResult) -> str:
                 "per image; LeNet, one image per gradient.")
     elif result.name == "batch":
         budget = result.payload["budget"]
-        header = ["dataset", "method", "B", "fully recovered", "any restart recovered", "iterations to recovery",
+        header = ["dataset", "model", "method", "B", "fully recovered", "any restart recovered", "iterations to recovery",
                   "s to recovery", "duplicates", "PSNR dB", "label acc.", "final loss / initial", "restart-it/s"]
 
         def optional(value, spec):
             return "–" if value is None else format(value, spec)
 
-        lines = [[f"{r['dataset']} (K={r['classes']})", r["method"], r["batch_size"],
+        lines = [[f"{r['dataset']} (K={r['classes']})", r.get("model", "lenet"), r["method"], r["batch_size"],
                   f"{r['fully_recovered']:.0%} of {r['targets']}",
                   f"{r['oracle_recovered']:.0%}", optional(r["iterations_to_recovery"], ".0f"),
                   optional(r["seconds_to_recovery"], ".1f"), r["duplicates"], f"{r['psnr_mean']:.1f}",
                   f"{r['label_accuracy']:.0%}", f"{r['relative_loss_final']:.1e}",
                   f"{r['restart_iterations_per_second']:.0f}"] for r in rows]
-        note = (f"LeNet, {result.payload['dtype']}; {budget['targets']} target(s) x {budget['restarts']} restart(s) x "
+        note = (f"{', '.join(_batch_models(result.payload))}, {result.payload['dtype']}; {budget['targets']} target(s) x {budget['restarts']} restart(s) x "
                 f"{budget['iterations']} iterations per row. Fully recovered: the lowest-objective restart has every "
                 f"slot >= {result.payload['recovered_psnr']:.0f} dB after the optimal assignment; any restart: some "
                 "restart has (needs the private images to pick). Methods: " + "; ".join(
@@ -367,6 +374,11 @@ def markdown_table(result: ExperimentResult) -> str:
     text = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     text += ["| " + " | ".join(str(cell) for cell in line) + " |" for line in lines]
     return "\n".join(text) + "\n\n" + note + "\n"
+
+
+def _batch_models(payload: dict) -> list[str]:
+    """The model specs of a batch experiment's payload (earlier payloads: LeNet only)."""
+    return list(payload.get("models", [payload.get("model", "lenet")]))
 
 
 def _show(axis, image: np.ndarray) -> None:
@@ -399,18 +411,20 @@ def plot_experiment(result: ExperimentResult):
     if result.name == "batch":
         datasets = result.payload["datasets"]
         figure, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.6), dpi=100, squeeze=False)
-        methods = list(result.payload["methods"])
+        models = _batch_models(result.payload)
+        methods = [(model, method) for model in models for method in result.payload["methods"]]
         sizes = sorted({r["batch_size"] for r in rows})
         width = 0.8 / len(methods)
         for axis, dataset in zip(axes[0], datasets):
-            for i, method in enumerate(methods):
-                values = [next((r["fully_recovered"] for r in rows if (r["dataset"], r["method"], r["batch_size"])
-                                == (dataset, method, b)), 0.0) for b in sizes]
-                axis.bar(np.arange(len(sizes)) + (i - (len(methods) - 1) / 2) * width, values, width, label=method)
+            for i, (model, method) in enumerate(methods):
+                values = [next((r["fully_recovered"] for r in rows if (r["dataset"], r.get("model", "lenet"),
+                                r["method"], r["batch_size"]) == (dataset, model, method, b)), 0.0) for b in sizes]
+                axis.bar(np.arange(len(sizes)) + (i - (len(methods) - 1) / 2) * width, values, width,
+                         label=method if len(models) == 1 else f"{method} ({model})")
             axis.set_xticks(np.arange(len(sizes)), [f"B={b}" for b in sizes])
             axis.set_ylim(0, 1.05)
             axis.set_ylabel("targets fully recovered (>= 30 dB)")
-            axis.set_title(f"LeNet, {dataset}", fontsize=9)
+            axis.set_title(f"{', '.join(models)}, {dataset}", fontsize=9)
         axes[0, 0].legend(fontsize=6)
         figure.tight_layout()
         return figure

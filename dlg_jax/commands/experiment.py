@@ -48,8 +48,9 @@ def register(subparsers):
                         help=f"batch, compare: comma-separated attack methods of {', '.join(METHODS)} "
                              f"(default: batch {','.join(BATCH_METHODS)}, --quick dlg,dlg-count-uniform; compare dlg,ig)")
     parser.add_argument("--models", type=_csv, default=None,
-                        help="compare: comma-separated name[-token...], tokens relu, sigmoid, bn, nostride, dlginit, "
-                             "dlg (DLG's ResNet) (default: lenet,resnet20-sigmoid,resnet20-relu)")
+                        help="batch, compare: comma-separated name[-token...], tokens relu, sigmoid, bn, nostride, "
+                             "dlginit, dlg (DLG's ResNet) (default: batch lenet; compare "
+                             "lenet,resnet20-sigmoid,resnet20-relu)")
     parser.add_argument("--float64", action="store_true", help="run in double precision")
     parser.add_argument("--tolerance", type=float, default=None,
                         help="batch: a restart converges (and stops) at objective <= this x |dW|^2 (default: 1e-8)")
