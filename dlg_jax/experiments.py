@@ -55,8 +55,13 @@ METHODS = {
     "dlg-uniform": ("dlg", {"dummy_init": "uniform"}),                      # dummy images ~ U(0, 1)
     "dlg-count-uniform": ("dlg", {"labels": "count", "dummy_init": "uniform"}),  # + labels off the gradient
     "ig": ("ig", {}),                                                       # Inverting Gradients
-    # IG + GradInversion's BN-statistics prior and group consistency (batch-norm models only)
+    # GradInversion's BN-statistics prior (batch-norm models only) and group consistency (restarts >= 2)
+    "ig-bn": ("ig", {"bn_prior": GI_BN_PRIOR}),
+    "ig-group": ("ig", {"group_consistency": GI_GROUP_CONSISTENCY}),
     "ig-gi": ("ig", {"bn_prior": GI_BN_PRIOR, "group_consistency": GI_GROUP_CONSISTENCY}),
+    "dlg-bn": ("dlg", {"bn_prior": GI_BN_PRIOR}),
+    "dlg-group": ("dlg", {"group_consistency": GI_GROUP_CONSISTENCY}),
+    "dlg-gi": ("dlg", {"bn_prior": GI_BN_PRIOR, "group_consistency": GI_GROUP_CONSISTENCY}),
 }
 BATCH_METHODS = ("dlg", "dlg-cyclic", "dlg-uniform", "dlg-count-uniform", "ig")
 QUICK_BATCH = {"batch_sizes": (1, 2), "methods": ("dlg", "dlg-count-uniform")}  # --quick's smaller grid

@@ -71,7 +71,7 @@ def has_batchnorm(model: Any) -> bool:
 
 def check_batchnorm(model: Any, what: str) -> None:
     """Raise :class:`DLGInputError` unless ``model`` has batch normalisation (``what`` needs it)."""
-    if not has_batchnorm(model):
+    if getattr(model, "modality", "image") != "image" or not has_batchnorm(model):
         raise DLGInputError(f"{what} needs a model with batch normalisation; model {model.name!r} has none "
                             "(use e.g. a resnet with norm 'batch', spec resnet20-sigmoid-bn)")
 

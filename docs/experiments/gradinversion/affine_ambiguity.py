@@ -36,7 +36,7 @@ context = Context(params, jax.tree.map(lambda g: g[0], grads), one_hot(jnp.asarr
                   stored)
 l2, cosine = jax.jit(make_objective(model, "l2")), jax.jit(make_objective(model, "cosine"))
 norm = float(sum(jnp.vdot(g, g) for g in jax.tree.leaves(context.target_grad)))
-print("| a | b | DLG l2 / abs(dW)^2 | IG cosine | R_bn | R_bn, first layer | PSNR dB |\n|---|---|---|---|---|---|---|")
+print("| a | b | DLG l2 / ‖dW‖² | IG cosine | R_bn | R_bn, first layer | PSNR dB |\n|---|---|---|---|---|---|---|")
 for a, b in [(1.0, 0.0), (0.5, 0.0), (2.0, 0.0), (0.5, 0.2), (0.8, 0.1), (2.0, -0.5)]:
     copy = jnp.asarray(a * images + b)
     stats = batchnorm_statistics(model, params, copy)
