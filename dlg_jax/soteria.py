@@ -63,13 +63,13 @@ def defended_layer(model: Model, params: Any, x: jnp.ndarray) -> tuple[str, ...]
                             "or a model without batch norm")
     checked = {}
 
-    def probe(x):
+    def probe(params, x):
         logits, calls = _dense_calls(model, params, x)
         checked["last"] = calls[-1] if calls else None
         checked["is_logits"] = bool(calls) and calls[-1][2] is logits
         return logits
 
-    jax.eval_shape(probe, x)
+    jax.eval_shape(probe, params, x)  # shapes only: params may be jax.ShapeDtypeStruct
     last = checked["last"]
     if last is None or not checked["is_logits"] or last[1].ndim != 2:
         found = ("no dense layer" if last is None else "a last dense layer whose output is not the logits"
