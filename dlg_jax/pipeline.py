@@ -101,6 +101,7 @@ def run_dlg(
     with matmul_precision(config.precision):  # the victim's gradient, label recovery and metrics too
         source = get_dataset(dataset, split=split, data_dir=data_dir, image_size=image_size)
         grid = target_indices(source, batch_size, indices, targets)
+        others = co_client_indices(source.size, grid, threat.clients, config.seed)  # [T, K - 1, B]
         if num_classes is not None and num_classes < source.num_classes:
             raise DLGInputError(f"num_classes must be >= the dataset's {source.num_classes} classes, got {num_classes}")
         net = build_model(model, source.input_shape, num_classes or source.num_classes, **(model_options or {}))
@@ -108,7 +109,6 @@ def run_dlg(
         images, labels = source.examples(grid.reshape(-1))
         images = images.reshape(*grid.shape, *source.input_shape).astype(config.dtype)
         labels = labels.reshape(grid.shape)
-        others = co_client_indices(source.size, grid, threat.clients, config.seed)
         if not threat.single_client:
             client_images, client_labels = images[:, None], labels[:, None]  # [T, K, B, ...], [T, K, B]
             if threat.clients > 1:
