@@ -10,6 +10,9 @@
   iterations and wall time to recovery, duplicate (collapsed) slots, throughput and peak memory.
 - ``compare`` (Geiping et al. 2020): PSNR of DLG vs Inverting Gradients on the same targets of LeNet and
   ResNets (``"resnet20-sigmoid"``, DLG's variant ``"resnet20-dlg"``: :func:`parse_model`).
+- ``threat`` (the threat models of :mod:`dlg_jax.threat_models`): DLG's PSNR on LeNet when the attacker sees
+  the mean of ``K`` clients' gradients, and when it sees one client's FedAvg weight change after ``S``
+  local steps.
 
 Each experiment runs with a standard budget (``STANDARD``) or a smoke-test one (``QUICK``); either can be
 overridden per call. :func:`run_experiment` returns an :class:`ExperimentResult` (a JSON-able payload)
@@ -22,6 +25,7 @@ import resource
 import time
 from typing import Any, Callable, Sequence
 
+import jax
 import matplotlib
 
 matplotlib.use("Agg")
@@ -37,8 +41,10 @@ from dlg_jax.metrics import evaluate  # noqa: E402
 from dlg_jax.models import MODEL_NAMES, dlg_resnet  # noqa: E402
 from dlg_jax.pipeline import DLGRun, run_dlg  # noqa: E402
 from dlg_jax.presets import PRESET_NAMES, attack_preset  # noqa: E402
+from dlg_jax.threat_models import ThreatModel  # noqa: E402
+from dlg_jax.victim import shared_gradients  # noqa: E402
 
-EXPERIMENT_NAMES = ("labels", "batch", "compare")
+EXPERIMENT_NAMES = ("labels", "batch", "compare", "threat")
 EMBEDDED = ("digits", "colour", "faces")
 COMPARE_MODELS = ("lenet", "resnet20-sigmoid", "resnet20-relu")
 CURVE_POINTS = 200
@@ -55,6 +61,7 @@ METHODS = {
 BATCH_METHODS = ("dlg", "dlg-cyclic", "dlg-uniform", "dlg-count-uniform", "ig")
 QUICK_BATCH = {"batch_sizes": (1, 2), "methods": ("dlg", "dlg-count-uniform")}  # --quick's smaller grid
 BATCH_DATASETS = ("colour", "digits")
+THREAT_GRID = {"clients": (1, 2, 4, 8), "local_steps": (1, 2, 5, 10)}  # threat: K (S = 1) and S (K = 1)
 # Model spec tokens after the name (parse_model): activation, or DLG's ResNet options.
 MODEL_TOKENS = {"relu": {"activation": "relu"}, "sigmoid": {"activation": "sigmoid"},
                 "bn": {"norm": "batch"}, "nostride": {"strides": False}, "dlginit": {"init": "dlg"},
@@ -84,12 +91,14 @@ STANDARD = {
     "batch": Budget(targets=2, restarts=2, iterations=3000),
     "compare": {"lenet": Budget(targets=4, restarts=2, iterations=3000),
                 "resnet": Budget(targets=2, restarts=1, iterations=500)},
+    "threat": Budget(targets=4, restarts=2, iterations=1500),
 }
 QUICK = {
     "labels": Budget(targets=20, restarts=1, iterations=100),
     "batch": Budget(targets=1, restarts=1, iterations=300),
     "compare": {"lenet": Budget(targets=2, restarts=1, iterations=300),
                 "resnet": Budget(targets=1, restarts=1, iterations=50)},
+    "threat": Budget(targets=1, restarts=1, iterations=200),
 }
 
 
@@ -292,16 +301,64 @@ def compare_experiment(models: Sequence[str] = COMPARE_MODELS, budgets: dict[str
     return ExperimentResult("compare", payload, images)
 
 
+def _gradient_gap(run: DLGRun) -> np.ndarray:
+    """``[T]`` relative distances ``||dW_seen - g_t|| / ||g_t||`` between what the attacker matched and
+    target ``t``'s own one-step gradient ``g_t`` at ``W`` (0 for DLG's single client)."""
+    own = shared_gradients(run.model, run.params, run.images, run.labels)
+    flat = [np.concatenate([np.asarray(leaf, np.float64).reshape(len(run.labels), -1)
+                            for leaf in jax.tree.leaves(tree)], axis=1) for tree in (run.shared_grads, own)]
+    return np.linalg.norm(flat[0] - flat[1], axis=1) / np.linalg.norm(flat[1], axis=1)
+
+
+def threat_experiment(clients: Sequence[int] = THREAT_GRID["clients"],
+                      local_steps: Sequence[int] = THREAT_GRID["local_steps"], budget: Budget = STANDARD["threat"], *,
+                      dataset: str = "colour", aggregate: str = "mean", local_lr: float = 0.1, seed: int = 0,
+                      settings: dict | None = None, log: Log | None = None,
+                      progress: Callable[[Progress], None] | None = None) -> ExperimentResult:
+    """DLG on LeNet, the first ``budget.targets`` single images of ``dataset``, under each threat model
+    (:mod:`dlg_jax.threat_models`): ``K`` clients in ``clients`` aggregated by ``aggregate``, one step each;
+    then one client after ``S`` in ``local_steps`` FedAvg steps of size ``local_lr`` (``K = S = 1``, DLG's
+    own setting, runs once). The other clients' images are drawn from ``seed``. One row per threat model;
+    PSNR, SSIM and labels are scored against the target's image. ``gradient_gap``: per target
+    ``||dW_seen - g_target|| / ||g_target||``."""
+    threats = [ThreatModel(clients=k, aggregate=aggregate, local_lr=local_lr) for k in clients]
+    threats += [ThreatModel(local_steps=s, aggregate=aggregate, local_lr=local_lr) for s in local_steps
+                if s != 1 or 1 not in clients]
+    get_dataset(dataset).check_indices(np.arange(budget.targets))
+    rows = []
+    for threat in threats:
+        if log:
+            log(f"threat: {threat.describe()}, {budget.targets} targets")
+        config = _config("dlg", budget, seed, **(settings or {}))
+        run = run_dlg("lenet", dataset, targets=budget.targets, config=config, threat=threat, progress=progress)
+        summary = run.metrics.summary()
+        rows.append({
+            "clients": threat.clients, "local_steps": threat.local_steps, "threat_model": threat.describe(),
+            "targets": summary["targets"], "psnr_mean": summary["psnr_mean"],
+            "psnr": run.metrics.psnr.tolist(), "ssim_mean": summary["ssim_mean"],
+            "label_accuracy": summary["label_accuracy"], "success_rate_psnr30": summary["success_rate_psnr30"],
+            "gradient_gap": _gradient_gap(run).tolist(), "other_clients_indices": run.client_indices.tolist(),
+            "run_seconds": run.result.run_seconds, "compile_seconds": run.result.compile_seconds,
+        })
+    payload = {"experiment": "threat", "model": "lenet", "attack": "dlg", "dataset": dataset,
+               "aggregate": aggregate, "local_lr": local_lr, "budget": dataclasses.asdict(budget),
+               "settings": settings or {}, "seed": seed, "rows": rows}
+    return ExperimentResult("threat", payload)
+
+
 def run_experiment(name: str, *, quick: bool = False, targets: int | None = None, restarts: int | None = None,
                    iterations: int | None = None, datasets: Sequence[str] | None = None,
                    batch_sizes: Sequence[int] | None = None, methods: Sequence[str] | None = None,
                    models: Sequence[str] | None = None, seed: int = 0, dtype: str = "float32",
                    num_classes: int | None = None, tolerance: float | None = None, chunk_size: int | None = None,
+                   clients: Sequence[int] | None = None, local_steps: Sequence[int] | None = None,
+                   aggregate: str = "mean", local_lr: float = 0.1,
                    log: Log | None = None, progress: Callable[[Progress], None] | None = None) -> ExperimentResult:
     """Experiment ``name`` with the ``QUICK`` or ``STANDARD`` budget, ``targets`` / ``restarts`` /
     ``iterations`` overriding it (for every model of ``compare``). ``datasets`` (labels, batch, compare:
     its first), ``batch_sizes`` (batch), ``methods`` (batch, compare: :data:`METHODS`) and ``models``
-    (compare) select the settings; ``num_classes`` widens LeNet's classifier (batch); ``dtype``,
+    (compare), ``clients`` and ``local_steps`` (threat: :data:`THREAT_GRID`, with ``aggregate`` and
+    ``local_lr``) select the settings; ``num_classes`` widens LeNet's classifier (batch); ``dtype``,
     ``tolerance`` and ``chunk_size`` go into every attack's config (compare keeps tolerance 0). Adds
     ``wall_seconds`` to the payload."""
     check_choice("experiment", name, EXPERIMENT_NAMES)
@@ -317,6 +374,11 @@ def run_experiment(name: str, *, quick: bool = False, targets: int | None = None
         result = batch_experiment(batch_sizes or grid["batch_sizes"], budgets["batch"].replace(**override),
                                   datasets=datasets or BATCH_DATASETS, methods=methods or grid["methods"],
                                   seed=seed, settings=settings, num_classes=num_classes, log=log, progress=progress)
+    elif name == "threat":
+        result = threat_experiment(clients or THREAT_GRID["clients"], local_steps or THREAT_GRID["local_steps"],
+                                   budgets["threat"].replace(**override), dataset=(datasets or ["colour"])[0],
+                                   aggregate=aggregate, local_lr=local_lr, seed=seed, settings=settings, log=log,
+                                   progress=progress)
     else:
         compare_budgets = {key: budget.replace(**override) for key, budget in budgets["compare"].items()}
         result = compare_experiment(models or COMPARE_MODELS, compare_budgets, attacks=methods or PRESET_NAMES,
@@ -357,6 +419,19 @@ def markdown_table(result: ExperimentResult) -> str:
                 f"slot >= {result.payload['recovered_psnr']:.0f} dB after the optimal assignment; any restart: some "
                 "restart has (needs the private images to pick). Methods: " + "; ".join(
                     f"{m} = {v}" for m, v in result.payload["methods"].items()) + ".")
+    elif result.name == "threat":
+        budget = result.payload["budget"]
+        header = ["threat model", "K", "S", "PSNR dB (mean)", "PSNR dB per target", "SSIM", "label acc.",
+                  "success (>= 30 dB)", "gap to target gradient", "run s"]
+        lines = [[r["threat_model"], r["clients"], r["local_steps"], f"{r['psnr_mean']:.1f}",
+                  ", ".join(f"{v:.1f}" for v in r["psnr"]), f"{r['ssim_mean']:.3f}", f"{r['label_accuracy']:.0%}",
+                  f"{r['success_rate_psnr30']:.0%}", ", ".join(f"{v:.2g}" for v in r["gradient_gap"]),
+                  f"{r['run_seconds']:.1f}"] for r in rows]
+        note = (f"DLG on LeNet, {result.payload['dataset']}, one image per client; {budget['targets']} target(s) x "
+                f"{budget['restarts']} restart(s) x {budget['iterations']} iterations per row. K clients: the "
+                f"{result.payload['aggregate']} of their one-step gradients; S local steps: one client's FedAvg "
+                f"weight change at lr {result.payload['local_lr']:g}, matched as (W - W_S) / (S lr) at W. "
+                "Scores are against the target's image.")
     else:
         header = ["model", "attack", "targets", "PSNR dB (mean)", "PSNR dB (median)", "PSNR dB up to a x + b",
                   "recovered up to a x + b", "SSIM", "label acc.", "final / initial objective", "run s"]
@@ -419,6 +494,22 @@ def plot_experiment(result: ExperimentResult):
         axes[0, 0].legend(fontsize=6)
         figure.tight_layout()
         return figure
+    if result.name == "threat":
+        figure, axes = plt.subplots(1, 2, figsize=(8, 3.2), dpi=110, sharey=True)
+        for axis, key, other, label in ((axes[0], "clients", "local_steps", "clients K (mean of gradients)"),
+                                        (axes[1], "local_steps", "clients", "FedAvg local steps S (one client)")):
+            chosen = [r for r in rows if r[other] == 1]
+            for r in chosen:
+                axis.scatter([r[key]] * len(r["psnr"]), r["psnr"], color="0.6", s=12)
+            axis.plot([r[key] for r in chosen], [r["psnr_mean"] for r in chosen], "o-", label="mean over targets")
+            axis.axhline(RECOVERED_PSNR, color="k", lw=0.8, ls="--")
+            axis.set_xscale("log", base=2)
+            axis.set_xlabel(label)
+        axes[0].set_ylabel("PSNR of the target (dB)")
+        axes[0].legend(fontsize=7)
+        figure.suptitle(f"DLG, LeNet, {result.payload['dataset']}: what the attacker sees", fontsize=9)
+        figure.tight_layout()
+        return figure
     attacks = result.payload["attacks"]
     models = list(dict.fromkeys(r["model"] for r in rows))
     figure = plt.figure(figsize=(3.0 + 1.1 * (1 + len(attacks)), max(3.0, 1.2 * len(models))), dpi=120)
@@ -458,5 +549,5 @@ def save_experiment(result: ExperimentResult, out: str | os.PathLike, extra: dic
 
 
 __all__ = ["EXPERIMENT_NAMES", "METHODS", "Budget", "recovery", "ExperimentResult", "STANDARD", "QUICK", "run_experiment",
-           "label_experiment", "batch_experiment", "compare_experiment", "markdown_table", "plot_experiment",
-           "save_experiment", "parse_model"]
+           "label_experiment", "batch_experiment", "compare_experiment", "threat_experiment", "markdown_table",
+           "plot_experiment", "save_experiment", "parse_model"]
