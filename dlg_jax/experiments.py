@@ -13,6 +13,8 @@
 - ``threat`` (the threat models of :mod:`dlg_jax.threat_models`): DLG's PSNR on LeNet when the attacker sees
   the mean of ``K`` clients' gradients, and when it sees one client's FedAvg weight change after ``S``
   local steps.
+- ``resolution``: success rate and PSNR of DLG and Inverting Gradients on LeNet vs the image size
+  ``S x S`` (16 to 128) of the faces and colour sets (resized: :func:`dlg_jax.data.resize_image`).
 
 Each experiment runs with a standard budget (``STANDARD``) or a smoke-test one (``QUICK``); either can be
 overridden per call. :func:`run_experiment` returns an :class:`ExperimentResult` (a JSON-able payload)
@@ -44,7 +46,7 @@ from dlg_jax.presets import PRESET_NAMES, attack_preset  # noqa: E402
 from dlg_jax.threat_models import ThreatModel  # noqa: E402
 from dlg_jax.victim import shared_gradients  # noqa: E402
 
-EXPERIMENT_NAMES = ("labels", "batch", "compare", "threat")
+EXPERIMENT_NAMES = ("labels", "batch", "compare", "threat", "resolution")
 EMBEDDED = ("digits", "colour", "faces")
 COMPARE_MODELS = ("lenet", "resnet20-sigmoid", "resnet20-relu")
 CURVE_POINTS = 200
@@ -61,6 +63,7 @@ METHODS = {
 BATCH_METHODS = ("dlg", "dlg-cyclic", "dlg-uniform", "dlg-count-uniform", "ig")
 QUICK_BATCH = {"batch_sizes": (1, 2), "methods": ("dlg", "dlg-count-uniform")}  # --quick's smaller grid
 BATCH_DATASETS = ("colour", "digits")
+RESOLUTION_GRID = {"sizes": (16, 32, 64, 128), "datasets": ("faces", "colour"), "methods": ("dlg", "ig")}
 THREAT_GRID = {"clients": (1, 2, 4, 8), "local_steps": (1, 2, 5, 10)}  # threat: K (S = 1) and S (K = 1)
 # Model spec tokens after the name (parse_model): activation, or DLG's ResNet options.
 MODEL_TOKENS = {"relu": {"activation": "relu"}, "sigmoid": {"activation": "sigmoid"},
@@ -92,6 +95,7 @@ STANDARD = {
     "compare": {"lenet": Budget(targets=4, restarts=2, iterations=3000),
                 "resnet": Budget(targets=2, restarts=1, iterations=500)},
     "threat": Budget(targets=4, restarts=2, iterations=1500),
+    "resolution": Budget(targets=4, restarts=4, iterations=1000),
 }
 QUICK = {
     "labels": Budget(targets=20, restarts=1, iterations=100),
@@ -99,6 +103,7 @@ QUICK = {
     "compare": {"lenet": Budget(targets=2, restarts=1, iterations=300),
                 "resnet": Budget(targets=1, restarts=1, iterations=50)},
     "threat": Budget(targets=1, restarts=1, iterations=200),
+    "resolution": Budget(targets=1, restarts=1, iterations=100),
 }
 
 
@@ -346,19 +351,59 @@ def threat_experiment(clients: Sequence[int] = THREAT_GRID["clients"],
     return ExperimentResult("threat", payload)
 
 
+def resolution_experiment(sizes: Sequence[int] = RESOLUTION_GRID["sizes"], budget: Budget = STANDARD["resolution"],
+                          *, datasets: Sequence[str] = RESOLUTION_GRID["datasets"],
+                          methods: Sequence[str] = RESOLUTION_GRID["methods"], seed: int = 0,
+                          settings: dict | None = None, log: Log | None = None,
+                          progress: Callable[[Progress], None] | None = None) -> ExperimentResult:
+    """Each method on LeNet (DLG's, its classifier sized to the input) and the first ``budget.targets``
+    single images of each dataset resized to ``S x S`` for ``S`` in ``sizes``. One row per (dataset,
+    method, S). The embedded sets are stored at 32x32 (faces: LFW's 25x25 crops, already up-sampled), so
+    ``S > 32`` interpolates: more pixels to recover, no more detail. ``unknowns``: ``S * S * C`` values per
+    image; ``gradient_entries``: LeNet's parameter count (its last layer grows as ``12 (S/4)^2 K``).
+    ``success_rate_psnr30``: share of targets whose best restart reaches 30 dB."""
+    for method in methods:
+        check_choice("attack method", method, METHODS)
+    sources = {(name, size): get_dataset(name, image_size=size) for name in datasets for size in sizes}
+    for source in sources.values():
+        source.check_indices(np.arange(budget.targets))
+    rows = []
+    for (dataset, size), source in sources.items():
+        for method in methods:
+            if log:
+                log(f"resolution: {dataset} at {size}x{size}, {method}, {budget.targets} targets")
+            run = run_dlg("lenet", dataset, targets=budget.targets, image_size=size,
+                          config=_config(method, budget, seed, **(settings or {})), progress=progress)
+            summary, result = run.metrics.summary(), run.result
+            rows.append({
+                "dataset": dataset, "size": size, "method": method, "targets": summary["targets"],
+                "unknowns": int(np.prod(source.input_shape)),
+                "gradient_entries": int(sum(np.size(leaf) for leaf in jax.tree.leaves(run.params))),
+                "success_rate_psnr30": summary["success_rate_psnr30"], "psnr_mean": summary["psnr_mean"],
+                "psnr_median": summary["psnr_median"], "psnr": run.metrics.psnr.tolist(),
+                "ssim_mean": summary["ssim_mean"], "label_accuracy": summary["label_accuracy"],
+                "run_seconds": result.run_seconds, "compile_seconds": result.compile_seconds,
+                "restart_iterations_per_second": result.restart_iterations / max(result.run_seconds, 1e-9),
+            })
+    payload = {"experiment": "resolution", "model": "lenet", "datasets": list(datasets), "sizes": list(sizes),
+               "methods": {m: {"preset": METHODS[m][0], **METHODS[m][1]} for m in methods},
+               "budget": dataclasses.asdict(budget), "settings": settings or {}, "seed": seed, "rows": rows}
+    return ExperimentResult("resolution", payload)
+
+
 def run_experiment(name: str, *, quick: bool = False, targets: int | None = None, restarts: int | None = None,
                    iterations: int | None = None, datasets: Sequence[str] | None = None,
                    batch_sizes: Sequence[int] | None = None, methods: Sequence[str] | None = None,
                    models: Sequence[str] | None = None, seed: int = 0, dtype: str = "float32",
                    num_classes: int | None = None, tolerance: float | None = None, chunk_size: int | None = None,
                    clients: Sequence[int] | None = None, local_steps: Sequence[int] | None = None,
-                   aggregate: str = "mean", local_lr: float = 0.1,
+                   aggregate: str = "mean", local_lr: float = 0.1, sizes: Sequence[int] | None = None,
                    log: Log | None = None, progress: Callable[[Progress], None] | None = None) -> ExperimentResult:
     """Experiment ``name`` with the ``QUICK`` or ``STANDARD`` budget, ``targets`` / ``restarts`` /
     ``iterations`` overriding it (for every model of ``compare``). ``datasets`` (labels, batch, compare:
     its first), ``batch_sizes`` (batch), ``methods`` (batch, compare: :data:`METHODS`) and ``models``
     (compare), ``clients`` and ``local_steps`` (threat: :data:`THREAT_GRID`, with ``aggregate`` and
-    ``local_lr``) select the settings; ``num_classes`` widens LeNet's classifier (batch); ``dtype``,
+    ``local_lr``), ``sizes`` (resolution: :data:`RESOLUTION_GRID`) select the settings; ``num_classes`` widens LeNet's classifier (batch); ``dtype``,
     ``tolerance`` and ``chunk_size`` go into every attack's config (compare keeps tolerance 0). Adds
     ``wall_seconds`` to the payload."""
     check_choice("experiment", name, EXPERIMENT_NAMES)
@@ -379,6 +424,11 @@ def run_experiment(name: str, *, quick: bool = False, targets: int | None = None
                                    budgets["threat"].replace(**override), dataset=(datasets or ["colour"])[0],
                                    aggregate=aggregate, local_lr=local_lr, seed=seed, settings=settings, log=log,
                                    progress=progress)
+    elif name == "resolution":
+        result = resolution_experiment(sizes or RESOLUTION_GRID["sizes"], budgets["resolution"].replace(**override),
+                                       datasets=datasets or RESOLUTION_GRID["datasets"],
+                                       methods=methods or RESOLUTION_GRID["methods"], seed=seed, settings=settings,
+                                       log=log, progress=progress)
     else:
         compare_budgets = {key: budget.replace(**override) for key, budget in budgets["compare"].items()}
         result = compare_experiment(models or COMPARE_MODELS, compare_budgets, attacks=methods or PRESET_NAMES,
@@ -419,6 +469,17 @@ def markdown_table(result: ExperimentResult) -> str:
                 f"slot >= {result.payload['recovered_psnr']:.0f} dB after the optimal assignment; any restart: some "
                 "restart has (needs the private images to pick). Methods: " + "; ".join(
                     f"{m} = {v}" for m, v in result.payload["methods"].items()) + ".")
+    elif result.name == "resolution":
+        budget = result.payload["budget"]
+        header = ["dataset", "S x S", "method", "unknowns / gradient entries", "recovered (>= 30 dB)",
+                  "PSNR dB (mean)", "PSNR dB (median)", "SSIM", "label acc.", "restart-it/s"]
+        lines = [[r["dataset"], f"{r['size']}x{r['size']}", r["method"], f"{r['unknowns']} / {r['gradient_entries']}",
+                  f"{r['success_rate_psnr30']:.0%} of {r['targets']}", f"{r['psnr_mean']:.1f}",
+                  f"{r['psnr_median']:.1f}", f"{r['ssim_mean']:.3f}", f"{r['label_accuracy']:.0%}",
+                  f"{r['restart_iterations_per_second']:.0f}"] for r in rows]
+        note = (f"LeNet; {budget['targets']} target(s) x {budget['restarts']} restart(s) x {budget['iterations']} "
+                "iterations per row; images resized from the stored 32x32 (larger sizes interpolate). Methods: "
+                + "; ".join(f"{m} = {v}" for m, v in result.payload["methods"].items()) + ".")
     elif result.name == "threat":
         budget = result.payload["budget"]
         header = ["threat model", "K", "S", "PSNR dB (mean)", "PSNR dB per target", "SSIM", "label acc.",
@@ -494,6 +555,22 @@ def plot_experiment(result: ExperimentResult):
         axes[0, 0].legend(fontsize=6)
         figure.tight_layout()
         return figure
+    if result.name == "resolution":
+        datasets = result.payload["datasets"]
+        figure, axes = plt.subplots(1, len(datasets), figsize=(4.0 * len(datasets), 3.2), dpi=110, sharey=True,
+                                    squeeze=False)
+        for axis, dataset in zip(axes[0], datasets):
+            for method in result.payload["methods"]:
+                chosen = [r for r in rows if (r["dataset"], r["method"]) == (dataset, method)]
+                axis.plot([r["size"] for r in chosen], [r["psnr_mean"] for r in chosen], "o-", label=method)
+            axis.axhline(RECOVERED_PSNR, color="k", lw=0.8, ls="--")
+            axis.set_xscale("log", base=2)
+            axis.set_xlabel("image size S (S x S)")
+            axis.set_title(f"LeNet, {dataset}", fontsize=9)
+        axes[0, 0].set_ylabel("mean PSNR of the best restart (dB)")
+        axes[0, 0].legend(fontsize=7)
+        figure.tight_layout()
+        return figure
     if result.name == "threat":
         figure, axes = plt.subplots(1, 2, figsize=(8, 3.2), dpi=110, sharey=True)
         for axis, key, other, label in ((axes[0], "clients", "local_steps", "clients K (mean of gradients)"),
@@ -549,5 +626,6 @@ def save_experiment(result: ExperimentResult, out: str | os.PathLike, extra: dic
 
 
 __all__ = ["EXPERIMENT_NAMES", "METHODS", "Budget", "recovery", "ExperimentResult", "STANDARD", "QUICK", "run_experiment",
-           "label_experiment", "batch_experiment", "compare_experiment", "threat_experiment", "markdown_table",
+           "label_experiment", "batch_experiment", "compare_experiment", "threat_experiment", "resolution_experiment",
+           "markdown_table",
            "plot_experiment", "save_experiment", "parse_model"]

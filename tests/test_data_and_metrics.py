@@ -19,6 +19,20 @@ def test_embedded_sets(name, size, shape, classes):
     assert len({images[i].tobytes() for i in range(size)}) == size  # no duplicates
 
 
+def test_embedded_sets_resize_to_any_size_in_range():
+    native, _ = get_dataset("faces").examples([0, 1])
+    assert np.array_equal(get_dataset("faces", image_size=32).examples([0, 1])[0], native)
+    for size in (16, 128):
+        data = get_dataset("faces", image_size=size)
+        images, _ = data.examples([0, 1])
+        assert data.input_shape == (size, size, 1) and images.shape == (2, size, size, 1)
+        assert 0.0 <= images.min() and images.max() <= 1.0
+        assert abs(images.mean() - native.mean()) < 0.02  # bilinear resampling keeps the brightness
+    for bad in (4, 300, 2.5):
+        with pytest.raises(DLGInputError, match=f"integer from 8 to 256, got {bad}"):
+            get_dataset("colour", image_size=bad)
+
+
 def test_embedded_file_is_rebuilt_bit_for_bit_from_the_registry_packages():
     pytest.importorskip("skimage")
     pytest.importorskip("sklearn")

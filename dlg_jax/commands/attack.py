@@ -47,7 +47,7 @@ def add_attack_options(parser: argparse.ArgumentParser) -> None:
                              "svhn_cropped, lfw (default: colour)")
     parser.add_argument("--split", default=None, help="dataset split (tfds sets; default: the test split)")
     parser.add_argument("--data-dir", default=None, help="tfds data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
-    parser.add_argument("--image-size", type=_positive_int, default=None, help="resize to this size (lfw: 32 or 64)")
+    parser.add_argument("--image-size", type=_positive_int, default=None, help="resize to S x S (lfw: 32 or 64; embedded sets: 8 to 256, interpolated from 32x32 or 28x28)")
     parser.add_argument("--batch-size", type=_positive_int, default=1, help="private images per shared gradient")
     parser.add_argument("--restarts", type=_positive_int, default=None,
                         help=f"random restarts per target (default: the attack's, dlg {dlg.restarts}, ig {ig.restarts})")
