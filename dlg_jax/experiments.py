@@ -513,8 +513,11 @@ def plot_experiment(result: ExperimentResult):
                 axis.plot([r[key] for r in chosen], [r["psnr_mean"] for r in chosen], "o-",
                           label=f"{method}, mean over targets")
             axis.axhline(RECOVERED_PSNR, color="k", lw=0.8, ls="--")
-            if any(r[other] == 1 for r in rows):
+            values = sorted({r[key] for r in rows if r[other] == 1})
+            if values:
                 axis.set_xscale("log", base=2)
+                axis.set_xticks(values, [str(v) for v in values])
+                axis.minorticks_off()
             axis.set_xlabel(label)
         axes[0].set_ylabel("PSNR of the target (dB)")
         axes[0].legend(fontsize=7)
