@@ -62,3 +62,14 @@ def test_duplicate_slots_are_flagged():
     collapsed = np.stack([truth[:, 0], truth[:, 0]], axis=1)  # both slots converged to image 0
     scores = evaluate(collapsed, truth, np.zeros((1, 2), int), np.zeros((1, 2), int))
     assert scores.duplicates[0] == 2 and scores.summary()["duplicates"] == 2
+
+
+def test_affine_psnr_forgives_brightness_and_contrast_only():
+    rng = np.random.default_rng(2)
+    truth = rng.uniform(size=(1, 2, 16, 16, 3)).astype(np.float32)
+    rescaled = np.stack([40.0 * truth[:, 0] - 3.0, truth[:, 1] + rng.normal(0, 0.1, truth[:, 1].shape)], axis=1)
+    scores = evaluate(rescaled, truth, np.zeros((1, 2), int), np.zeros((1, 2), int))
+    assert scores.slot_psnr[0, 0] < 10 and scores.slot_affine_psnr[0, 0] > 60  # a x + b is the image
+    # noise is not forgiven: the fit can only shrink it (a < 1), never remove it
+    assert scores.slot_affine_psnr[0, 1] == pytest.approx(scores.slot_psnr[0, 1], abs=1.5)
+    assert scores.summary()["affine_success_rate_psnr30"] == 0.0
