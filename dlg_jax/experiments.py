@@ -306,46 +306,55 @@ def compare_experiment(models: Sequence[str] = COMPARE_MODELS, budgets: dict[str
     return ExperimentResult("compare", payload, images)
 
 
-def _gradient_gap(run: DLGRun) -> np.ndarray:
-    """``[T]`` relative distances ``||dW_seen - g_t|| / ||g_t||`` between what the attacker matched and
-    target ``t``'s own one-step gradient ``g_t`` at ``W`` (0 for DLG's single client)."""
+def _gradient_comparison(run: DLGRun) -> tuple[np.ndarray, np.ndarray]:
+    """How what the attacker matched, ``d_t``, compares with target ``t``'s own one-step gradient ``g_t`` at
+    ``W``: ``[T]`` relative distances ``||d_t - g_t|| / ||g_t||`` (0 for DLG's single client) and ``[T]``
+    cosines ``<d_t, g_t> / (||d_t|| ||g_t||)`` (1 when ``d_t`` is ``g_t`` rescaled)."""
     own = shared_gradients(run.model, run.params, run.images, run.labels)
-    flat = [np.concatenate([np.asarray(leaf, np.float64).reshape(len(run.labels), -1)
-                            for leaf in jax.tree.leaves(tree)], axis=1) for tree in (run.shared_grads, own)]
-    return np.linalg.norm(flat[0] - flat[1], axis=1) / np.linalg.norm(flat[1], axis=1)
+    seen, mine = [np.concatenate([np.asarray(leaf, np.float64).reshape(len(run.labels), -1)
+                                  for leaf in jax.tree.leaves(tree)], axis=1) for tree in (run.shared_grads, own)]
+    norms = np.linalg.norm(seen, axis=1) * np.linalg.norm(mine, axis=1)
+    return np.linalg.norm(seen - mine, axis=1) / np.linalg.norm(mine, axis=1), np.sum(seen * mine, 1) / norms
 
 
 def threat_experiment(clients: Sequence[int] = THREAT_GRID["clients"],
                       local_steps: Sequence[int] = THREAT_GRID["local_steps"], budget: Budget = STANDARD["threat"], *,
-                      dataset: str = "colour", aggregate: str = "mean", local_lr: float = 0.1, seed: int = 0,
-                      settings: dict | None = None, log: Log | None = None,
+                      methods: Sequence[str] = ("dlg",), dataset: str = "colour", aggregate: str = "mean",
+                      local_lr: float = 0.1, seed: int = 0, settings: dict | None = None, log: Log | None = None,
                       progress: Callable[[Progress], None] | None = None) -> ExperimentResult:
-    """DLG on LeNet, the first ``budget.targets`` single images of ``dataset``, under each threat model
-    (:mod:`dlg_jax.threat_models`): ``K`` clients in ``clients`` aggregated by ``aggregate``, one step each;
-    then one client after ``S`` in ``local_steps`` FedAvg steps of size ``local_lr`` (``K = S = 1``, DLG's
-    own setting, runs once). The other clients' images are drawn from ``seed``. One row per threat model;
-    PSNR, SSIM and labels are scored against the target's image. ``gradient_gap``: per target
-    ``||dW_seen - g_target|| / ||g_target||``."""
+    """Each attack method (:data:`METHODS`) on LeNet, the first ``budget.targets`` single images of
+    ``dataset``, under each threat model (:mod:`dlg_jax.threat_models`): ``K`` clients in ``clients``
+    aggregated by ``aggregate``, one step each; then one client after ``S`` in ``local_steps`` FedAvg steps
+    of size ``local_lr`` (``K = S = 1``, DLG's own setting, runs once). The other clients' images are drawn
+    from ``seed``. One row per (method, threat model); PSNR, SSIM and labels are scored against the target's
+    image. ``gradient_gap`` and ``gradient_cosine``: per target, what the attacker matched against the
+    target's own gradient (:func:`_gradient_comparison`)."""
+    for method in methods:
+        check_choice("attack method", method, METHODS)
     threats = [ThreatModel(clients=k, aggregate=aggregate, local_lr=local_lr) for k in clients]
     threats += [ThreatModel(local_steps=s, aggregate=aggregate, local_lr=local_lr) for s in local_steps
                 if s != 1 or 1 not in clients]
     get_dataset(dataset).check_indices(np.arange(budget.targets))
     rows = []
-    for threat in threats:
-        if log:
-            log(f"threat: {threat.describe()}, {budget.targets} targets")
-        config = _config("dlg", budget, seed, **(settings or {}))
-        run = run_dlg("lenet", dataset, targets=budget.targets, config=config, threat=threat, progress=progress)
-        summary = run.metrics.summary()
-        rows.append({
-            "clients": threat.clients, "local_steps": threat.local_steps, "threat_model": threat.describe(),
-            "targets": summary["targets"], "psnr_mean": summary["psnr_mean"],
-            "psnr": run.metrics.psnr.tolist(), "ssim_mean": summary["ssim_mean"],
-            "label_accuracy": summary["label_accuracy"], "success_rate_psnr30": summary["success_rate_psnr30"],
-            "gradient_gap": _gradient_gap(run).tolist(), "other_clients_indices": run.client_indices.tolist(),
-            "run_seconds": run.result.run_seconds, "compile_seconds": run.result.compile_seconds,
-        })
-    payload = {"experiment": "threat", "model": "lenet", "attack": "dlg", "dataset": dataset,
+    for method in methods:
+        for threat in threats:
+            if log:
+                log(f"threat: {method}, {threat.describe()}, {budget.targets} targets")
+            config = _config(method, budget, seed, **(settings or {}))
+            run = run_dlg("lenet", dataset, targets=budget.targets, config=config, threat=threat, progress=progress)
+            summary = run.metrics.summary()
+            gap, cosine = _gradient_comparison(run)
+            rows.append({
+                "method": method, "clients": threat.clients, "local_steps": threat.local_steps,
+                "threat_model": threat.describe(), "targets": summary["targets"], "psnr_mean": summary["psnr_mean"],
+                "psnr": run.metrics.psnr.tolist(), "ssim_mean": summary["ssim_mean"],
+                "label_accuracy": summary["label_accuracy"], "success_rate_psnr30": summary["success_rate_psnr30"],
+                "gradient_gap": gap.tolist(), "gradient_cosine": cosine.tolist(),
+                "other_clients_indices": run.client_indices.tolist(), "run_seconds": run.result.run_seconds,
+                "compile_seconds": run.result.compile_seconds,
+            })
+    payload = {"experiment": "threat", "model": "lenet", "dataset": dataset,
+               "methods": {m: {"preset": METHODS[m][0], **METHODS[m][1]} for m in methods},
                "aggregate": aggregate, "local_lr": local_lr, "budget": dataclasses.asdict(budget),
                "settings": settings or {}, "seed": seed, "rows": rows}
     return ExperimentResult("threat", payload)
@@ -403,9 +412,9 @@ def run_experiment(name: str, *, quick: bool = False, targets: int | None = None
     ``iterations`` overriding it (for every model of ``compare``). ``datasets`` (labels, batch, compare:
     its first), ``batch_sizes`` (batch), ``methods`` (batch, compare: :data:`METHODS`) and ``models``
     (compare), ``clients`` and ``local_steps`` (threat: :data:`THREAT_GRID`, with ``aggregate`` and
-    ``local_lr``), ``sizes`` (resolution: :data:`RESOLUTION_GRID`) select the settings; ``num_classes`` widens LeNet's classifier (batch); ``dtype``,
-    ``tolerance`` and ``chunk_size`` go into every attack's config (compare keeps tolerance 0). Adds
-    ``wall_seconds`` to the payload."""
+    ``local_lr``), ``sizes`` (resolution: :data:`RESOLUTION_GRID`) select the settings; ``num_classes``
+    widens LeNet's classifier (batch); ``dtype``, ``tolerance`` and ``chunk_size`` go into every attack's
+    config (compare keeps tolerance 0). Adds ``wall_seconds`` to the payload."""
     check_choice("experiment", name, EXPERIMENT_NAMES)
     settings = {k: v for k, v in dict(dtype=dtype, tolerance=tolerance, chunk_size=chunk_size).items() if v is not None}
     budgets = QUICK if quick else STANDARD
@@ -421,7 +430,8 @@ def run_experiment(name: str, *, quick: bool = False, targets: int | None = None
                                   seed=seed, settings=settings, num_classes=num_classes, log=log, progress=progress)
     elif name == "threat":
         result = threat_experiment(clients or THREAT_GRID["clients"], local_steps or THREAT_GRID["local_steps"],
-                                   budgets["threat"].replace(**override), dataset=(datasets or ["colour"])[0],
+                                   budgets["threat"].replace(**override), methods=methods or ("dlg",),
+                                   dataset=(datasets or ["colour"])[0],
                                    aggregate=aggregate, local_lr=local_lr, seed=seed, settings=settings, log=log,
                                    progress=progress)
     elif name == "resolution":
@@ -482,17 +492,18 @@ def markdown_table(result: ExperimentResult) -> str:
                 + "; ".join(f"{m} = {v}" for m, v in result.payload["methods"].items()) + ".")
     elif result.name == "threat":
         budget = result.payload["budget"]
-        header = ["threat model", "K", "S", "PSNR dB (mean)", "PSNR dB per target", "SSIM", "label acc.",
-                  "success (>= 30 dB)", "gap to target gradient", "run s"]
-        lines = [[r["threat_model"], r["clients"], r["local_steps"], f"{r['psnr_mean']:.1f}",
+        header = ["method", "threat model", "K", "S", "PSNR dB (mean)", "PSNR dB per target", "SSIM", "label acc.",
+                  "success (>= 30 dB)", "distance to target gradient", "cosine to target gradient", "run s"]
+        lines = [[r["method"], r["threat_model"], r["clients"], r["local_steps"], f"{r['psnr_mean']:.1f}",
                   ", ".join(f"{v:.1f}" for v in r["psnr"]), f"{r['ssim_mean']:.3f}", f"{r['label_accuracy']:.0%}",
                   f"{r['success_rate_psnr30']:.0%}", ", ".join(f"{v:.2g}" for v in r["gradient_gap"]),
-                  f"{r['run_seconds']:.1f}"] for r in rows]
-        note = (f"DLG on LeNet, {result.payload['dataset']}, one image per client; {budget['targets']} target(s) x "
+                  ", ".join(f"{v:.2f}" for v in r["gradient_cosine"]), f"{r['run_seconds']:.1f}"] for r in rows]
+        note = (f"LeNet, {result.payload['dataset']}, one image per client; {budget['targets']} target(s) x "
                 f"{budget['restarts']} restart(s) x {budget['iterations']} iterations per row. K clients: the "
                 f"{result.payload['aggregate']} of their one-step gradients; S local steps: one client's FedAvg "
                 f"weight change at lr {result.payload['local_lr']:g}, matched as (W - W_S) / (S lr) at W. "
-                "Scores are against the target's image.")
+                "Scores are against the target's image; distance: ||seen - g|| / ||g|| per target. Methods: "
+                + "; ".join(f"{m} = {v}" for m, v in result.payload["methods"].items()) + ".")
     else:
         header = ["model", "attack", "targets", "PSNR dB (mean)", "PSNR dB (median)", "PSNR dB up to a x + b",
                   "recovered up to a x + b", "SSIM", "label acc.", "final / initial objective", "run s"]
@@ -573,18 +584,26 @@ def plot_experiment(result: ExperimentResult):
         return figure
     if result.name == "threat":
         figure, axes = plt.subplots(1, 2, figsize=(8, 3.2), dpi=110, sharey=True)
-        for axis, key, other, label in ((axes[0], "clients", "local_steps", "clients K (mean of gradients)"),
-                                        (axes[1], "local_steps", "clients", "FedAvg local steps S (one client)")):
-            chosen = [r for r in rows if r[other] == 1]
-            for r in chosen:
-                axis.scatter([r[key]] * len(r["psnr"]), r["psnr"], color="0.6", s=12)
-            axis.plot([r[key] for r in chosen], [r["psnr_mean"] for r in chosen], "o-", label="mean over targets")
+        for axis, key, other, label in ((axes[0], "clients", "local_steps",
+                                         f"clients K ({result.payload['aggregate']} of their gradients)"),
+                                        (axes[1], "local_steps", "clients",
+                                         f"FedAvg local steps S at lr {result.payload['local_lr']:g} (one client)")):
+            for method in result.payload["methods"]:
+                chosen = [r for r in rows if r[other] == 1 and r["method"] == method]
+                for r in chosen:
+                    axis.scatter([r[key]] * len(r["psnr"]), r["psnr"], color="0.6", s=12)
+                axis.plot([r[key] for r in chosen], [r["psnr_mean"] for r in chosen], "o-",
+                          label=f"{method}, mean over targets")
             axis.axhline(RECOVERED_PSNR, color="k", lw=0.8, ls="--")
-            axis.set_xscale("log", base=2)
+            values = sorted({r[key] for r in rows if r[other] == 1})
+            if values:
+                axis.set_xscale("log", base=2)
+                axis.set_xticks(values, [str(v) for v in values])
+                axis.minorticks_off()
             axis.set_xlabel(label)
         axes[0].set_ylabel("PSNR of the target (dB)")
         axes[0].legend(fontsize=7)
-        figure.suptitle(f"DLG, LeNet, {result.payload['dataset']}: what the attacker sees", fontsize=9)
+        figure.suptitle(f"LeNet, {result.payload['dataset']}: what the attacker sees", fontsize=9)
         figure.tight_layout()
         return figure
     attacks = result.payload["attacks"]

@@ -9,11 +9,12 @@ client 0 is the target. The attacker knows ``W``, the model, ``B`` and the threa
   share, ``sum_k s_k`` (``aggregate="sum"``) or ``(1 / K) sum_k s_k`` (``"mean"``, the usual average). With
   ``"mean"`` and one step each this *is* the gradient of the union batch of ``K B`` images, of which the
   attacker wants the target's ``B``;
-- **FedAvg, S local steps** (``local_steps=S``, Konecny et al. 2016 / McMahan et al. 2017): each client runs
+- **FedAvg, S local steps** (``local_steps=S``, McMahan et al. 2017): each client runs
   ``S`` plain SGD steps on its *same* batch from ``W``, ``W_{s+1} = W_s - lr * grad_W loss(W_s)``, and shares
   its new weights ``W_S``. The attacker turns the weight change into the gradient it matches with the
   standard approximation ``dW ~= (W - W_S) / (S * lr) = (1 / S) sum_s grad_W loss(W_s)`` (exact for
-  ``S = 1``) and attacks at the original ``W``; the approximation's error grows with ``S * lr``.
+  ``S = 1``) and attacks at the original ``W``; the approximation's error grows with ``S * lr``. (Inverting
+  Gradients, Geiping et al. 2020, section 6, instead unrolls the ``S`` steps on the dummy; not built here.)
 
 Both combine: ``K`` clients each run ``S`` local steps and the aggregate of their weight changes, divided
 by ``S * lr``, is matched (:func:`client_shares` is each client's ``s_k``; the division is linear, so

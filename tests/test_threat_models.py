@@ -10,6 +10,7 @@ import pytest
 
 from dlg_jax.cli import main
 from dlg_jax.errors import DLGInputError
+from dlg_jax.experiments import Budget, save_experiment, threat_experiment
 from dlg_jax.pipeline import run_dlg
 from dlg_jax.threat_models import ThreatModel, client_shares, co_client_indices, observed_gradients
 from dlg_jax.victim import shared_gradient, shared_gradients
@@ -137,3 +138,16 @@ def test_cli_records_the_threat_model(tmp_path, capsys):
     others = metrics["targets"][0]["other_clients_indices"]
     assert len(others) == 2 and 4 not in sum(others, [])
     assert "threat model: sum of 3 clients" in capsys.readouterr().out
+
+
+def test_threat_experiment_writes_rows_per_threat_model(tmp_path, capsys):
+    result = threat_experiment(clients=(2,), local_steps=(), budget=Budget(targets=1, restarts=1, iterations=5))
+    [row] = result.payload["rows"]
+    assert (row["method"], row["clients"], row["local_steps"], row["threat_model"]) == ("dlg", 2, 1, "mean of 2 clients")
+    assert row["gradient_gap"][0] > 0.1 and row["gradient_cosine"][0] < 0.99  # not the target's gradient
+    assert len(row["other_clients_indices"][0]) == 1 and 0 not in row["other_clients_indices"][0][0]
+    paths = save_experiment(result, tmp_path / "exp")
+    assert open(paths[1], "rb").read()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| dlg | mean of 2 clients | 2 | 1 |" in open(paths[2]).read()
+    assert main(["experiment", "threat", "--quiet", "--local-lr", "-1", "--out", str(tmp_path / "cli")]) == 2
+    assert "local learning rate must be a finite number > 0, got -1.0" in capsys.readouterr().err

@@ -47,9 +47,9 @@ def register(subparsers):
                              "resolution: faces,colour; compare, threat: the first, default colour)")
     parser.add_argument("--batch-sizes", type=_int_csv, default=None, help="batch: comma-separated (default: 1,2,4,8; --quick: 1,2)")
     parser.add_argument("--methods", type=_csv, default=None,
-                        help=f"batch, compare, resolution: comma-separated attack methods of {', '.join(METHODS)} "
-                             f"(default: batch {','.join(BATCH_METHODS)}, --quick dlg,dlg-count-uniform; compare, "
-                             "resolution dlg,ig)")
+                        help=f"batch, compare, threat, resolution: comma-separated attack methods of "
+                             f"{', '.join(METHODS)} (default: batch {','.join(BATCH_METHODS)}, --quick "
+                             "dlg,dlg-count-uniform; compare, resolution dlg,ig; threat dlg)")
     parser.add_argument("--models", type=_csv, default=None,
                         help="compare: comma-separated name[-token...], tokens relu, sigmoid, bn, nostride, dlginit, "
                              "dlg (DLG's ResNet) (default: lenet,resnet20-sigmoid,resnet20-relu)")
