@@ -255,7 +255,8 @@ def dp_aggregate(noise_multiplier: float, clip: float = 1.0,
 
 
 def soteria(ratio: float) -> optax.GradientTransformationExtraArgs:
-    """Soteria (Sun et al., CVPR 2021): prune the representation features that reconstruct best.
+    """Soteria (Sun et al., CVPR 2021): prune the representation features whose removal moves a
+    reconstruction the most (the largest ``|r_i| / ||d r_i / d x||``).
 
     With the representation ``r = f(x) [B, D]`` feeding the defended Dense layer (kernel ``W [D, K]``,
     flax layout: row ``i`` multiplies ``r_i``) and the scores ``s [D]`` of

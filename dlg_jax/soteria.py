@@ -79,12 +79,6 @@ def defended_layer(model: Model, params: Any, x: jnp.ndarray) -> tuple[str, ...]
     return last[0]
 
 
-def representation(model: Model, params: Any, x: jnp.ndarray) -> jnp.ndarray:
-    """``r [B, D]``: the input of the defended layer for ``x [B, *input_shape]``."""
-    defended_layer(model, params, x)
-    return _dense_calls(model, params, x)[1][-1][1]
-
-
 def feature_scores(model: Model, params: Any, x: jnp.ndarray, chunk: int = FEATURE_CHUNK) -> jnp.ndarray:
     """``s [D]``: ``s_i = sum_b ||d r[b, i] / d x[b]|| / |r[b, i]|`` for ``x [B, *input_shape]``."""
     defended_layer(model, params, x)

@@ -11,8 +11,9 @@ loss (:func:`dlg_jax.victim.batch_loss`) and updates with
 i.e. the *same* transform that defends the shared gradient in the attack experiment sees every
 training gradient first (a per-example defense such as ``dp`` gets the per-example gradients
 ``[batch_size, ...]`` from ``jax.vmap``, DP-SGD; a defense that needs the client's data, ``soteria``,
-gets ``model=`` and the step's minibatch ``inputs=`` as optax extra arguments). ``runs`` independent trainings (their own weights,
-batch order and defense keys) are vmapped into one compiled ``lax.scan`` over all steps.
+gets ``model=`` and the step's minibatch ``inputs=`` as optax extra arguments). ``runs`` independent
+trainings (their own weights, batch order and defense keys) are vmapped into one compiled ``lax.scan``
+over all steps.
 """
 
 import dataclasses
