@@ -35,7 +35,6 @@ TORCH_THREADS = 2
 # DLG's LeNet ends in Linear(768, 100) (CIFAR-100); the benchmarks keep that head for every LeNet run.
 DLG_NUM_CLASSES = 100
 RESNET_NUM_CLASSES = 10
-INPUT_SHAPE = (32, 32, 3)
 DEVICES = ("cpu", "cuda")
 # The matmul/convolution precision every JAX program of the benchmarks is traced with (full float32: on
 # NVIDIA GPUs XLA's default is TF32, with which DLG does not recover the image; DESIGN.md).
@@ -234,23 +233,24 @@ class Problem(NamedTuple):
     target_grads: Any
 
 
-def make_problem(model_name: str, targets: int, batch_size: int, seed: int) -> Problem:
+def make_problem(model_name: str, targets: int, batch_size: int, seed: int, dataset: str = "colour") -> Problem:
     """LeNet (DLG's, 100 classes) or a CIFAR ResNet (10 classes) with weights from ``seed`` and the
-    shared gradients of ``targets`` batches of ``batch_size`` colour images."""
+    shared gradients of ``targets`` batches of ``batch_size`` images of an embedded ``dataset``
+    (image ``t * B + b``; default the colour set, 32x32x3)."""
     from dlg_jax.data import get_dataset
     from dlg_jax.models import build_model
     from dlg_jax.victim import shared_gradients
 
     classes = DLG_NUM_CLASSES if model_name == "lenet" else RESNET_NUM_CLASSES
-    model = build_model(model_name, INPUT_SHAPE, classes)
+    source = get_dataset(dataset)
+    model = build_model(model_name, source.input_shape, classes)
     params = model.init(jax.random.key(seed))
-    source = get_dataset("colour")
     if targets * batch_size > source.size:
         raise DLGInputError(
-            f"targets x batch size = {targets * batch_size} exceeds the {source.size} colour images"
+            f"targets x batch size = {targets * batch_size} exceeds the {source.size} {dataset} images"
         )
     images, labels = source.examples(np.arange(targets * batch_size))
-    images = images.reshape(targets, batch_size, *INPUT_SHAPE)
+    images = images.reshape(targets, batch_size, *source.input_shape)
     labels = labels.reshape(targets, batch_size)
     return Problem(model, params, images, labels, shared_gradients(model, params, images, labels))
 

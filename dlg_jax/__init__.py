@@ -7,7 +7,8 @@ from dlg_jax.metrics import evaluate
 from dlg_jax.models import build_model
 from dlg_jax.pipeline import run_dlg
 from dlg_jax.solvers import SolverConfig
+from dlg_jax.threat_models import ThreatModel
 from dlg_jax.victim import shared_gradient, shared_gradients
 
-__all__ = ["AttackConfig", "AttackResult", "DLGInputError", "SolverConfig", "build_model", "evaluate",
+__all__ = ["AttackConfig", "AttackResult", "DLGInputError", "SolverConfig", "ThreatModel", "build_model", "evaluate",
            "get_dataset", "run_attack", "run_dlg", "shared_gradient", "shared_gradients"]

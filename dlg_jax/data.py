@@ -29,6 +29,7 @@ from dlg_jax.errors import DLGInputError, check_choice
 
 EMBEDDED_NAMES = ("colour", "digits", "faces")
 EMBEDDED_FILE = "embedded_data.npz"
+EMBEDDED_IMAGE_SIZES = (8, 256)  # the --image-size range for the embedded sets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,18 +65,50 @@ def _embedded_arrays() -> dict[str, np.ndarray]:
             return {key: npz[key] for key in npz.files}
 
 
-def embedded_source(name: str) -> DataSource:
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """``image [H, W, C]`` uint8 -> ``[size, size, C]`` uint8 (PIL bilinear, antialiased when shrinking)."""
+    from PIL import Image
+
+    if image.shape[:2] == (size, size):
+        return image
+    channels = image.shape[-1]
+    picture = Image.fromarray(image[..., 0] if channels == 1 else image)
+    return np.asarray(picture.resize((size, size), Image.Resampling.BILINEAR)).reshape(size, size, channels)
+
+
+def check_embedded_image_size(image_size) -> int:
+    """``image_size`` for an embedded set: an integer in :data:`EMBEDDED_IMAGE_SIZES` (their sources are
+    25-32 pixels wide: larger sizes only interpolate, smaller ones lose the content)."""
+    low, high = EMBEDDED_IMAGE_SIZES
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or not low <= image_size <= high:
+        raise DLGInputError(f"image size for an embedded dataset must be an integer from {low} to {high}, "
+                            f"got {image_size!r}")
+    return int(image_size)
+
+
+def embedded_source(name: str, image_size: int | None = None) -> DataSource:
+    """Embedded set ``name``; ``image_size=S`` resizes every image to ``S x S`` (:func:`resize_image`:
+    up-sampling above the stored 32x32 / 28x28 adds pixels, not detail)."""
     check_choice("dataset", name, EMBEDDED_NAMES)
     arrays = _embedded_arrays()
     images, labels = arrays[f"{name}_images"], arrays[f"{name}_labels"]
     class_names = tuple(str(c) for c in arrays[f"{name}_class_names"])
+    shape = tuple(images.shape[1:])
+    if image_size is not None:
+        image_size = check_embedded_image_size(image_size)
+        shape = (image_size, image_size, shape[-1])
+
+    def read(idx):
+        picked = images[idx] if image_size is None else np.stack([resize_image(im, image_size) for im in images[idx]])
+        return picked / np.float32(255.0), labels[idx]
+
     return DataSource(
         name=name,
         size=len(images),
-        input_shape=tuple(images.shape[1:]),
+        input_shape=shape,
         num_classes=len(class_names),
         class_names=class_names,
-        read=lambda idx: (images[idx] / np.float32(255.0), labels[idx]),
+        read=read,
     )
 
 
@@ -92,9 +125,9 @@ def get_dataset(name: str, *, split: str | None = None, data_dir: str | os.PathL
     if name in EMBEDDED_NAMES:
         if split not in (None, "train"):
             raise DLGInputError(f"unknown split {split!r} for embedded dataset {name!r}; allowed: train")
-        if data_dir is not None or image_size is not None:
-            raise DLGInputError(f"embedded dataset {name!r} takes no data_dir or image_size")
-        return embedded_source(name)
+        if data_dir is not None:
+            raise DLGInputError(f"embedded dataset {name!r} takes no data_dir")
+        return embedded_source(name, image_size)
     from dlg_jax.tfds_data import tfds_source
 
     return tfds_source(name, split=split, data_dir=data_dir, image_size=image_size)

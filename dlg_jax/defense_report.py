@@ -1,7 +1,8 @@
 """Figures and tables of defense experiments (matplotlib, Agg backend; tables as markdown text).
 
 - :func:`sweep_plot`: attack quality vs defense strength, in the shape of DLG's defense figure: one panel
-  per kind of strength (noise variance, pruning ratio, number format, DP noise multiplier), one line per
+  per kind of strength (noise variance, pruning ratio, number format, DP noise multiplier, Soteria's
+  fraction of representation features pruned), one line per
   defense and attack, the undefended attack as a dashed level. Top row PSNR (mean over targets, band =
   min..max), bottom row SSIM.
 - :func:`tradeoff_plot`: utility (test accuracy of a model trained with the defense) against privacy
@@ -26,9 +27,10 @@ PANELS = (
     ("pruning ratio (fraction zeroed)", ("prune",), "linear"),
     ("number format", ("precision",), "category"),
     ("DP noise multiplier sigma", ("dp",), "log"),
+    ("Soteria: fraction of features pruned", ("soteria",), "linear"),
 )
 _PRECISION_ORDER = FLOAT_PRECISIONS + INT_PRECISIONS
-_COLOURS = {"gaussian": "C0", "laplacian": "C1", "prune": "C2", "precision": "C3", "dp": "C4"}
+_COLOURS = {"gaussian": "C0", "laplacian": "C1", "prune": "C2", "precision": "C3", "dp": "C4", "soteria": "C5"}
 _STYLES = ("-", "--", ":", "-.")
 
 

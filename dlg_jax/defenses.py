@@ -15,6 +15,9 @@ defense            g~ (elementwise unless stated)               strength
 ``precision``      decode(encode(g)) in a narrower format       format name (``float16``, ``int8``...)
 ``prune``          g * [|g| among the top (1 - p) n of |g|]     ratio p of entries zeroed, 0 <= p < 1
 ``dp``             (sum_i clip_C(g_i) + N(0, (sigma C)^2)) / B  noise multiplier sigma >= 0
+``soteria``        the representation layer's kernel gradient,  ratio p of features pruned,
+                   rows of the floor(p D) features with the     0 <= p < 1
+                   smallest reconstruction score s_i zeroed
 ``none``           g                                            --
 =================  ===========================================  ====================================
 
@@ -24,6 +27,13 @@ CCS 2016): it needs *per-example* gradients ``g_i`` (leading batch axis ``B``), 
 :class:`Defense` is marked ``per_example``; :func:`defended_gradients` computes them with ``jax.vmap``.
 Gaussian noise and DP aggregation reuse ``optax.add_noise`` (with ``gamma = 0``, i.e. no annealing) and
 ``optax.contrib.differentially_private_aggregate``.
+
+``soteria`` (Sun et al., CVPR 2021) needs more than the gradient: the client's model, parameters and
+private inputs, from which it ranks the representation's features (:mod:`dlg_jax.soteria`). It is an
+``optax.GradientTransformationExtraArgs`` that takes them as optax extra arguments,
+``update(grads, state, params, model=model, inputs=x)`` (``optax.chain`` forwards them, and ignores them
+for the other transforms); its :class:`Defense` is marked ``needs_inputs``, and
+:func:`defended_gradients` and the training step (:mod:`dlg_jax.training`) pass each client's own batch.
 
 Bad arguments raise :class:`~dlg_jax.errors.DLGInputError` when the transform is built.
 """
@@ -41,22 +51,24 @@ import optax
 from optax.contrib import differentially_private_aggregate
 
 from dlg_jax.errors import DLGInputError, check_choice
+from dlg_jax.soteria import defended_layer, feature_scores
 from dlg_jax.victim import shared_gradient, shared_gradients
 
-DEFENSE_NAMES = ("none", "gaussian", "laplacian", "precision", "prune", "dp")
+DEFENSE_NAMES = ("none", "gaussian", "laplacian", "precision", "prune", "dp", "soteria")
 FLOAT_PRECISIONS = ("float16", "bfloat16", "float8_e4m3fn", "float8_e5m2")
 INT_PRECISIONS = tuple(f"int{bits}" for bits in (16, 8, 4, 2))
 PRUNE_SCOPES = ("tensor", "global")
 
 # The strengths a sweep uses when none are given: DLG's grid (noise 1e-4..1e-1, extended down to 1e-6,
 # where the attack still works here; pruning 10%..70%), its number formats, and DP noise multipliers
-# (0: clipping alone).
+# (0: clipping alone), and Soteria's fractions of representation features pruned.
 DEFAULT_STRENGTHS = {
     "gaussian": (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1),
     "laplacian": (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1),
     "precision": ("float16", "bfloat16", "int8", "int4"),
     "prune": (0.1, 0.2, 0.3, 0.5, 0.7),
     "dp": (0.0, 0.01, 0.1, 1.0),
+    "soteria": (0.1, 0.2, 0.4, 0.6, 0.8),
     "none": (None,),
 }
 
@@ -242,17 +254,56 @@ def dp_aggregate(noise_multiplier: float, clip: float = 1.0,
                                             key=jax.random.key(key) if isinstance(key, int) else key)
 
 
+def soteria(ratio: float) -> optax.GradientTransformationExtraArgs:
+    """Soteria (Sun et al., CVPR 2021): prune the representation features whose removal moves a
+    reconstruction the most (the largest ``|r_i| / ||d r_i / d x||``).
+
+    With the representation ``r = f(x) [B, D]`` feeding the defended Dense layer (kernel ``W [D, K]``,
+    flax layout: row ``i`` multiplies ``r_i``) and the scores ``s [D]`` of
+    :func:`dlg_jax.soteria.feature_scores` on the client's batch ``x``::
+
+        m_i = [s_i is not among the floor(ratio D) smallest]      (ties: the lower index is kept)
+        dW~[i, :] = m_i * dW[i, :],   every other leaf (the bias too) unchanged
+
+    ``update(grads, state, params, *, model, inputs)``: ``params`` the client's weights, ``model`` its
+    :class:`~dlg_jax.models.Model`, ``inputs [B, *input_shape]`` its private batch (optax extra arguments;
+    a leading per-example axis on ``grads`` is kept). ``0 <= ratio < 1``. Stateless.
+    """
+    if isinstance(ratio, (int, float)) and 1 <= ratio < 100:
+        raise DLGInputError(f"Soteria pruning ratio is the fraction of representation features pruned, "
+                            f">= 0 and < 1, got {ratio!r} (for {ratio:g}% use {ratio / 100:g})")
+    ratio = _check_number("Soteria pruning ratio", ratio, low=0.0, high=1.0)
+
+    def update(updates, state, params=None, *, model=None, inputs=None, **extra_args):
+        del extra_args
+        if model is None or inputs is None or params is None:
+            raise DLGInputError("defense 'soteria' needs the client's params, model and inputs: "
+                                "update(grads, state, params, model=..., inputs=...)")
+        kernel = (*defended_layer(model, params, inputs), "kernel")
+        keep = _top_k_mask(feature_scores(model, params, inputs), ratio)
+
+        def mask(path, g):
+            if tuple(getattr(k, "key", None) for k in path) != kernel:
+                return g
+            return g * keep[:, None].astype(g.dtype)
+
+        return jax.tree_util.tree_map_with_path(mask, updates), state
+
+    return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Named defenses, keys and application to stacked targets.
 
 
 @dataclasses.dataclass(frozen=True)
 class Defense:
-    """A named defense: its optax ``transform`` and whether that transform takes per-example gradients
-    (leading batch axis) rather than the batch's mean gradient.
+    """A named defense: its optax ``transform``, whether that transform takes per-example gradients
+    (leading batch axis) rather than the batch's mean gradient, and whether it needs the client's
+    ``params``, ``model`` and ``inputs`` (``soteria``: passed as optax extra arguments).
 
     Calling it, ``defense(grads, key)``, defends the stacked shared gradients ``grads`` (leading ``T``
-    axis) with independent keys per target; :func:`defended_gradients` (what
+    axis) with independent keys per target (not a ``needs_inputs`` one); :func:`defended_gradients` (what
     :func:`dlg_jax.pipeline.run_dlg` uses) also feeds per-example defenses their per-example gradients.
     """
 
@@ -261,6 +312,7 @@ class Defense:
     options: tuple[tuple[str, Any], ...]
     transform: optax.GradientTransformation
     per_example: bool = False
+    needs_inputs: bool = False
 
     def __call__(self, grads: Any, key: jax.Array) -> Any:
         return apply_defense(self, grads, key)
@@ -277,7 +329,8 @@ def format_strength(strength: Any) -> str:
     return str(strength)
 
 
-_OPTIONS = {"none": (), "gaussian": (), "laplacian": (), "precision": (), "prune": ("scope",), "dp": ("clip",)}
+_OPTIONS = {"none": (), "gaussian": (), "laplacian": (), "precision": (), "prune": ("scope",), "dp": ("clip",),
+            "soteria": ()}
 
 
 def make_defense(name: str, strength: Any = None, **options) -> Defense:
@@ -306,11 +359,14 @@ def make_defense(name: str, strength: Any = None, **options) -> Defense:
         transform = low_precision(strength)
     elif name == "prune":
         transform = prune(strength, **options)
+    elif name == "soteria":
+        transform = soteria(strength)
     else:
         transform = dp_aggregate(strength, **options)
     if name != "precision":
         strength = float(strength)
-    return Defense(name, strength, tuple(sorted(options.items())), transform, per_example=name == "dp")
+    return Defense(name, strength, tuple(sorted(options.items())), transform, per_example=name == "dp",
+                   needs_inputs=name == "soteria")
 
 
 def compose(*defenses: Defense) -> Defense:
@@ -324,6 +380,7 @@ def compose(*defenses: Defense) -> Defense:
         "+".join(d.name for d in defenses), tuple(d.strength for d in defenses),
         tuple((f"{i}.{k}", v) for i, d in enumerate(defenses) for k, v in d.options),
         optax.chain(*(d.transform for d in defenses)), defenses[0].per_example,
+        any(d.needs_inputs for d in defenses),
     )
 
 
@@ -351,19 +408,23 @@ def _as_typed_key(key) -> jax.Array:
     return jax.random.wrap_key_data(key)
 
 
-def _apply_per_target(transform: optax.GradientTransformation, inputs: Any, key: jax.Array) -> Any:
-    """``update`` of a fresh state keyed ``fold_in(key, t)`` on each target's slice ``t`` of ``inputs``."""
+def _apply_per_target(transform: optax.GradientTransformation, inputs: Any, key: jax.Array, model=None,
+                      params: Any = None, images: jnp.ndarray | None = None) -> Any:
+    """``update`` of a fresh state keyed ``fold_in(key, t)`` on each target's slice ``t`` of ``inputs``;
+    with ``model``, the update also gets ``params`` and target ``t``'s ``images[t]`` (as ``inputs=``)."""
     targets = jax.tree.leaves(inputs)[0].shape[0]
+    transform = optax.with_extra_args_support(transform)
 
-    def one(target_inputs, target_key):
+    def one(target_inputs, target_key, target_images):
         state = with_key(transform.init(target_inputs), target_key)
-        return transform.update(target_inputs, state)[0]
+        extra = {} if model is None else {"model": model, "inputs": target_images}
+        return transform.update(target_inputs, state, params, **extra)[0]
 
     keys = jax.vmap(lambda t: jax.random.fold_in(key, t))(jnp.arange(targets))
-    return jax.vmap(one)(inputs, keys)
+    return jax.vmap(one, in_axes=(0, 0, None if images is None else 0))(inputs, keys, images)
 
 
-_apply_jit = jax.jit(_apply_per_target, static_argnums=0)
+_apply_jit = jax.jit(_apply_per_target, static_argnums=(0, 3))
 
 
 def apply_defense(defense: Defense | optax.GradientTransformation, grads: Any, key: jax.Array | int) -> Any:
@@ -376,6 +437,9 @@ def apply_defense(defense: Defense | optax.GradientTransformation, grads: Any, k
     """
     key = _as_typed_key(key)
     if isinstance(defense, Defense):
+        if defense.needs_inputs:
+            raise DLGInputError(f"defense {defense.name!r} needs the clients' model, params and images: use "
+                                "defended_gradients(defense, model, params, images, labels, key)")
         if defense.per_example:
             batched = jax.tree.map(lambda g: g[:, None], grads)
             return _apply_jit(defense.transform, batched, key)
@@ -400,8 +464,12 @@ def defended_gradients(defense: Defense, model, params: Any, images: jnp.ndarray
                        key: jax.Array | int) -> Any:
     """What ``T`` defended clients share for ``images [T, B, H, W, C]``, ``labels [T, B]`` (leading ``T``
     axis on every leaf). Per-example defenses get per-example gradients (true DP-SGD for any ``B``);
-    the others get the batch-mean gradient, as :func:`apply_defense`."""
-    if defense.per_example:
-        return _apply_jit(defense.transform, per_example_gradients(model, params, images, labels),
-                          _as_typed_key(key))
-    return apply_defense(defense, shared_gradients(model, params, images, labels), key)
+    the others get the batch-mean gradient, as :func:`apply_defense`. A ``needs_inputs`` defense
+    (``soteria``) also gets ``model``, ``params`` and each client's own ``images[t]``."""
+    if not defense.per_example and not defense.needs_inputs:
+        return apply_defense(defense, shared_gradients(model, params, images, labels), key)
+    grads = (per_example_gradients(model, params, images, labels) if defense.per_example
+             else shared_gradients(model, params, images, labels))
+    if not defense.needs_inputs:
+        return _apply_jit(defense.transform, grads, _as_typed_key(key))
+    return _apply_jit(defense.transform, grads, _as_typed_key(key), model, params, jnp.asarray(images))

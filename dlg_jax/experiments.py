@@ -11,6 +11,11 @@
   iterations and wall time to recovery, duplicate (collapsed) slots, throughput and peak memory.
 - ``compare`` (Geiping et al. 2020): PSNR of DLG vs Inverting Gradients on the same targets of LeNet and
   ResNets (``"resnet20-sigmoid"``, DLG's variant ``"resnet20-dlg"``: :func:`parse_model`).
+- ``threat`` (the threat models of :mod:`dlg_jax.threat_models`): DLG's PSNR on LeNet when the attacker sees
+  the mean of ``K`` clients' gradients, and when it sees one client's FedAvg weight change after ``S``
+  local steps.
+- ``resolution``: success rate and PSNR of DLG and Inverting Gradients on LeNet vs the image size
+  ``S x S`` (16 to 128) of the faces and colour sets (resized: :func:`dlg_jax.data.resize_image`).
 
 Each experiment runs with a standard budget (``STANDARD``) or a smoke-test one (``QUICK``); either can be
 overridden per call. :func:`run_experiment` returns an :class:`ExperimentResult` (a JSON-able payload)
@@ -24,6 +29,7 @@ import resource
 import time
 from typing import Any, Callable, Sequence
 
+import jax
 import matplotlib
 
 matplotlib.use("Agg")
@@ -39,8 +45,10 @@ from dlg_jax.metrics import evaluate  # noqa: E402
 from dlg_jax.models import MODEL_NAMES, dlg_resnet  # noqa: E402
 from dlg_jax.pipeline import DLGRun, run_dlg  # noqa: E402
 from dlg_jax.presets import PRESET_NAMES, attack_preset  # noqa: E402
+from dlg_jax.threat_models import ThreatModel  # noqa: E402
+from dlg_jax.victim import shared_gradients  # noqa: E402
 
-EXPERIMENT_NAMES = ("labels", "batch", "compare")
+EXPERIMENT_NAMES = ("labels", "batch", "compare", "threat", "resolution")
 EMBEDDED = ("digits", "colour", "faces")
 COMPARE_MODELS = ("lenet", "resnet20-sigmoid", "resnet20-relu")
 CURVE_POINTS = 200
@@ -66,6 +74,8 @@ METHODS = {
 BATCH_METHODS = ("dlg", "dlg-cyclic", "dlg-uniform", "dlg-count-uniform", "ig")
 QUICK_BATCH = {"batch_sizes": (1, 2), "methods": ("dlg", "dlg-count-uniform")}  # --quick's smaller grid
 BATCH_DATASETS = ("colour", "digits")
+RESOLUTION_GRID = {"sizes": (16, 32, 64, 128), "datasets": ("faces", "colour"), "methods": ("dlg", "ig")}
+THREAT_GRID = {"clients": (1, 2, 4, 8), "local_steps": (1, 2, 5, 10)}  # threat: K (S = 1) and S (K = 1)
 # Model spec tokens after the name (parse_model): activation, or DLG's ResNet options.
 MODEL_TOKENS = {"relu": {"activation": "relu"}, "sigmoid": {"activation": "sigmoid"},
                 "bn": {"norm": "batch"}, "nostride": {"strides": False}, "dlginit": {"init": "dlg"},
@@ -95,12 +105,16 @@ STANDARD = {
     "batch": Budget(targets=2, restarts=2, iterations=3000),
     "compare": {"lenet": Budget(targets=4, restarts=2, iterations=3000),
                 "resnet": Budget(targets=2, restarts=1, iterations=500)},
+    "threat": Budget(targets=4, restarts=2, iterations=1500),
+    "resolution": Budget(targets=4, restarts=4, iterations=1000),
 }
 QUICK = {
     "labels": Budget(targets=20, restarts=1, iterations=100),
     "batch": Budget(targets=1, restarts=1, iterations=300),
     "compare": {"lenet": Budget(targets=2, restarts=1, iterations=300),
                 "resnet": Budget(targets=1, restarts=1, iterations=50)},
+    "threat": Budget(targets=1, restarts=1, iterations=200),
+    "resolution": Budget(targets=1, restarts=1, iterations=100),
 }
 
 
@@ -245,6 +259,7 @@ def batch_experiment(batch_sizes: Sequence[int] = (1, 2, 4, 8), budget: Budget =
                                         if median_its is not None else None),
                 "converged_restarts": int(converged.sum()),
                 "psnr_mean": summary["psnr_mean"], "worst_slot_psnr": run.metrics.slot_psnr.min(axis=1).tolist(),
+                "affine_psnr_mean": summary["affine_psnr_mean"],
                 "ssim_mean": summary["ssim_mean"], "label_accuracy": summary["label_accuracy"],
                 "duplicates": summary["duplicates"], "relative_loss_final": curve[-1], "curve": curve,
                 "curve_iterations": points, "run_seconds": result.run_seconds,
@@ -290,6 +305,8 @@ def compare_experiment(models: Sequence[str] = COMPARE_MODELS, budgets: dict[str
                 "model": spec, "attack": attack, "targets": summary["targets"], "psnr_mean": summary["psnr_mean"],
                 "psnr_median": summary["psnr_median"], "ssim_mean": summary["ssim_mean"],
                 "label_accuracy": summary["label_accuracy"], "success_rate_psnr30": summary["success_rate_psnr30"],
+                "affine_psnr_mean": summary["affine_psnr_mean"],
+                "affine_success_rate_psnr30": summary["affine_success_rate_psnr30"],
                 "run_seconds": run.result.run_seconds, "compile_seconds": run.result.compile_seconds,
                 "relative_objective": float(np.median(run.result.best_loss / run.result.loss_history[
                     np.arange(summary["targets"]), run.result.best_restart, 0])),
@@ -301,18 +318,115 @@ def compare_experiment(models: Sequence[str] = COMPARE_MODELS, budgets: dict[str
     return ExperimentResult("compare", payload, images)
 
 
+def _gradient_comparison(run: DLGRun) -> tuple[np.ndarray, np.ndarray]:
+    """How what the attacker matched, ``d_t``, compares with target ``t``'s own one-step gradient ``g_t`` at
+    ``W``: ``[T]`` relative distances ``||d_t - g_t|| / ||g_t||`` (0 for DLG's single client) and ``[T]``
+    cosines ``<d_t, g_t> / (||d_t|| ||g_t||)`` (1 when ``d_t`` is ``g_t`` rescaled)."""
+    own = shared_gradients(run.model, run.params, run.images, run.labels)
+    seen, mine = [np.concatenate([np.asarray(leaf, np.float64).reshape(len(run.labels), -1)
+                                  for leaf in jax.tree.leaves(tree)], axis=1) for tree in (run.shared_grads, own)]
+    norms = np.linalg.norm(seen, axis=1) * np.linalg.norm(mine, axis=1)
+    return np.linalg.norm(seen - mine, axis=1) / np.linalg.norm(mine, axis=1), np.sum(seen * mine, 1) / norms
+
+
+def threat_experiment(clients: Sequence[int] = THREAT_GRID["clients"],
+                      local_steps: Sequence[int] = THREAT_GRID["local_steps"], budget: Budget = STANDARD["threat"], *,
+                      methods: Sequence[str] = ("dlg",), dataset: str = "colour", aggregate: str = "mean",
+                      local_lr: float = 0.1, seed: int = 0, settings: dict | None = None, log: Log | None = None,
+                      progress: Callable[[Progress], None] | None = None) -> ExperimentResult:
+    """Each attack method (:data:`METHODS`) on LeNet, the first ``budget.targets`` single images of
+    ``dataset``, under each threat model (:mod:`dlg_jax.threat_models`): ``K`` clients in ``clients``
+    aggregated by ``aggregate``, one step each; then one client after ``S`` in ``local_steps`` FedAvg steps
+    of size ``local_lr`` (``K = S = 1``, DLG's own setting, runs once). The other clients' images are drawn
+    from ``seed``. One row per (method, threat model); PSNR, SSIM and labels are scored against the target's
+    image. ``gradient_gap`` and ``gradient_cosine``: per target, what the attacker matched against the
+    target's own gradient (:func:`_gradient_comparison`)."""
+    for method in methods:
+        check_choice("attack method", method, METHODS)
+    threats = [ThreatModel(clients=k, aggregate=aggregate, local_lr=local_lr) for k in clients]
+    threats += [ThreatModel(local_steps=s, aggregate=aggregate, local_lr=local_lr) for s in local_steps
+                if s != 1 or 1 not in clients]
+    get_dataset(dataset).check_indices(np.arange(budget.targets))
+    rows = []
+    for method in methods:
+        for threat in threats:
+            if log:
+                log(f"threat: {method}, {threat.describe()}, {budget.targets} targets")
+            config = _config(method, budget, seed, **(settings or {}))
+            run = run_dlg("lenet", dataset, targets=budget.targets, config=config, threat=threat, progress=progress)
+            summary = run.metrics.summary()
+            gap, cosine = _gradient_comparison(run)
+            rows.append({
+                "method": method, "clients": threat.clients, "local_steps": threat.local_steps,
+                "threat_model": threat.describe(), "targets": summary["targets"], "psnr_mean": summary["psnr_mean"],
+                "psnr": run.metrics.psnr.tolist(), "ssim_mean": summary["ssim_mean"],
+                "label_accuracy": summary["label_accuracy"], "success_rate_psnr30": summary["success_rate_psnr30"],
+                "gradient_gap": gap.tolist(), "gradient_cosine": cosine.tolist(),
+                "other_clients_indices": run.client_indices.tolist(), "run_seconds": run.result.run_seconds,
+                "compile_seconds": run.result.compile_seconds,
+            })
+    payload = {"experiment": "threat", "model": "lenet", "dataset": dataset,
+               "methods": {m: {"preset": METHODS[m][0], **METHODS[m][1]} for m in methods},
+               "aggregate": aggregate, "local_lr": local_lr, "budget": dataclasses.asdict(budget),
+               "settings": settings or {}, "seed": seed, "rows": rows}
+    return ExperimentResult("threat", payload)
+
+
+def resolution_experiment(sizes: Sequence[int] = RESOLUTION_GRID["sizes"], budget: Budget = STANDARD["resolution"],
+                          *, datasets: Sequence[str] = RESOLUTION_GRID["datasets"],
+                          methods: Sequence[str] = RESOLUTION_GRID["methods"], seed: int = 0,
+                          settings: dict | None = None, log: Log | None = None,
+                          progress: Callable[[Progress], None] | None = None) -> ExperimentResult:
+    """Each method on LeNet (DLG's, its classifier sized to the input) and the first ``budget.targets``
+    single images of each dataset resized to ``S x S`` for ``S`` in ``sizes``. One row per (dataset,
+    method, S). The embedded sets are stored at 32x32 (faces: LFW's 25x25 crops, already up-sampled), so
+    ``S > 32`` interpolates: more pixels to recover, no more detail. ``unknowns``: ``S * S * C`` values per
+    image; ``gradient_entries``: LeNet's parameter count (its last layer grows as ``12 (S/4)^2 K``).
+    ``success_rate_psnr30``: share of targets whose best restart reaches 30 dB."""
+    for method in methods:
+        check_choice("attack method", method, METHODS)
+    sources = {(name, size): get_dataset(name, image_size=size) for name in datasets for size in sizes}
+    for source in sources.values():
+        source.check_indices(np.arange(budget.targets))
+    rows = []
+    for (dataset, size), source in sources.items():
+        for method in methods:
+            if log:
+                log(f"resolution: {dataset} at {size}x{size}, {method}, {budget.targets} targets")
+            run = run_dlg("lenet", dataset, targets=budget.targets, image_size=size,
+                          config=_config(method, budget, seed, **(settings or {})), progress=progress)
+            summary, result = run.metrics.summary(), run.result
+            rows.append({
+                "dataset": dataset, "size": size, "method": method, "targets": summary["targets"],
+                "unknowns": int(np.prod(source.input_shape)),
+                "gradient_entries": int(sum(np.size(leaf) for leaf in jax.tree.leaves(run.params))),
+                "success_rate_psnr30": summary["success_rate_psnr30"], "psnr_mean": summary["psnr_mean"],
+                "psnr_median": summary["psnr_median"], "psnr": run.metrics.psnr.tolist(),
+                "ssim_mean": summary["ssim_mean"], "label_accuracy": summary["label_accuracy"],
+                "run_seconds": result.run_seconds, "compile_seconds": result.compile_seconds,
+                "restart_iterations_per_second": result.restart_iterations / max(result.run_seconds, 1e-9),
+            })
+    payload = {"experiment": "resolution", "model": "lenet", "datasets": list(datasets), "sizes": list(sizes),
+               "methods": {m: {"preset": METHODS[m][0], **METHODS[m][1]} for m in methods},
+               "budget": dataclasses.asdict(budget), "settings": settings or {}, "seed": seed, "rows": rows}
+    return ExperimentResult("resolution", payload)
+
+
 def run_experiment(name: str, *, quick: bool = False, targets: int | None = None, restarts: int | None = None,
                    iterations: int | None = None, datasets: Sequence[str] | None = None,
                    batch_sizes: Sequence[int] | None = None, methods: Sequence[str] | None = None,
                    models: Sequence[str] | None = None, seed: int = 0, dtype: str = "float32",
                    num_classes: int | None = None, tolerance: float | None = None, chunk_size: int | None = None,
+                   clients: Sequence[int] | None = None, local_steps: Sequence[int] | None = None,
+                   aggregate: str = "mean", local_lr: float = 0.1, sizes: Sequence[int] | None = None,
                    log: Log | None = None, progress: Callable[[Progress], None] | None = None) -> ExperimentResult:
     """Experiment ``name`` with the ``QUICK`` or ``STANDARD`` budget, ``targets`` / ``restarts`` /
     ``iterations`` overriding it (for every model of ``compare``). ``datasets`` (labels, batch, compare:
     its first), ``batch_sizes`` (batch), ``methods`` (batch, compare: :data:`METHODS`) and ``models``
-    (batch: default LeNet; compare) select the settings; ``num_classes`` widens LeNet's classifier (batch); ``dtype``,
-    ``tolerance`` and ``chunk_size`` go into every attack's config (compare keeps tolerance 0). Adds
-    ``wall_seconds`` to the payload."""
+    (batch: default LeNet; compare), ``clients`` and ``local_steps`` (threat: :data:`THREAT_GRID`, with ``aggregate`` and
+    ``local_lr``), ``sizes`` (resolution: :data:`RESOLUTION_GRID`) select the settings; ``num_classes``
+    widens LeNet's classifier (batch); ``dtype``, ``tolerance`` and ``chunk_size`` go into every attack's
+    config (compare keeps tolerance 0). Adds ``wall_seconds`` to the payload."""
     check_choice("experiment", name, EXPERIMENT_NAMES)
     settings = {k: v for k, v in dict(dtype=dtype, tolerance=tolerance, chunk_size=chunk_size).items() if v is not None}
     budgets = QUICK if quick else STANDARD
@@ -327,6 +441,17 @@ def run_experiment(name: str, *, quick: bool = False, targets: int | None = None
                                   datasets=datasets or BATCH_DATASETS, methods=methods or grid["methods"],
                                   models=models or ("lenet",),
                                   seed=seed, settings=settings, num_classes=num_classes, log=log, progress=progress)
+    elif name == "threat":
+        result = threat_experiment(clients or THREAT_GRID["clients"], local_steps or THREAT_GRID["local_steps"],
+                                   budgets["threat"].replace(**override), methods=methods or ("dlg",),
+                                   dataset=(datasets or ["colour"])[0],
+                                   aggregate=aggregate, local_lr=local_lr, seed=seed, settings=settings, log=log,
+                                   progress=progress)
+    elif name == "resolution":
+        result = resolution_experiment(sizes or RESOLUTION_GRID["sizes"], budgets["resolution"].replace(**override),
+                                       datasets=datasets or RESOLUTION_GRID["datasets"],
+                                       methods=methods or RESOLUTION_GRID["methods"], seed=seed, settings=settings,
+                                       log=log, progress=progress)
     else:
         compare_budgets = {key: budget.replace(**override) for key, budget in budgets["compare"].items()}
         result = compare_experiment(models or COMPARE_MODELS, compare_budgets, attacks=methods or PRESET_NAMES,
@@ -351,7 +476,7 @@ def markdown_table(result: ExperimentResult) -> str:
     elif result.name == "batch":
         budget = result.payload["budget"]
         header = ["dataset", "model", "method", "B", "fully recovered", "any restart recovered", "iterations to recovery",
-                  "s to recovery", "duplicates", "PSNR dB", "label acc.", "final loss / initial", "restart-it/s"]
+                  "s to recovery", "duplicates", "PSNR dB", "PSNR dB up to a x + b", "label acc.", "final loss / initial", "restart-it/s"]
 
         def optional(value, spec):
             return "–" if value is None else format(value, spec)
@@ -360,6 +485,7 @@ def markdown_table(result: ExperimentResult) -> str:
                   f"{r['fully_recovered']:.0%} of {r['targets']}",
                   f"{r['oracle_recovered']:.0%}", optional(r["iterations_to_recovery"], ".0f"),
                   optional(r["seconds_to_recovery"], ".1f"), r["duplicates"], f"{r['psnr_mean']:.1f}",
+                  optional(r.get("affine_psnr_mean"), ".1f"),
                   f"{r['label_accuracy']:.0%}", f"{r['relative_loss_final']:.1e}",
                   f"{r['restart_iterations_per_second']:.0f}"] for r in rows]
         note = (f"{', '.join(_batch_models(result.payload))}, {result.payload['dtype']}; {budget['targets']} target(s) x {budget['restarts']} restart(s) x "
@@ -367,15 +493,43 @@ def markdown_table(result: ExperimentResult) -> str:
                 f"slot >= {result.payload['recovered_psnr']:.0f} dB after the optimal assignment; any restart: some "
                 "restart has (needs the private images to pick). Methods: " + "; ".join(
                     f"{m} = {v}" for m, v in result.payload["methods"].items()) + ".")
+    elif result.name == "resolution":
+        budget = result.payload["budget"]
+        header = ["dataset", "S x S", "method", "unknowns / gradient entries", "recovered (>= 30 dB)",
+                  "PSNR dB (mean)", "PSNR dB (median)", "SSIM", "label acc.", "restart-it/s"]
+        lines = [[r["dataset"], f"{r['size']}x{r['size']}", r["method"], f"{r['unknowns']} / {r['gradient_entries']}",
+                  f"{r['success_rate_psnr30']:.0%} of {r['targets']}", f"{r['psnr_mean']:.1f}",
+                  f"{r['psnr_median']:.1f}", f"{r['ssim_mean']:.3f}", f"{r['label_accuracy']:.0%}",
+                  f"{r['restart_iterations_per_second']:.0f}"] for r in rows]
+        note = (f"LeNet; {budget['targets']} target(s) x {budget['restarts']} restart(s) x {budget['iterations']} "
+                "iterations per row; images resized from the stored 32x32 (larger sizes interpolate). Methods: "
+                + "; ".join(f"{m} = {v}" for m, v in result.payload["methods"].items()) + ".")
+    elif result.name == "threat":
+        budget = result.payload["budget"]
+        header = ["method", "threat model", "K", "S", "PSNR dB (mean)", "PSNR dB per target", "SSIM", "label acc.",
+                  "success (>= 30 dB)", "distance to target gradient", "cosine to target gradient", "run s"]
+        lines = [[r["method"], r["threat_model"], r["clients"], r["local_steps"], f"{r['psnr_mean']:.1f}",
+                  ", ".join(f"{v:.1f}" for v in r["psnr"]), f"{r['ssim_mean']:.3f}", f"{r['label_accuracy']:.0%}",
+                  f"{r['success_rate_psnr30']:.0%}", ", ".join(f"{v:.2g}" for v in r["gradient_gap"]),
+                  ", ".join(f"{v:.2f}" for v in r["gradient_cosine"]), f"{r['run_seconds']:.1f}"] for r in rows]
+        note = (f"LeNet, {result.payload['dataset']}, one image per client; {budget['targets']} target(s) x "
+                f"{budget['restarts']} restart(s) x {budget['iterations']} iterations per row. K clients: the "
+                f"{result.payload['aggregate']} of their one-step gradients; S local steps: one client's FedAvg "
+                f"weight change at lr {result.payload['local_lr']:g}, matched as (W - W_S) / (S lr) at W. "
+                "Scores are against the target's image; distance: ||seen - g|| / ||g|| per target. Methods: "
+                + "; ".join(f"{m} = {v}" for m, v in result.payload["methods"].items()) + ".")
     else:
-        header = ["model", "attack", "targets", "PSNR dB (mean)", "PSNR dB (median)", "SSIM", "label acc.",
-                  "final / initial objective", "run s"]
+        header = ["model", "attack", "targets", "PSNR dB (mean)", "PSNR dB (median)", "PSNR dB up to a x + b",
+                  "recovered up to a x + b", "SSIM", "label acc.", "final / initial objective", "run s"]
         lines = [[r["model"], r["attack"], r["targets"], f"{r['psnr_mean']:.1f}", f"{r['psnr_median']:.1f}",
+                  f"{r['affine_psnr_mean']:.1f}", f"{r['affine_success_rate_psnr30']:.0%}",
                   f"{r['ssim_mean']:.3f}", f"{r['label_accuracy']:.0%}", f"{r['relative_objective']:.1e}",
                   f"{r['run_seconds']:.0f}"] for r in rows]
         note = "Budgets (targets x restarts x iterations): " + "; ".join(
             f"{model} {b['targets']}x{b['restarts']}x{b['iterations']}"
-            for model, b in result.payload["budget"].items())
+            for model, b in result.payload["budget"].items()) + (
+            ". Up to a x + b: PSNR after the least-squares brightness/contrast fit (dlg_jax.metrics), the two "
+            "numbers a batch-normalised network's gradient does not carry; recovered: >= 30 dB.")
     text = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     text += ["| " + " | ".join(str(cell) for cell in line) + " |" for line in lines]
     return "\n".join(text) + "\n\n" + note + "\n"
@@ -433,6 +587,46 @@ def plot_experiment(result: ExperimentResult):
         axes[0, 0].legend(fontsize=6)
         figure.tight_layout()
         return figure
+    if result.name == "resolution":
+        datasets = result.payload["datasets"]
+        figure, axes = plt.subplots(1, len(datasets), figsize=(4.0 * len(datasets), 3.2), dpi=110, sharey=True,
+                                    squeeze=False)
+        for axis, dataset in zip(axes[0], datasets):
+            for method in result.payload["methods"]:
+                chosen = [r for r in rows if (r["dataset"], r["method"]) == (dataset, method)]
+                axis.plot([r["size"] for r in chosen], [r["psnr_mean"] for r in chosen], "o-", label=method)
+            axis.axhline(RECOVERED_PSNR, color="k", lw=0.8, ls="--")
+            axis.set_xscale("log", base=2)
+            axis.set_xlabel("image size S (S x S)")
+            axis.set_title(f"LeNet, {dataset}", fontsize=9)
+        axes[0, 0].set_ylabel("mean PSNR of the best restart (dB)")
+        axes[0, 0].legend(fontsize=7)
+        figure.tight_layout()
+        return figure
+    if result.name == "threat":
+        figure, axes = plt.subplots(1, 2, figsize=(8, 3.2), dpi=110, sharey=True)
+        for axis, key, other, label in ((axes[0], "clients", "local_steps",
+                                         f"clients K ({result.payload['aggregate']} of their gradients)"),
+                                        (axes[1], "local_steps", "clients",
+                                         f"FedAvg local steps S at lr {result.payload['local_lr']:g} (one client)")):
+            for method in result.payload["methods"]:
+                chosen = [r for r in rows if r[other] == 1 and r["method"] == method]
+                for r in chosen:
+                    axis.scatter([r[key]] * len(r["psnr"]), r["psnr"], color="0.6", s=12)
+                axis.plot([r[key] for r in chosen], [r["psnr_mean"] for r in chosen], "o-",
+                          label=f"{method}, mean over targets")
+            axis.axhline(RECOVERED_PSNR, color="k", lw=0.8, ls="--")
+            values = sorted({r[key] for r in rows if r[other] == 1})
+            if values:
+                axis.set_xscale("log", base=2)
+                axis.set_xticks(values, [str(v) for v in values])
+                axis.minorticks_off()
+            axis.set_xlabel(label)
+        axes[0].set_ylabel("PSNR of the target (dB)")
+        axes[0].legend(fontsize=7)
+        figure.suptitle(f"LeNet, {result.payload['dataset']}: what the attacker sees", fontsize=9)
+        figure.tight_layout()
+        return figure
     attacks = result.payload["attacks"]
     models = list(dict.fromkeys(r["model"] for r in rows))
     figure = plt.figure(figsize=(3.0 + 1.1 * (1 + len(attacks)), max(3.0, 1.2 * len(models))), dpi=120)
@@ -472,5 +666,6 @@ def save_experiment(result: ExperimentResult, out: str | os.PathLike, extra: dic
 
 
 __all__ = ["EXPERIMENT_NAMES", "METHODS", "Budget", "recovery", "ExperimentResult", "STANDARD", "QUICK", "run_experiment",
-           "label_experiment", "batch_experiment", "compare_experiment", "markdown_table", "plot_experiment",
-           "save_experiment", "parse_model"]
+           "label_experiment", "batch_experiment", "compare_experiment", "threat_experiment", "resolution_experiment",
+           "markdown_table",
+           "plot_experiment", "save_experiment", "parse_model"]

@@ -11,6 +11,14 @@ images by an optimal assignment (Hungarian method, ``scipy.optimize.linear_sum_a
 MSE (or negative SSIM). ``duplicates`` counts slots whose reconstruction is closer to another slot's
 reconstruction (PSNR >= ``duplicate_psnr`` dB between the two) while the private images assigned to the
 two slots differ, i.e. two slots collapsed onto one image.
+
+**Up to brightness and contrast.** A network that normalises its first layer with the statistics of the
+batch (batch norm in training mode, :mod:`dlg_jax.models.batchnorm`; the first convolution has no bias) maps
+``a x + b`` to the same gradient as ``x`` for any ``a > 0`` exactly and any ``b`` up to the zero padding's
+border, so no gradient-matching attack can recover those two numbers. ``affine_psnr`` scores each assigned
+slot after the least-squares fit ``min_{a,b} ||a x' + b - x||^2`` (one scalar pair per image, fitted on
+the unclipped reconstruction, then clipped to [0, 1]): an oracle that forgives exactly the ambiguity the
+gradient leaves, reported beside the plain PSNR, never instead of it.
 """
 
 import dataclasses
@@ -59,6 +67,7 @@ class ReconstructionMetrics:
     slot_ssim: np.ndarray
     assignment: np.ndarray
     duplicates: np.ndarray
+    slot_affine_psnr: np.ndarray
 
     def summary(self) -> dict:
         """Aggregates over targets: means, medians and the success rate (PSNR >= 30 dB)."""
@@ -71,15 +80,30 @@ class ReconstructionMetrics:
             "label_accuracy": float(np.mean(self.label_accuracy)),
             "success_rate_psnr30": float(np.mean(self.slot_psnr.min(axis=1) >= 30.0)),
             "duplicates": int(np.sum(self.duplicates)),
+            "affine_psnr_mean": float(np.mean(self.slot_affine_psnr)),
+            "affine_success_rate_psnr30": float(np.mean(self.slot_affine_psnr.min(axis=1) >= 30.0)),
         }
 
     def per_target(self) -> list[dict]:
         return [
             {"mse": float(self.mse[t]), "psnr": float(self.psnr[t]), "ssim": float(self.ssim[t]),
              "label_accuracy": float(self.label_accuracy[t]), "assignment": self.assignment[t].tolist(),
-             "slot_psnr": self.slot_psnr[t].tolist(), "duplicates": int(self.duplicates[t])}
+             "slot_psnr": self.slot_psnr[t].tolist(), "duplicates": int(self.duplicates[t]),
+             "slot_affine_psnr": self.slot_affine_psnr[t].tolist()}
             for t in range(len(self.mse))
         ]
+
+
+def affine_aligned_mse(reconstructions: np.ndarray, truths: np.ndarray) -> np.ndarray:
+    """MSE of ``clip(a x' + b, 0, 1)`` against ``x`` with the least-squares ``a, b`` per image, for
+    ``reconstructions, truths [..., H, W, C]`` -> ``[...]``."""
+    x = np.asarray(reconstructions, np.float64).reshape(*np.shape(reconstructions)[:-3], -1)
+    y = np.asarray(truths, np.float64).reshape(x.shape)
+    xc = x - x.mean(axis=-1, keepdims=True)
+    yc = y - y.mean(axis=-1, keepdims=True)
+    scale = np.sum(xc * yc, axis=-1, keepdims=True) / np.maximum(np.sum(xc * xc, axis=-1, keepdims=True), 1e-300)
+    fitted = np.clip(scale * xc + y.mean(axis=-1, keepdims=True), 0.0, 1.0)
+    return np.mean((fitted - y) ** 2, axis=-1)
 
 
 def evaluate(reconstructions: np.ndarray, truths: np.ndarray, recovered_labels: np.ndarray,
@@ -106,9 +130,11 @@ def evaluate(reconstructions: np.ndarray, truths: np.ndarray, recovered_labels: 
     truth_mse = np.stack([truth_mse[t][np.ix_(owner[t], owner[t])] for t in range(targets)])
     twin = (psnr_from_mse(self_mse) >= duplicate_psnr) & (psnr_from_mse(truth_mse) < duplicate_psnr)
     twin &= ~np.eye(slots, dtype=bool)[None]
+    assigned = np.stack([reconstructions[t, assignment[t]] for t in range(targets)])
     return ReconstructionMetrics(
         mse=slot_mse.mean(axis=1), psnr=psnr_from_mse(slot_mse).mean(axis=1), ssim=slot_ssim.mean(axis=1),
         label_accuracy=(labels == np.asarray(true_labels)).mean(axis=1),
         slot_mse=slot_mse, slot_psnr=psnr_from_mse(slot_mse), slot_ssim=slot_ssim,
         assignment=assignment, duplicates=twin.any(axis=2).sum(axis=1),
+        slot_affine_psnr=psnr_from_mse(affine_aligned_mse(assigned, truths)),
     )

@@ -25,6 +25,7 @@ from dlg_jax.metrics import ReconstructionMetrics, evaluate
 from dlg_jax.models import Model, build_model
 from dlg_jax.models.batchnorm import reference_statistics
 from dlg_jax.precision import matmul_precision
+from dlg_jax.threat_models import ThreatModel, co_client_indices, observed_gradients
 from dlg_jax.victim import shared_gradients
 
 
@@ -43,6 +44,8 @@ class DLGRun:
     shared_grads: Any
     result: AttackResult
     metrics: ReconstructionMetrics
+    threat: ThreatModel = ThreatModel()
+    client_indices: np.ndarray | None = None
 
 
 def target_indices(dataset: DataSource, batch_size: int, indices: Sequence[int] | None,
@@ -93,6 +96,7 @@ def run_dlg(
     image_size: int | None = None,
     progress: Callable[[Progress], None] | None = None,
     num_classes: int | None = None,
+    threat: ThreatModel = ThreatModel(),
 ) -> DLGRun:
     """Build the model (weights from ``config.seed``), compute each target's shared gradient, attack it
     and score the best restart per target.
@@ -103,10 +107,17 @@ def run_dlg(
     ``num_classes``: the model's outputs (default: the dataset's classes; more, e.g. 100 as DLG's CIFAR-100
     LeNet, widens the final layer and with it the shared gradient). With ``config.bn_prior`` the reference
     statistics come from the dataset's other images (:func:`bn_reference`).
+    ``threat``: what the attacker sees (:class:`~dlg_jax.threat_models.ThreatModel`; default: the target's
+    own gradient). With ``K`` clients, ``K - 1`` other batches join each target's from the same dataset
+    (:func:`~dlg_jax.threat_models.co_client_indices`, from ``config.seed``); metrics score the target's.
     """
+    if defense is not None and not threat.single_client:
+        raise DLGInputError(f"a defense with the threat model {threat.describe()!r} is not supported; "
+                            "defenses apply to one client's single-step gradient")
     with matmul_precision(config.precision):  # the victim's gradient, label recovery and metrics too
         source = get_dataset(dataset, split=split, data_dir=data_dir, image_size=image_size)
         grid = target_indices(source, batch_size, indices, targets)
+        others = co_client_indices(source.size, grid, threat.clients, config.seed)  # [T, K - 1, B]
         if num_classes is not None and num_classes < source.num_classes:
             raise DLGInputError(f"num_classes must be >= the dataset's {source.num_classes} classes, got {num_classes}")
         net = build_model(model, source.input_shape, num_classes or source.num_classes, **(model_options or {}))
@@ -114,7 +125,15 @@ def run_dlg(
         images, labels = source.examples(grid.reshape(-1))
         images = images.reshape(*grid.shape, *source.input_shape).astype(config.dtype)
         labels = labels.reshape(grid.shape)
-        if defense is None:
+        if not threat.single_client:
+            client_images, client_labels = images[:, None], labels[:, None]  # [T, K, B, ...], [T, K, B]
+            if threat.clients > 1:
+                more_images, more_labels = source.examples(others.reshape(-1))
+                client_images = np.concatenate([client_images, more_images.reshape(
+                    *others.shape, *source.input_shape).astype(config.dtype)], axis=1)
+                client_labels = np.concatenate([client_labels, more_labels.reshape(others.shape)], axis=1)
+            grads = observed_gradients(net, params, client_images, client_labels, threat, config.precision)
+        elif defense is None:
             grads = shared_gradients(net, params, images, labels, config.precision)
         else:
             grads = defended_gradients(defense, net, params, images, labels,
@@ -124,4 +143,4 @@ def run_dlg(
         result = run_attack(net, params, grads, batch_size, config, fixed_labels=fixed_labels,
                             bn_statistics=bn_statistics, progress=progress)
         metrics = evaluate(result.best_images, images, result.best_labels, labels)
-        return DLGRun(net, params, source, grid, images, labels, grads, result, metrics)
+        return DLGRun(net, params, source, grid, images, labels, grads, result, metrics, threat, others)

@@ -31,7 +31,7 @@ import shlex
 
 import numpy as np
 
-from dlg_jax.data import DataSource
+from dlg_jax.data import DataSource, resize_image
 from dlg_jax.errors import DLGInputError, check_choice, check_positive_int
 
 TFDS_NAMES = ("mnist", "cifar10", "cifar100", "svhn_cropped", "lfw")
@@ -124,17 +124,6 @@ def _text(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def _resize(image: np.ndarray, size: int) -> np.ndarray:
-    """``image [H, W, C]`` uint8 -> ``[size, size, C]`` uint8 (PIL bilinear, antialiased when shrinking)."""
-    from PIL import Image
-
-    if image.shape[:2] == (size, size):
-        return image
-    channels = image.shape[-1]
-    picture = Image.fromarray(image[..., 0] if channels == 1 else image)
-    return np.asarray(picture.resize((size, size), Image.Resampling.BILINEAR)).reshape(size, size, channels)
-
-
 def tfds_source(name: str, *, split: str | None = None, data_dir: str | os.PathLike | None = None,
                 image_size: int | None = None) -> DataSource:
     """The prepared split ``split`` of tfds dataset ``name`` as a :class:`~dlg_jax.data.DataSource`.
@@ -173,7 +162,7 @@ def tfds_source(name: str, *, split: str | None = None, data_dir: str | os.PathL
         """``indices [n]`` -> ``(images [n, H, W, C] in [0, 1], labels [n] int64)``."""
         with _absl_warnings_hidden():
             examples = [records[int(i)] for i in indices]
-        images = np.stack([ex["image"] if image_size is None else _resize(ex["image"], image_size)
+        images = np.stack([ex["image"] if image_size is None else resize_image(ex["image"], image_size)
                            for ex in examples])
         labels = np.array([to_label(ex["label"]) for ex in examples], dtype=np.int64)
         return images / np.float32(255.0), labels

@@ -10,8 +10,10 @@ loss (:func:`dlg_jax.victim.batch_loss`) and updates with
 
 i.e. the *same* transform that defends the shared gradient in the attack experiment sees every
 training gradient first (a per-example defense such as ``dp`` gets the per-example gradients
-``[batch_size, ...]`` from ``jax.vmap``, DP-SGD). ``runs`` independent trainings (their own weights,
-batch order and defense keys) are vmapped into one compiled ``lax.scan`` over all steps.
+``[batch_size, ...]`` from ``jax.vmap``, DP-SGD; a defense that needs the client's data, ``soteria``,
+gets ``model=`` and the step's minibatch ``inputs=`` as optax extra arguments). ``runs`` independent
+trainings (their own weights, batch order and defense keys) are vmapped into one compiled ``lax.scan``
+over all steps.
 """
 
 import dataclasses
@@ -111,7 +113,8 @@ def train(config: TrainConfig, defense: Defense) -> TrainResult:
                 grads = jax.vmap(jax.grad(loss_fn), in_axes=(None, 0, 0))(params, x[:, None], y[:, None])
             else:
                 loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
-            updates, state = optimiser.update(grads, state, params)
+            extra = {"model": model, "inputs": x} if defense.needs_inputs else {}  # soteria ranks on this batch
+            updates, state = optimiser.update(grads, state, params, **extra)
             return (optax.apply_updates(params, updates), state), loss
 
         (params, _), losses = jax.lax.scan(step, (params, state), batches)

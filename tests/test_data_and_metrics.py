@@ -19,6 +19,20 @@ def test_embedded_sets(name, size, shape, classes):
     assert len({images[i].tobytes() for i in range(size)}) == size  # no duplicates
 
 
+def test_embedded_sets_resize_to_any_size_in_range():
+    native, _ = get_dataset("faces").examples([0, 1])
+    assert np.array_equal(get_dataset("faces", image_size=32).examples([0, 1])[0], native)
+    for size in (16, 128):
+        data = get_dataset("faces", image_size=size)
+        images, _ = data.examples([0, 1])
+        assert data.input_shape == (size, size, 1) and images.shape == (2, size, size, 1)
+        assert 0.0 <= images.min() and images.max() <= 1.0
+        assert abs(images.mean() - native.mean()) < 0.02  # bilinear resampling keeps the brightness
+    for bad in (4, 300, 2.5):
+        with pytest.raises(DLGInputError, match=f"integer from 8 to 256, got {bad}"):
+            get_dataset("colour", image_size=bad)
+
+
 def test_embedded_file_is_rebuilt_bit_for_bit_from_the_registry_packages():
     pytest.importorskip("skimage")
     pytest.importorskip("sklearn")
@@ -62,3 +76,14 @@ def test_duplicate_slots_are_flagged():
     collapsed = np.stack([truth[:, 0], truth[:, 0]], axis=1)  # both slots converged to image 0
     scores = evaluate(collapsed, truth, np.zeros((1, 2), int), np.zeros((1, 2), int))
     assert scores.duplicates[0] == 2 and scores.summary()["duplicates"] == 2
+
+
+def test_affine_psnr_forgives_brightness_and_contrast_only():
+    rng = np.random.default_rng(2)
+    truth = rng.uniform(size=(1, 2, 16, 16, 3)).astype(np.float32)
+    rescaled = np.stack([40.0 * truth[:, 0] - 3.0, truth[:, 1] + rng.normal(0, 0.1, truth[:, 1].shape)], axis=1)
+    scores = evaluate(rescaled, truth, np.zeros((1, 2), int), np.zeros((1, 2), int))
+    assert scores.slot_psnr[0, 0] < 10 and scores.slot_affine_psnr[0, 0] > 60  # a x + b is the image
+    # noise is not forgiven: the fit can only shrink it (a < 1), never remove it
+    assert scores.slot_affine_psnr[0, 1] == pytest.approx(scores.slot_psnr[0, 1], abs=1.5)
+    assert scores.summary()["affine_success_rate_psnr30"] == 0.0

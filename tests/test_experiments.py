@@ -141,7 +141,11 @@ def test_experiment_command_writes_json_plots_and_tables(tmp_path, capsys):
     assert main(["experiment", "compare", "--quick", *TINY, "--models", "lenet", "--out", str(out)]) == 0
     compare = json.loads((out / "compare.json").read_text())
     assert [(row["model"], row["attack"]) for row in compare["rows"]] == [("lenet", "dlg"), ("lenet", "ig")]
-    for name in ("labels", "batch", "compare"):
+    assert main(["experiment", "resolution", *TINY, "--sizes", "16", "--datasets", "faces", "--methods", "dlg",
+                 "--out", str(out)]) == 0
+    resolution = json.loads((out / "resolution.json").read_text())
+    assert [(row["dataset"], row["size"], row["unknowns"]) for row in resolution["rows"]] == [("faces", 16, 256)]
+    for name in ("labels", "batch", "compare", "resolution"):
         assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert (out / f"{name}.md").read_text().startswith("| ")
     assert not [name for name in os.listdir(out) if name.startswith(".tmp")]
@@ -157,6 +161,7 @@ def test_experiment_command_writes_json_plots_and_tables(tmp_path, capsys):
     (["batch", "--methods", "dlg,gan"], "unknown attack method 'gan'"),
     (["compare", "--models", "resnet20-tanh"], "unknown model option 'tanh'"),
     (["fastest"], "invalid choice: 'fastest'"),
+    (["resolution", "--sizes", "16,300"], "image size for an embedded dataset must be an integer from 8 to 256, got 300"),
 ])
 def test_experiment_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     assert main(["experiment", *argv, "--quiet", "--out", str(tmp_path / "out")]) == 2

@@ -130,3 +130,24 @@ def test_sigmoid_resnet_gradient_forgets_its_input_unless_batch_normalised_at_un
         model = build_model("resnet20", (16, 16, 3), 10, **options)
         changes[spec] = _relative_gradient_change(model, model.init(jax.random.key(0)), images, labels)
     assert changes["plain"] < 1e-4 and changes["dlg"] < 1e-4 and changes["bn"] > 1e-3, changes
+
+
+def test_batch_normalised_resnet_gradient_cannot_see_brightness_or_contrast():
+    # batch norm from the batch's own statistics after a bias-free first convolution removes a x + b:
+    # measured here 2x scale 3e-6 (exact up to BN's eps), +0.3 shift 5e-3 (zero-padding border), another
+    # image 2.7e-2; LeNet sees all three (~0.1-0.2). metrics.affine_aligned_mse forgives exactly this.
+    from dlg_jax.data import get_dataset
+
+    images, labels = get_dataset("colour").examples([0, 1])
+    images, labels = images[:, :16, :16], np.array([3, 3])
+    for name, options, invariant in (("resnet20", dict(activation="sigmoid", norm="batch"), True),
+                                     ("lenet", {}, False)):
+        model = build_model(name, (16, 16, 3), 10, **options)
+        params = model.init(jax.random.key(0))
+        change = {what: _relative_gradient_change(model, params, np.stack([images[0], other]), labels)
+                  for what, other in (("scale", 2.0 * images[0]), ("shift", images[0] + 0.3),
+                                      ("image", images[1]))}
+        if invariant:
+            assert change["scale"] < 1e-4 and change["shift"] < 0.3 * change["image"], (name, change)
+        else:
+            assert min(change.values()) > 0.05, (name, change)

@@ -151,6 +151,8 @@ def test_dlg_attack_counts_iterations_and_evaluations(lenet, dummies):
     (attack_throughput.main, ["--restarts", "0"]),
     (attack_throughput.main, ["--solvers", "sgd"]),
     (time_to_recovery.main, ["--targets", "1000"]),
+    (time_to_recovery.main, ["--batch-size", "9"]),
+    (time_to_recovery.main, ["--dataset", "faces"]),
     (scaling.main, ["--models", "vgg"]),
     (scaling.main, ["--batch-sizes", "-1"]),
     (attack_throughput.main, ["--device", "tpu"]),

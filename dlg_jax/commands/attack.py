@@ -47,7 +47,7 @@ def add_attack_options(parser: argparse.ArgumentParser) -> None:
                              "svhn_cropped, lfw (default: colour)")
     parser.add_argument("--split", default=None, help="dataset split (tfds sets; default: the test split)")
     parser.add_argument("--data-dir", default=None, help="tfds data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
-    parser.add_argument("--image-size", type=_positive_int, default=None, help="resize to this size (lfw: 32 or 64)")
+    parser.add_argument("--image-size", type=_positive_int, default=None, help="resize to S x S (lfw: 32 or 64; embedded sets: 8 to 256, interpolated from 32x32 or 28x28)")
     parser.add_argument("--batch-size", type=_positive_int, default=1, help="private images per shared gradient")
     parser.add_argument("--restarts", type=_positive_int, default=None,
                         help=f"random restarts per target (default: the attack's, dlg {dlg.restarts}, ig {ig.restarts})")
@@ -108,6 +108,19 @@ def _register_common_attack(subparsers):
                        help="dataset index of each target's first image (default: 0)")
     which.add_argument("--targets", type=_positive_int, default=None,
                        help="attack the first N batches of the dataset")
+    threat = parser.add_argument_group(
+        "threat model", "what the attacker sees (default: the target's own gradient of one step); "
+                        "README: 'Threat models: what the attacker sees'")
+    threat.add_argument("--clients", type=int, default=1,
+                        help="K >= 1: the attacker sees the aggregate of K clients' shares, the target's and "
+                             "K-1 other batches of the dataset (default: 1)")
+    threat.add_argument("--aggregate", default="mean", choices=("mean", "sum"),
+                        help="how the K clients' shares are combined (default: mean, as FedAvg / all-reduce)")
+    threat.add_argument("--local-steps", type=int, default=1,
+                        help="S >= 1: FedAvg, each client runs S SGD steps on its batch and shares its weights; "
+                             "the attacker matches (W - W_S) / (S * lr) at the original W (default: 1, FedSGD)")
+    threat.add_argument("--local-lr", type=float, default=0.1,
+                        help="the clients' local SGD learning rate lr > 0 (default: 0.1; used when S > 1)")
     parser.add_argument("--out", default="dlg-out", help="output directory (default: dlg-out)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
@@ -182,10 +195,15 @@ def environment() -> dict:
 
 
 def run(args) -> int:
+    import dataclasses
+
     from dlg_jax.files import atomic_write_json, prepare_output_dir
     from dlg_jax.pipeline import run_dlg
     from dlg_jax.report import convergence_plot, reconstruction_grid
+    from dlg_jax.threat_models import ThreatModel
 
+    threat = ThreatModel(clients=args.clients, aggregate=args.aggregate, local_steps=args.local_steps,
+                         local_lr=args.local_lr)
     config = attack_config_from_args(args)
     out = prepare_output_dir(args.out)
     model_options = {name: getattr(args, name) for name in ("activation", "norm") if getattr(args, name)}
@@ -194,7 +212,8 @@ def run(args) -> int:
     try:
         result = run_dlg(args.model, args.dataset, indices=args.index, targets=args.targets,
                          batch_size=args.batch_size, config=config, model_options=model_options,
-                         split=args.split, data_dir=args.data_dir, image_size=args.image_size, progress=bar)
+                         split=args.split, data_dir=args.data_dir, image_size=args.image_size, progress=bar,
+                         threat=threat)
     finally:
         bar.close()
     wall = time.perf_counter() - started
@@ -211,11 +230,13 @@ def run(args) -> int:
             best_loss=float(attack.loss[t, best]), restart_losses=attack.loss[t].tolist(),
             converged_restarts=int(attack.converged[t].sum()), failed_restarts=int(attack.failed[t].sum()),
             iterations_best=int(attack.iterations[t, best]), evaluations_best=int(attack.evaluations[t, best]),
+            other_clients_indices=result.client_indices[t].tolist(),
         )
         rows.append(entry)
     payload = {
         "command": "attack", "model": args.model, "dataset": args.dataset, "batch_size": args.batch_size,
         "config": _config_dict(config), "summary": metrics.summary(), "targets": rows,
+        "threat_model": {**dataclasses.asdict(threat), "description": threat.describe()},
         "timing": {"wall_seconds": wall, "compile_seconds": attack.compile_seconds,
                    "run_seconds": attack.run_seconds, "restart_iterations": attack.restart_iterations,
                    "restart_iterations_per_second": attack.restart_iterations / max(attack.run_seconds, 1e-9)},
@@ -241,6 +262,7 @@ def _print_table(rows, payload) -> None:
         print(f"{t:>6} {indices:>10} {labels:>9} {row['psnr']:>8.2f} {row['ssim']:>6.3f} {row['mse']:>9.2e} "
               f"{row['best_loss']:>9.2e} {row['converged_restarts']:>4}/{row['failed_restarts']:<4}")
     summary, timing = payload["summary"], payload["timing"]
+    print(f"threat model: {payload['threat_model']['description']}")
     print(f"mean PSNR {summary['psnr_mean']:.2f} dB, label accuracy {summary['label_accuracy']:.0%}, "
           f"success (PSNR >= 30 dB) {summary['success_rate_psnr30']:.0%}; wall {timing['wall_seconds']:.1f} s "
           f"(compile {timing['compile_seconds']:.1f} s, {timing['restart_iterations_per_second']:.0f} "

@@ -18,11 +18,11 @@ from dlg_jax.commands.attack import ProgressBar, _positive_int, add_attack_optio
 
 # Budgets when neither the option nor --quick is given, and with --quick (a smoke run of a few minutes).
 STANDARD = {"restarts": 4, "iterations": 2000, "targets": 4, "train_steps": 500, "train_runs": 3,
-            "defense": "gaussian,laplacian,prune,precision,dp"}
+            "defense": "gaussian,laplacian,prune,precision,dp,soteria"}
 QUICK = {"restarts": 2, "iterations": 1500, "targets": 2, "train_steps": 100, "train_runs": 2,
          "defense": "gaussian,prune,precision"}
 QUICK_STRENGTHS = {"gaussian": (1e-4, 1e-1), "laplacian": (1e-4, 1e-1), "prune": (0.1, 0.3),
-                   "precision": ("float16", "int8"), "dp": (0.1,)}
+                   "precision": ("float16", "int8"), "dp": (0.1,), "soteria": (0.2, 0.6)}
 
 
 def _add_options(parser: argparse.ArgumentParser, tradeoff: bool) -> None:
@@ -30,12 +30,13 @@ def _add_options(parser: argparse.ArgumentParser, tradeoff: bool) -> None:
     parser.set_defaults(restarts=None, iterations=None)
     parser.add_argument("--attacks", default="dlg", help="attack presets, comma-separated (default: dlg)")
     parser.add_argument("--defense", default=None,
-                        help="defenses, comma-separated, from gaussian, laplacian, prune, precision, dp "
+                        help="defenses, comma-separated, from gaussian, laplacian, prune, precision, dp, soteria "
                              f"(default: {STANDARD['defense']}; --quick: {QUICK['defense']})")
     parser.add_argument("--strengths", default=None,
                         help="strengths for every listed defense, comma-separated: a variance (noise), a "
                              "ratio (prune), a format (precision: float16, bfloat16, int8, ...), a noise "
-                             "multiplier (dp) (default: each defense's own list)")
+                             "multiplier (dp), a fraction of representation features pruned (soteria, 0 to <1) "
+                             "(default: each defense's own list)")
     parser.add_argument("--prune-scope", default=None, help="prune per tensor or global (default: tensor)")
     parser.add_argument("--dp-clip", type=float, default=None, help="DP per-example clipping norm C (default: 1)")
     parser.add_argument("--targets", type=_positive_int, default=None,

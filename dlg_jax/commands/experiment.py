@@ -3,7 +3,9 @@
     dlg-jax experiment labels  [--quick]   DLG vs iDLG label accuracy per embedded dataset
     dlg-jax experiment batch   [--quick]   batch recovery per B, method and dataset
     dlg-jax experiment compare [--quick]   PSNR of DLG vs Inverting Gradients, LeNet and ResNets
-    dlg-jax experiment all     [--quick]   the three in turn
+    dlg-jax experiment threat  [--quick]   DLG's PSNR vs K aggregated clients and FedAvg local steps S
+    dlg-jax experiment resolution [--quick] DLG and IG success vs image size 16 to 128 (faces, colour)
+    dlg-jax experiment all     [--quick]   all of them in turn
 
 Each writes ``<name>.json``, ``<name>.png`` and ``<name>.md`` to ``--out`` and prints the table.
 """
@@ -42,15 +44,27 @@ def register(subparsers):
     parser.add_argument("--iterations", type=_positive_int, default=None, help="override the iterations per restart")
     parser.add_argument("--datasets", type=_csv, default=None,
                         help="comma-separated datasets (labels default: digits,colour,faces; batch: colour,digits; "
-                             "compare: the first, default colour)")
+                             "resolution: faces,colour; compare, threat: the first, default colour)")
     parser.add_argument("--batch-sizes", type=_int_csv, default=None, help="batch: comma-separated (default: 1,2,4,8; --quick: 1,2)")
     parser.add_argument("--methods", type=_csv, default=None,
-                        help=f"batch, compare: comma-separated attack methods of {', '.join(METHODS)} "
-                             f"(default: batch {','.join(BATCH_METHODS)}, --quick dlg,dlg-count-uniform; compare dlg,ig)")
+                        help=f"batch, compare, threat, resolution: comma-separated attack methods of "
+                             f"{', '.join(METHODS)} (default: batch {','.join(BATCH_METHODS)}, --quick "
+                             "dlg,dlg-count-uniform; compare, resolution dlg,ig; threat dlg)")
     parser.add_argument("--models", type=_csv, default=None,
                         help="batch, compare: comma-separated name[-token...], tokens relu, sigmoid, bn, nostride, "
                              "dlginit, dlg (DLG's ResNet) (default: batch lenet; compare "
                              "lenet,resnet20-sigmoid,resnet20-relu)")
+    parser.add_argument("--clients", type=_int_csv, default=None,
+                        help="threat: comma-separated numbers of clients K, one step each (default: 1,2,4,8)")
+    parser.add_argument("--local-steps", type=_int_csv, default=None,
+                        help="threat: comma-separated FedAvg local steps S of one client (default: 1,2,5,10)")
+    parser.add_argument("--aggregate", default="mean", choices=("mean", "sum"),
+                        help="threat: how the K clients' gradients are combined (default: mean)")
+    parser.add_argument("--sizes", type=_int_csv, default=None,
+                        help="resolution: comma-separated image sizes S (S x S; embedded sets: 8 to 256; "
+                             "default: 16,32,64,128)")
+    parser.add_argument("--local-lr", type=float, default=0.1,
+                        help="threat: the FedAvg client's SGD learning rate (default: 0.1)")
     parser.add_argument("--float64", action="store_true", help="run in double precision")
     parser.add_argument("--tolerance", type=float, default=None,
                         help="batch: a restart converges (and stops) at objective <= this x |dW|^2 (default: 1e-8)")
@@ -101,7 +115,9 @@ def run(args) -> int:
                                     batch_sizes=args.batch_sizes, methods=args.methods, models=args.models,
                                     seed=args.seed, dtype="float64" if args.float64 else "float32",
                                     num_classes=args.classes, tolerance=args.tolerance,
-                                    chunk_size=args.chunk_size,
+                                    chunk_size=args.chunk_size, clients=args.clients,
+                                    local_steps=args.local_steps, aggregate=args.aggregate,
+                                    local_lr=args.local_lr, sizes=args.sizes,
                                     log=bars.log, progress=bars)
             bars.close()
             paths = save_experiment(result, args.out, {"environment": environment()})
