@@ -476,7 +476,8 @@ def markdown_table(result: ExperimentResult) -> str:
     elif result.name == "batch":
         budget = result.payload["budget"]
         header = ["dataset", "model", "method", "B", "fully recovered", "any restart recovered", "iterations to recovery",
-                  "s to recovery", "duplicates", "PSNR dB", "PSNR dB up to a x + b", "label acc.", "final loss / initial", "restart-it/s"]
+                  "s to recovery", "duplicates", "PSNR dB", "PSNR dB up to a x + b", "label acc.",
+                  "final loss / initial", "restart-it/s"]
 
         def optional(value, spec):
             return "–" if value is None else format(value, spec)

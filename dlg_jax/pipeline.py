@@ -122,6 +122,7 @@ def run_dlg(
             raise DLGInputError(f"num_classes must be >= the dataset's {source.num_classes} classes, got {num_classes}")
         net = build_model(model, source.input_shape, num_classes or source.num_classes, **(model_options or {}))
         params = net.init(jax.random.fold_in(jax.random.key(config.seed), 0x5EED), dtype=np.dtype(config.dtype))
+        bn_statistics = bn_reference(net, params, source, grid, config) if config.bn_prior else None
         images, labels = source.examples(grid.reshape(-1))
         images = images.reshape(*grid.shape, *source.input_shape).astype(config.dtype)
         labels = labels.reshape(grid.shape)
@@ -139,7 +140,6 @@ def run_dlg(
             grads = defended_gradients(defense, net, params, images, labels,
                                        jax.random.fold_in(jax.random.key(config.seed), 0xDEF))
         fixed_labels = recover_labels(config.labels, net, params, grads, batch_size)
-        bn_statistics = bn_reference(net, params, source, grid, config) if config.bn_prior else None
         result = run_attack(net, params, grads, batch_size, config, fixed_labels=fixed_labels,
                             bn_statistics=bn_statistics, progress=progress)
         metrics = evaluate(result.best_images, images, result.best_labels, labels)

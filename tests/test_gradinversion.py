@@ -141,11 +141,9 @@ def test_bn_prior_attack_runs_and_bad_inputs_are_one_clear_line():
         run_attack(TINY, params, grads, 2, config)
     with pytest.raises(DLGInputError, match="does not match"):
         run_attack(TINY, params, grads, 2, config, bn_statistics={"BatchStatNorm_0": stored["BatchStatNorm_0"]})
-    lenet = build_model("lenet", SHAPE, CLASSES)
-    lenet_params = lenet.init(jax.random.key(0))
-    lenet_grads = shared_gradients(lenet, lenet_params, images, labels)
+    lenet = build_model("lenet", SHAPE, CLASSES)  # refused before its params or gradients are looked at
     with pytest.raises(DLGInputError, match="needs a model with batch normalisation; model 'lenet' has none"):
-        run_attack(lenet, lenet_params, lenet_grads, 2, config, bn_statistics=stored)
+        run_attack(lenet, params, grads, 2, config, bn_statistics=stored)
     for field, value in (("bn_prior", -0.1), ("group_consistency", -1.0), ("bn_prior", float("nan"))):
         with pytest.raises(DLGInputError, match=f"{field} must be a finite number >= 0"):
             AttackConfig(**{field: value})
