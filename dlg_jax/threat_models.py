@@ -36,7 +36,7 @@ import numpy as np
 from dlg_jax.errors import DLGInputError, check_choice, check_positive_int
 from dlg_jax.models import Model
 from dlg_jax.precision import DEFAULT_PRECISION, matmul_precision
-from dlg_jax.victim import batch_loss, one_hot, shared_gradient
+from dlg_jax.victim import shared_gradient
 
 AGGREGATES = ("mean", "sum")
 
@@ -84,11 +84,8 @@ def local_update(model: Model, params: Any, images: jnp.ndarray, labels: jnp.nda
     ``S`` SGD steps ``W_{s+1} = W_s - lr * grad_W loss(W_s)`` on the same batch. Parameter-shaped pytree."""
     if steps == 1:
         return shared_gradient(model, params, images, labels)
-    targets = one_hot(labels, model.num_classes, images.dtype)
-    grad = jax.grad(batch_loss, argnums=1)
-
     def step(weights, _):
-        return jax.tree.map(lambda w, g: w - lr * g, weights, grad(model, weights, images, targets)), None
+        return jax.tree.map(lambda w, g: w - lr * g, weights, shared_gradient(model, weights, images, labels)), None
 
     final, _ = jax.lax.scan(step, params, None, length=steps)
     return jax.tree.map(lambda w, w_s: (w - w_s) / (steps * lr), params, final)
