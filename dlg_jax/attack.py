@@ -40,7 +40,7 @@ from dlg_jax.labels import LABEL_STRATEGIES, is_joint
 from dlg_jax.models import Model, check_same_tree
 from dlg_jax.models.batchnorm import batchnorm_statistics, check_batchnorm
 from dlg_jax.objectives import (DISTANCES, SECOND_ORDER_MODES, Context, Dummy, GroupMean, check_prior_weights,
-                                make_objective)
+                                make_objective, make_residual)
 from dlg_jax.precision import DEFAULT_PRECISION, check_precision, matmul_precision
 from dlg_jax.solvers import SolverConfig, make_solver
 from dlg_jax.victim import check_shared_gradients, one_hot
@@ -123,6 +123,14 @@ class AttackConfig:
         check_prior_weights(tv_weight=self.tv_weight, bn_prior=self.bn_prior,
                             group_consistency=self.group_consistency)
         check_positive_int("group_every", self.group_every)
+        if self.solver.least_squares:
+            clashes = [f"{name}={value}" for name, value in (("tv_weight", self.tv_weight), ("bn_prior", self.bn_prior),
+                                                              ("group_consistency", self.group_consistency)) if value]
+            clashes += [f"distance={self.distance!r}"] * (self.distance != "l2")
+            clashes += [f"batch_update={self.batch_update!r}"] * (self.batch_update != "joint")
+            if clashes:
+                raise DLGInputError(f"solver {self.solver.name!r} solves l2 gradient matching without priors "
+                                    f"(a sum of squares) with the joint batch update; got {', '.join(clashes)}")
         if self.group_consistency and self.restarts < 2:
             raise DLGInputError(f"group_consistency needs restarts >= 2 (one restart's group mean is itself), "
                                 f"got restarts={self.restarts}")
@@ -276,7 +284,13 @@ def _programs(model: Model, config: AttackConfig, mesh: jax.sharding.Mesh | None
                                group_consistency=config.group_consistency, layer_weights=config.layer_weights,
                                second_order=config.second_order)
     cyclic = config.batch_update == "cyclic"
-    solver = make_solver(slot_restricted(objective) if cyclic else objective, config.solver)
+    residual = make_residual(model, layer_weights=config.layer_weights) if config.solver.least_squares else None
+
+    def project(dummy: Dummy) -> Dummy:  # into the data range, for solvers that project their trial points
+        return dummy._replace(images=jnp.clip(dummy.images, *config.box))
+
+    solver = make_solver(slot_restricted(objective) if cyclic else objective, config.solver, residual=residual,
+                         project=project if config.box is not None else None)
 
     def solver_context(context, iterations, dummy):
         return (context, iterations % dummy.images.shape[0]) if cyclic else context
@@ -436,7 +450,18 @@ def _plan(model, params, target_grads, batch_size, config, fixed_labels, bn_stat
                                                  config, devices), mesh)
     if config.memory_budget is None:
         return plan
-    from dlg_jax.memory import chunk_for_budget, compiled_bytes
+    from dlg_jax.memory import chunk_for_budget, compiled_bytes, format_bytes
+
+    if config.solver.name == "lm":
+        unknowns = batch_size * (math.prod(model.input_shape)
+                                 + joint * math.prod(model.label_axes) * model.num_classes)
+        residuals = sum(leaf.size for leaf in jax.tree.leaves(params))
+        need = (residuals * unknowns + (config.solver.damping_trials + 1) * unknowns**2) * dtype.itemsize
+        if config.memory_budget < need:
+            raise DLGInputError(
+                f"memory budget {format_bytes(config.memory_budget)} is below one problem's Jacobian: solver 'lm' "
+                f"needs {format_bytes(need)} ({residuals} residuals x {unknowns} unknowns, and J^T J); raise "
+                f"--memory-budget or use the matrix-free --solver lm-cg")
 
     steps = min(config.block, config.iterations)
 
