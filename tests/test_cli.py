@@ -25,6 +25,17 @@ def test_attack_writes_grid_plot_and_metrics(tmp_path, capsys):
     assert not [name for name in os.listdir(out) if name.startswith(".tmp")]
 
 
+def test_attack_with_more_classes_and_levenberg_marquardt(tmp_path):
+    """``--classes 100`` widens the model's head (DLG's CIFAR LeNet); ``--solver lm-cg`` runs the
+    matrix-free least-squares solver through the same command."""
+    out = tmp_path / "run"
+    assert main(["attack", "--iterations", "2", "--restarts", "1", "--quiet", "--classes", "100",
+                 "--solver", "lm-cg", "--cg-steps", "2", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["classes"] == 100 and metrics["config"]["solver"]["name"] == "lm-cg"
+    assert metrics["config"]["solver"]["cg_steps"] == 2 and metrics["targets"][0]["evaluations_best"] > 2
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--model", "vgg"], "invalid choice: 'vgg'"),
     (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
@@ -33,6 +44,14 @@ def test_attack_writes_grid_plot_and_metrics(tmp_path, capsys):
     (["--index", "99", "--batch-size", "2"], "index 100 is outside dataset 'colour'"),
     (["--batch-size", "0"], "expected an integer >= 1, got '0'"),
     (["--restarts", "0"], "expected an integer >= 1, got '0'"),
+    (["--classes", "5"], "num_classes must be >= the dataset's 10 classes, got 5"),
+    (["--solver", "lm", "--damping", "nan"], "damping must be a finite number > 0, got nan"),
+    (["--solver", "lm", "--damping", "0"], "damping must be a finite number > 0, got 0.0"),
+    (["--solver", "lm-cg", "--cg-steps", "0"], "cg_steps must be an integer >= 1, got 0"),
+    (["--solver", "lm", "--memory-budget", "100MB"],
+     "is below one problem's Jacobian: solver 'lm' needs 385 MB (15826 residuals x 3082 unknowns, and J^T J); "
+     "raise --memory-budget or use the matrix-free --solver lm-cg"),
+    (["--solver", "lm", "--attack", "ig"], "solver 'lm' solves l2 gradient matching without priors"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     out = tmp_path / "out"

@@ -251,6 +251,7 @@ def run(args) -> int:
         rows.append(entry)
     payload = {
         "command": "attack", "model": args.model, "dataset": args.dataset, "batch_size": args.batch_size,
+        "classes": result.model.num_classes,
         "config": _config_dict(config), "summary": metrics.summary(), "targets": rows,
         "threat_model": {**dataclasses.asdict(threat), "description": threat.describe()},
         "timing": {"wall_seconds": wall, "compile_seconds": attack.compile_seconds,
