@@ -102,7 +102,8 @@ def run_case(name: str, solver: str, args) -> dict:
     iterations = args.lbfgs_iterations if solver == "lbfgs" else args.lm_iterations
     config = AttackConfig(restarts=args.restarts, iterations=iterations, solver=SolverConfig(solver),
                           tolerance=args.tolerance, dummy_init=init, box=(0.0, 1.0) if box else None,
-                          snapshots=0, seed=args.seed, dtype=dtype, chunk_size=args.chunk_size)
+                          snapshots=0, seed=args.seed, dtype=dtype, chunk_size=args.chunk_size,
+                          block=1 if solver != "lbfgs" else 100)
     started = time.perf_counter()
     result = run_attack(model, params, grads, batch, config)
     wall = time.perf_counter() - started
