@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dlg_jax.data import to_uint8
-from dlg_jax.errors import DLGInputError, check_choice, check_positive_int
+from dlg_jax.errors import DLGInputError, check_choice, check_number, check_positive_int
 from dlg_jax.labels import LABEL_STRATEGIES, is_joint
 from dlg_jax.models import Model, check_same_tree
 from dlg_jax.models.batchnorm import batchnorm_statistics, check_batchnorm
@@ -126,11 +126,13 @@ class AttackConfig:
         if self.group_consistency and self.restarts < 2:
             raise DLGInputError(f"group_consistency needs restarts >= 2 (one restart's group mean is itself), "
                                 f"got restarts={self.restarts}")
-        if not self.tolerance >= 0:
-            raise DLGInputError(f"tolerance must be >= 0, got {self.tolerance}")
+        check_number("tolerance", self.tolerance, low=0.0)
+        for weight in self.layer_weights or ():
+            check_number("layer weight", weight, low=0.0)
         if self.snapshots < 0:
             raise DLGInputError(f"snapshots must be >= 0, got {self.snapshots}")
-        if self.box is not None and not (len(self.box) == 2 and self.box[0] < self.box[1]):
+        if self.box is not None and not (len(self.box) == 2 and check_number("box bound", self.box[0])
+                                         < check_number("box bound", self.box[1])):
             raise DLGInputError(f"box must be (low, high) with low < high, got {self.box!r}")
         if self.dtype == "float64" and not jax.config.jax_enable_x64:
             raise DLGInputError(

@@ -43,7 +43,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from dlg_jax.errors import DLGInputError, check_choice
+from dlg_jax.errors import DLGInputError, check_choice, check_number
 from dlg_jax.models import Model
 from dlg_jax.models.batchnorm import batchnorm_statistics
 from dlg_jax.victim import batch_loss
@@ -128,12 +128,7 @@ def group_consistency_prior(images: jnp.ndarray, group: GroupMean) -> jnp.ndarra
 def check_prior_weights(**weights: float) -> None:
     """Raise :class:`DLGInputError` unless every prior weight (``name=value``) is a finite number >= 0."""
     for name, value in weights.items():
-        try:
-            ok = 0 <= float(value) < float("inf")
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise DLGInputError(f"{name} must be a finite number >= 0, got {value!r}")
+        check_number(name, value, low=0.0)
 
 
 def soft_targets(dummy: Dummy, context: Context) -> jnp.ndarray:

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dlg_jax.errors import DLGInputError, check_choice
+from dlg_jax.errors import DLGInputError, check_choice, check_number
 from dlg_jax.lockstep_lbfgs import make_lockstep_lbfgs
 
 SOLVER_NAMES = ("lbfgs", "optax-lbfgs", "jaxopt-lbfgs", "adam")
@@ -54,8 +54,7 @@ class SolverConfig:
             raise DLGInputError(f"history_size must be >= 1, got {self.history_size}")
         if self.max_linesearch_steps < 1:
             raise DLGInputError(f"max_linesearch_steps must be >= 1, got {self.max_linesearch_steps}")
-        if not self.learning_rate > 0:
-            raise DLGInputError(f"learning_rate must be > 0, got {self.learning_rate}")
+        check_number("learning_rate", self.learning_rate, low=0.0, low_inclusive=False)
 
 
 class Solver(NamedTuple):

@@ -26,14 +26,13 @@ without replacement from the seed (:func:`co_client_indices`); the attacker neve
 """
 
 import dataclasses
-import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlg_jax.errors import DLGInputError, check_choice, check_positive_int
+from dlg_jax.errors import DLGInputError, check_choice, check_number, check_positive_int
 from dlg_jax.models import Model
 from dlg_jax.precision import DEFAULT_PRECISION, matmul_precision
 from dlg_jax.victim import shared_gradient
@@ -55,12 +54,7 @@ class ThreatModel:
         check_positive_int("number of clients K", self.clients)
         check_choice("aggregate", self.aggregate, AGGREGATES)
         check_positive_int("local steps S", self.local_steps)
-        try:
-            lr = float(self.local_lr)
-        except (TypeError, ValueError):
-            lr = math.nan
-        if not (math.isfinite(lr) and lr > 0):
-            raise DLGInputError(f"local learning rate must be a finite number > 0, got {self.local_lr!r}")
+        check_number("local learning rate", self.local_lr, low=0.0, low_inclusive=False)
 
     @property
     def single_client(self) -> bool:

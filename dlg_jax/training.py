@@ -26,7 +26,7 @@ import optax
 
 from dlg_jax.data import get_dataset
 from dlg_jax.defenses import Defense, with_key
-from dlg_jax.errors import DLGInputError, check_positive_int
+from dlg_jax.errors import DLGInputError, check_number, check_positive_int
 from dlg_jax.models import build_model
 from dlg_jax.victim import batch_loss, one_hot
 
@@ -50,12 +50,9 @@ class TrainConfig:
         check_positive_int("training steps", self.steps)
         check_positive_int("training batch size", self.batch_size)
         check_positive_int("training runs", self.runs)
-        if not self.learning_rate > 0:
-            raise DLGInputError(f"training learning rate must be > 0, got {self.learning_rate}")
-        if not 0 <= self.momentum < 1:
-            raise DLGInputError(f"training momentum must be in [0, 1), got {self.momentum}")
-        if not 0 < self.test_fraction < 1:
-            raise DLGInputError(f"test fraction must be in (0, 1), got {self.test_fraction}")
+        check_number("training learning rate", self.learning_rate, low=0.0, low_inclusive=False)
+        check_number("training momentum", self.momentum, low=0.0, high=1.0)
+        check_number("test fraction", self.test_fraction, low=0.0, low_inclusive=False, high=1.0)
 
 
 @dataclasses.dataclass

@@ -24,7 +24,7 @@ import os
 import re
 import string
 
-from dlg_jax.errors import DLGInputError
+from dlg_jax.errors import DLGInputError, quote
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 PAD, UNK, CLS, SEP, MASK = range(len(SPECIAL_TOKENS))
@@ -100,13 +100,13 @@ def encode(text: str, max_length: int) -> list[int]:
         if token < len(SPECIAL_TOKENS):
             meaning = "maps to [UNK]" if token == UNK else "is a special token"
             raise DLGInputError(
-                f"text has {text[start:end]!r}, which {meaning}; allowed: letters (accents are stripped), digits "
+                f"text has {quote(text[start:end])}, which {meaning}; allowed: letters (accents are stripped), digits "
                 f"and {PUNCTUATION} (words outside the {WORDS}-word list are split into WordPiece pieces)"
             )
     ids = [CLS, *encoding.ids, SEP]
     if len(ids) > max_length:
         raise DLGInputError(
-            f"text is {len(ids)} tokens long with [CLS] and [SEP] ({' '.join(encoding.tokens)}); "
+            f"text is {len(ids)} tokens long with [CLS] and [SEP] {quote(' '.join(encoding.tokens))}; "
             f"the model takes at most {max_length}"
         )
     return ids

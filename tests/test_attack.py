@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import psnr
+from conftest import psnr, recovery_chunk
 from dlg_jax.attack import AttackConfig, run_attack
 from dlg_jax.errors import DLGInputError
 from dlg_jax.solvers import SolverConfig
@@ -14,17 +14,21 @@ from dlg_jax.solvers import SolverConfig
 QUICK = AttackConfig(restarts=3, iterations=40, block=20, snapshots=3, chunk_size=6)
 
 
+@pytest.mark.recovery
 def test_dlg_recovers_a_32x32_image_and_its_label(colour, lenet, two_targets):
+    """Both targets typically converge after 1800-2600 iterations (the count moves by hundreds with the
+    CPU's instruction set and the chunk size); the budget is twice that, and the run stops once every
+    restart has converged, so the margin costs nothing where it is not needed."""
     model, params = lenet
     images, labels, grads = two_targets
-    config = AttackConfig(restarts=2, iterations=2500, chunk_size=4, block=250)
+    config = AttackConfig(restarts=2, iterations=6000, chunk_size=recovery_chunk(4), block=250)
     result = run_attack(model, params, grads, 1, config)
     for t in range(2):
         assert psnr(result.best_images[t], images[t]) >= 30.0
         assert result.best_labels[t, 0] == labels[t, 0]
     assert result.images.shape == (2, 2, 1, 32, 32, 3) and result.loss_history.shape[:2] == (2, 2)
     assert result.snapshots.shape == (2, config.snapshots, 1, 32, 32, 3)
-    assert result.converged.any(axis=1).all()  # the tolerance was reached: the run stopped early
+    assert result.converged.any(axis=1).all()  # the tolerance was reached within the budget
     # every restart's objective went down by orders of magnitude
     assert np.all(result.loss_history[..., -1] < 1e-3 * result.loss_history[..., 0])
 

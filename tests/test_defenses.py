@@ -160,15 +160,15 @@ def test_the_same_transform_chains_into_an_optimiser():
 
 @pytest.mark.parametrize("name,strength,options,message", [
     ("noise", 1e-2, {}, "unknown defense 'noise'; allowed: none, gaussian"),
-    ("gaussian", -1e-4, {}, "noise variance must be a number >= 0, got -0.0001"),
-    ("laplacian", float("nan"), {}, "noise variance must be a number >= 0"),
-    ("prune", 1.0, {}, "pruning ratio must be a number >= 0 and < 1, got 1.0"),
+    ("gaussian", -1e-4, {}, "noise variance must be a finite number >= 0, got -0.0001"),
+    ("laplacian", float("nan"), {}, "noise variance must be a finite number >= 0"),
+    ("prune", 1.0, {}, "pruning ratio must be a finite number >= 0 and < 1, got 1.0"),
     ("prune", 0.3, {"scope": "layer"}, "unknown pruning scope 'layer'; allowed: tensor, global"),
     ("precision", "float12", {}, "unknown precision 'float12'; allowed: float16, bfloat16"),
     ("precision", "float32", {}, "not narrower than float32"),
     ("precision", "int1", {}, "needs 2 to 16 bits"),
     ("precision", "float8_e8m0fnu", {}, "cannot represent 0 and +-1 on the cpu backend"),
-    ("dp", 1.0, {"clip": 0.0}, "DP clipping norm must be a number > 0, got 0.0"),
+    ("dp", 1.0, {"clip": 0.0}, "DP clipping norm must be a finite number > 0, got 0.0"),
     ("dp", 1.0, {"scope": "tensor"}, "unknown option 'scope' for defense 'dp'; allowed: clip"),
     ("gaussian", None, {}, "defense 'gaussian' needs a strength"),
 ])
@@ -236,7 +236,7 @@ def test_cli_tradeoff_trains_with_each_defense(tmp_path, capsys):
     out = tmp_path / "tradeoff"
     assert main(["defend", "tradeoff", *TINY, "--defense", "precision,dp", "--strengths", "int4",
                  "--train-steps", "5", "--train-runs", "1", "--out", str(out)]) == 2  # int4 is no DP multiplier
-    assert "DP noise multiplier must be a number" in capsys.readouterr().err
+    assert "DP noise multiplier must be a finite number" in capsys.readouterr().err
     assert main(["defend", "tradeoff", *TINY, "--defense", "precision", "--strengths", "int4",
                  "--train-steps", "5", "--train-runs", "1", "--out", str(out)]) == 0
     training = Store(out / "training-store").rows()
@@ -248,8 +248,8 @@ def test_cli_tradeoff_trains_with_each_defense(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv,message", [
     (["--defense", "noise"], "unknown defense 'noise'"),
-    (["--defense", "gaussian", "--strengths=-1e-4"], "noise variance must be a number >= 0, got -0.0001"),
-    (["--defense", "prune", "--strengths", "1.0"], "pruning ratio must be a number >= 0 and < 1"),
+    (["--defense", "gaussian", "--strengths=-1e-4"], "noise variance must be a finite number >= 0, got -0.0001"),
+    (["--defense", "prune", "--strengths", "1.0"], "pruning ratio must be a finite number >= 0 and < 1"),
     (["--defense", "precision", "--strengths", "float12"], "unknown precision 'float12'"),
     (["--attacks", "breaching"], "unknown attack 'breaching'"),
 ])

@@ -100,8 +100,8 @@ def test_models_it_defends_and_those_it_refuses():
     (1.0, "Soteria pruning ratio is the fraction of representation features pruned, >= 0 and < 1, got 1.0 "
           "(for 1% use 0.01)"),
     (40, "got 40 (for 40% use 0.4)"),
-    (-0.1, "Soteria pruning ratio must be a number >= 0 and < 1, got -0.1"),
-    ("most", "Soteria pruning ratio must be a number >= 0 and < 1, got 'most'"),
+    (-0.1, "Soteria pruning ratio must be a finite number >= 0 and < 1, got -0.1"),
+    ("most", "Soteria pruning ratio must be a finite number >= 0 and < 1, got 'most'"),
     (None, "defense 'soteria' needs a strength, e.g. 0.1"),
 ])
 def test_bad_strength_is_one_line(strength, message):

@@ -2,30 +2,10 @@
 
 import argparse
 import os
-import platform
-import sys
 import time
 
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
-def _nonnegative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
+from dlg_jax.commands.options import (ProgressBar, environment, nonnegative_float, positive_float, positive_int,
+                                      wrote)
 
 
 def add_attack_options(parser: argparse.ArgumentParser) -> None:
@@ -47,25 +27,25 @@ def add_attack_options(parser: argparse.ArgumentParser) -> None:
                              "svhn_cropped, lfw (default: colour)")
     parser.add_argument("--split", default=None, help="dataset split (tfds sets; default: the test split)")
     parser.add_argument("--data-dir", default=None, help="tfds data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
-    parser.add_argument("--image-size", type=_positive_int, default=None, help="resize to S x S (lfw: 32 or 64; embedded sets: 8 to 256, interpolated from 32x32 or 28x28)")
-    parser.add_argument("--batch-size", type=_positive_int, default=1, help="private images per shared gradient")
-    parser.add_argument("--restarts", type=_positive_int, default=None,
+    parser.add_argument("--image-size", type=positive_int, default=None, help="resize to S x S (lfw: 32 or 64; embedded sets: 8 to 256, interpolated from 32x32 or 28x28)")
+    parser.add_argument("--batch-size", type=positive_int, default=1, help="private images per shared gradient")
+    parser.add_argument("--restarts", type=positive_int, default=None,
                         help=f"random restarts per target (default: the attack's, dlg {dlg.restarts}, ig {ig.restarts})")
-    parser.add_argument("--iterations", type=_positive_int, default=None,
+    parser.add_argument("--iterations", type=positive_int, default=None,
                         help=f"iteration budget per restart (default: dlg {dlg.iterations}, ig {ig.iterations})")
     parser.add_argument("--solver", default=None, choices=SOLVER_NAMES,
                         help=f"inner optimiser (default: dlg {dlg.solver.name}, ig signed {ig.solver.name})")
-    parser.add_argument("--history-size", type=_positive_int, default=None,
+    parser.add_argument("--history-size", type=positive_int, default=None,
                         help=f"L-BFGS memory (default: {defaults.solver.history_size})")
-    parser.add_argument("--learning-rate", type=float, default=None,
+    parser.add_argument("--learning-rate", type=positive_float, default=None,
                         help=f"adam step size (default: {defaults.solver.learning_rate})")
-    parser.add_argument("--tolerance", type=_nonnegative_float, default=None,
+    parser.add_argument("--tolerance", type=nonnegative_float, default=None,
                         help=f"a restart has converged once its objective is <= this x |dW|^2 (l2) "
                              f"(default: {defaults.tolerance})")
-    parser.add_argument("--chunk-size", type=_positive_int, default=None,
+    parser.add_argument("--chunk-size", type=positive_int, default=None,
                         help="problems (targets x restarts) per device in one vmapped batch "
                              "(default: 16 on CPU, 1024 on GPU/TPU)")
-    parser.add_argument("--devices", type=_positive_int, default=None,
+    parser.add_argument("--devices", type=positive_int, default=None,
                         help="shard the problems over this many local devices (default: all)")
     parser.add_argument("--precision", default=defaults.precision, choices=PRECISIONS,
                         help="matmul/convolution precision of the victim's gradient and the attack; "
@@ -79,10 +59,10 @@ def add_attack_options(parser: argparse.ArgumentParser) -> None:
                         help="joint: every slot each iteration (default); cyclic: slot i mod B at iteration i (DLG)")
     parser.add_argument("--dummy-init", default=None, choices=("randn", "uniform"),
                         help="dummy images ~ N(0, 1) (default, DLG) or ~ U(0, 1)")
-    parser.add_argument("--bn-prior", type=_nonnegative_float, default=None,
+    parser.add_argument("--bn-prior", type=nonnegative_float, default=None,
                         help="weight of GradInversion's batch-norm statistics prior (models with batch norm; "
                              "reference statistics from the dataset's other images) (default: 0)")
-    parser.add_argument("--group-consistency", type=_nonnegative_float, default=None,
+    parser.add_argument("--group-consistency", type=nonnegative_float, default=None,
                         help="weight of GradInversion's group consistency: each restart pulled toward the mean "
                              "of its target's restarts, updated every 100 iterations; needs --restarts >= 2 "
                              "(default: 0)")
@@ -106,7 +86,7 @@ def _register_common_attack(subparsers):
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--index", type=int, nargs="+", default=None,
                        help="dataset index of each target's first image (default: 0)")
-    which.add_argument("--targets", type=_positive_int, default=None,
+    which.add_argument("--targets", type=positive_int, default=None,
                        help="attack the first N batches of the dataset")
     threat = parser.add_argument_group(
         "threat model", "what the attacker sees (default: the target's own gradient of one step); "
@@ -119,7 +99,7 @@ def _register_common_attack(subparsers):
     threat.add_argument("--local-steps", type=int, default=1,
                         help="S >= 1: FedAvg, each client runs S SGD steps on its batch and shares its weights; "
                              "the attacker matches (W - W_S) / (S * lr) at the original W (default: 1, FedSGD)")
-    threat.add_argument("--local-lr", type=float, default=0.1,
+    threat.add_argument("--local-lr", type=positive_float, default=0.1,
                         help="the clients' local SGD learning rate lr > 0 (default: 0.1; used when S > 1)")
     parser.add_argument("--out", default="dlg-out", help="output directory (default: dlg-out)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -159,39 +139,6 @@ def attack_config_from_args(args, **overrides):
     if args.solver is not None and args.solver != config.solver.name:
         return dataclasses.replace(config, solver=SolverConfig(args.solver, **solver_options))
     return dataclasses.replace(config, solver=dataclasses.replace(config.solver, **solver_options))
-
-
-class ProgressBar:
-    """A tqdm bar over all chunks' iterations, showing the best objective and converged restarts."""
-
-    def __init__(self, enabled: bool):
-        self.enabled, self.bar, self.done = enabled, None, 0
-
-    def __call__(self, progress):
-        if not self.enabled:
-            return
-        from tqdm import tqdm
-
-        total = progress.chunks * progress.iterations
-        if self.bar is None:
-            self.bar = tqdm(total=total, unit="it", file=sys.stderr, dynamic_ncols=True, desc="DLG")
-        position = progress.chunk * progress.iterations + progress.iteration
-        self.bar.update(position - self.done)
-        self.done = position
-        self.bar.set_postfix_str(f"chunk {progress.chunk + 1}/{progress.chunks} best {progress.best_loss:.3g} "
-                                 f"converged {progress.converged}/{progress.problems} failed {progress.failed}")
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-
-
-def environment() -> dict:
-    import jax
-
-    return {"jax": jax.__version__, "backend": jax.default_backend(), "devices": len(jax.devices()),
-            "device_kind": jax.devices()[0].device_kind,
-            "python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()}
 
 
 def run(args) -> int:
@@ -244,6 +191,7 @@ def run(args) -> int:
     }
     atomic_write_json(os.path.join(out, "metrics.json"), payload)
     _print_table(rows, payload)
+    wrote([os.path.join(out, name) for name in ("reconstruction.png", "convergence.png", "metrics.json")])
     return 0
 
 

@@ -5,7 +5,7 @@ import argparse
 import os
 import time
 
-from dlg_jax.commands.attack import ProgressBar, _positive_int, environment
+from dlg_jax.commands.options import ProgressBar, environment, positive_int, wrote
 from dlg_jax.errors import DLGInputError
 
 
@@ -25,11 +25,11 @@ def register(subparsers):
                         help=f"text model: bert-tiny, bert-small, bert-medium (default: {DEFAULT_TEXT_MODEL})")
     parser.add_argument("--activation", default="gelu", choices=tuple(TEXT_ACTIVATIONS),
                         help="encoder activation, twice differentiable (default: gelu)")
-    parser.add_argument("--max-length", type=_positive_int, default=MAX_LENGTH,
+    parser.add_argument("--max-length", type=positive_int, default=MAX_LENGTH,
                         help=f"the model's longest sequence, with [CLS] and [SEP] (default: {MAX_LENGTH})")
-    parser.add_argument("--restarts", type=_positive_int, default=defaults.restarts,
+    parser.add_argument("--restarts", type=positive_int, default=defaults.restarts,
                         help=f"random restarts (default: {defaults.restarts})")
-    parser.add_argument("--iterations", type=_positive_int, default=defaults.iterations,
+    parser.add_argument("--iterations", type=positive_int, default=defaults.iterations,
                         help=f"L-BFGS iterations per restart (default: {defaults.iterations})")
     parser.add_argument("--restrict-tokens", action=argparse.BooleanOptionalAction, default=True,
                         help="decode only to the tokens whose embedding-gradient row is non-zero, the bag of "
@@ -103,4 +103,5 @@ def run(args) -> int:
     atomic_write_json(os.path.join(out, "metrics.json"), payload)
     atomic_write_bytes(os.path.join(out, "report.txt"), report.encode())
     print(report, end="")
+    wrote([os.path.join(out, name) for name in ("metrics.json", "report.txt")])
     return 0
