@@ -148,8 +148,11 @@ class AttackResult:
     (text models: ``images`` are the embeddings [T, R, B, L, E], label_logits [T, R, B, M, V], labels [T, R, B, M]),
     loss [T, R] (final objective), failed / converged [T, R] bool, iterations / evaluations [T, R],
     loss_history [T, R, I] (objective at each iteration run; frozen restarts repeat their last value),
-    best_restart [T], snapshots [T, S, B, H, W, C] uint8 of the best restart at ``snapshot_iterations [S]``
+    best_restart [T], snapshots [T, S, B, H, W, C] uint8 of the best restart at ``snapshot_iterations [T, S]``
     (non-image models: the dummy input itself, e.g. embeddings [T, S, B, L, E], in the attack's dtype).
+    Snapshots are taken at ``S`` evenly spaced iterations of the budget; ``snapshot_iterations`` says which
+    iteration each one actually shows: a restart that converged (or a run that stopped early) at
+    iteration ``i`` shows its final dummy, iteration ``i``, in every later snapshot.
     """
 
     images: np.ndarray
@@ -183,7 +186,8 @@ class AttackResult:
 
 
 class Progress(NamedTuple):
-    """Reported after every block: chunk ``chunk`` of ``chunks``, ``iteration`` of the budget."""
+    """Reported after every block: chunk ``chunk`` of ``chunks``, ``iteration`` of the budget;
+    ``run_seconds``: time spent running compiled blocks so far, all chunks together (compiling excluded)."""
 
     chunk: int
     chunks: int
@@ -193,6 +197,7 @@ class Progress(NamedTuple):
     converged: int
     failed: int
     problems: int
+    run_seconds: float
 
 
 class _Problem(NamedTuple):
@@ -605,7 +610,7 @@ def _solve(plan: _Plan, progress) -> AttackResult:
                 finite = losses[np.isfinite(losses)]
                 progress(Progress(index, chunks, stop, config.iterations,
                                   float(finite.min()) if finite.size else float("nan"),
-                                  int(converged.sum()), int(failed.sum()), len(losses)))
+                                  int(converged.sum()), int(failed.sum()), len(losses), run_seconds))
             if np.all(failed | converged):
                 break
             if stop in regroup_at:
@@ -663,14 +668,16 @@ def _assemble(outputs, problems, targets, restarts, joint, fixed_labels, snapsho
     label_logits = gather("label_logits") if joint else None
     labels = (np.argmax(label_logits, axis=-1) if joint
               else np.repeat(np.asarray(fixed_labels)[:, None], restarts, axis=1))
+    iterations = gather("iterations")
     if outputs[0]["snapshots"] is not None:
         snapshots = gather("snapshots")[np.arange(targets), best]
     else:
         snapshots = np.zeros((targets, 0, *images.shape[2:]), np.uint8)
+    shown = np.minimum(snapshot_iterations[None, :], iterations[np.arange(targets), best][:, None])
     return AttackResult(
         images=images, label_logits=label_logits, labels=labels.astype(np.int32), loss=loss,
-        failed=failed, converged=gather("converged"), iterations=gather("iterations"),
+        failed=failed, converged=gather("converged"), iterations=iterations,
         evaluations=gather("evaluations"), loss_history=gather("history"), best_restart=best,
-        snapshots=snapshots, snapshot_iterations=snapshot_iterations,
+        snapshots=snapshots, snapshot_iterations=shown,
         compile_seconds=compile_seconds, run_seconds=run_seconds, restart_iterations=restart_iterations,
     )

@@ -22,7 +22,7 @@ from dlg_jax.defenses import Defense, defended_gradients
 from dlg_jax.errors import DLGInputError, check_positive_int
 from dlg_jax.labels import recover_labels
 from dlg_jax.metrics import ReconstructionMetrics, evaluate
-from dlg_jax.models import Model, build_model
+from dlg_jax.models import Model, build_model, victim_params
 from dlg_jax.models.batchnorm import reference_statistics
 from dlg_jax.precision import matmul_precision
 from dlg_jax.threat_models import ThreatModel, co_client_indices, observed_gradients
@@ -121,7 +121,7 @@ def run_dlg(
         if num_classes is not None and num_classes < source.num_classes:
             raise DLGInputError(f"num_classes must be >= the dataset's {source.num_classes} classes, got {num_classes}")
         net = build_model(model, source.input_shape, num_classes or source.num_classes, **(model_options or {}))
-        params = net.init(jax.random.fold_in(jax.random.key(config.seed), 0x5EED), dtype=np.dtype(config.dtype))
+        params = victim_params(net, config.seed, dtype=np.dtype(config.dtype))
         bn_statistics = bn_reference(net, params, source, grid, config) if config.bn_prior else None
         images, labels = source.examples(grid.reshape(-1))
         images = images.reshape(*grid.shape, *source.input_shape).astype(config.dtype)

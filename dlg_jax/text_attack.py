@@ -335,7 +335,7 @@ def attack_sentences(
             out[index] = SentenceResult(
                 text=sentences[index], original=originals[t], recovered=chosen["ids"], masked=masked,
                 snapshots=nearest_tokens(result.snapshots[best, :, 0], table, bag if restrict else None),
-                snapshot_iterations=result.snapshot_iterations, bag_size=int(bag.sum()),
+                snapshot_iterations=result.snapshot_iterations[best], bag_size=int(bag.sum()),
                 loss=float(result.best_loss[best]), gradient_norm2=scale, scores=chosen["scores"],
                 decodings=decodings,
             )

@@ -105,3 +105,29 @@ def test_bad_attack_input(lenet, two_targets):
         run_attack(model, {"Dense_0": params["Dense_0"]}, grads, 1, QUICK)
     with pytest.raises(DLGInputError, match="float64"):
         AttackConfig(dtype="float64")
+
+
+def test_snapshots_say_which_iteration_they_show_when_the_run_stops_early(lenet, two_targets, tmp_path,
+                                                                            monkeypatch):
+    """A loose tolerance stops every restart long before the budget: the later snapshots show the final
+    image, and say so (its iteration), and the figure leaves out the columns that repeat it."""
+    from dlg_jax import report
+
+    model, params = lenet
+    images, _, grads = two_targets
+    config = AttackConfig(restarts=2, iterations=3000, tolerance=1e-2, block=10, snapshots=4, chunk_size=4)
+    result = run_attack(model, params, grads, 1, config)
+    stopped = result.iterations[np.arange(2), result.best_restart]
+    assert np.all(stopped < 1000)  # budget 3000: snapshots scheduled at 0, 1000, 2000, 3000
+    np.testing.assert_array_equal(result.snapshot_iterations, np.minimum([0, 1000, 2000, 3000], stopped[:, None]))
+    titles = []
+
+    def keep_titles(path, figure):
+        titles.extend(axis.get_title() for axis in figure.axes)
+
+    monkeypatch.setattr(report, "atomic_save_figure", keep_titles)
+    metrics_order = np.zeros((2, 1), int)
+    report.reconstruction_grid(tmp_path / "grid.png", images, result.snapshots, result.snapshot_iterations,
+                               result.best_images, metrics_order, np.zeros((2, 1)))
+    iteration_titles = [t for t in titles if t.startswith("iter ")]
+    assert iteration_titles == ["iter 0", f"iter {stopped[0]}", "iter 0", f"iter {stopped[1]}"]

@@ -50,6 +50,16 @@ class Model:
         check_same_tree(what, params, reference, f"model {self.name!r}")
 
 
+VICTIM_WEIGHTS_STREAM = 0x5EED
+
+
+def victim_params(model: Model, seed: int = 0, dtype=jnp.float32) -> Any:
+    """The victim's weights for ``seed``, as ``dlg-jax attack --seed SEED`` and :func:`dlg_jax.run_dlg` draw
+    them: the model's own initialisation from the key ``fold_in(key(seed), 0x5EED)``, a stream apart from
+    the attack's dummies (``fold_in(fold_in(key(seed), t), r)``) so that changing one never moves the other."""
+    return model.init(jax.random.fold_in(jax.random.key(seed), VICTIM_WEIGHTS_STREAM), dtype=dtype)
+
+
 def check_same_tree(what: str, tree: Any, reference: Any, reference_name: str) -> None:
     """Raise :class:`DLGInputError` unless ``tree`` has ``reference``'s structure and leaf shapes."""
     try:
