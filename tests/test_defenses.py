@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import recovery_chunk
 from dlg_jax.attack import AttackConfig, run_attack
 from dlg_jax.cli import main
 from dlg_jax.defenses import (apply_defense, compose, defended_gradients, make_defense, per_example_gradients,
@@ -187,6 +188,7 @@ def test_train_split_is_deterministic_and_training_runs_with_a_defense(colour):
     assert np.all(np.isfinite(result.loss))
 
 
+@pytest.mark.recovery
 def test_dlg_paper_defense_claims_on_lenet(colour, lenet):
     """DLG section 5 on one 32x32 image, all settings in one compiled batch (T = 4 defended gradients).
 
@@ -202,7 +204,7 @@ def test_dlg_paper_defense_claims_on_lenet(colour, lenet):
     settings = [("precision", "float16"), ("prune", 0.3), ("gaussian", 1e-1), ("gaussian", 1e-4)]
     defended = [make_defense(*s)(grads, jax.random.key(7)) for s in settings]
     stacked = jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *defended)
-    config = AttackConfig(restarts=2, iterations=1500, chunk_size=8, snapshots=0)
+    config = AttackConfig(restarts=2, iterations=1500, chunk_size=recovery_chunk(8), snapshots=0)
     result = run_attack(model, params, stacked, 1, config)
     psnr = dict(zip(settings, evaluate(result.best_images, np.repeat(images, 4, 0), result.best_labels,
                                        np.repeat(labels, 4, 0)).psnr))

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import recovery_chunk
 from dlg_jax.attack import AttackConfig, run_attack
 from dlg_jax.cli import main
 from dlg_jax.data import get_dataset
@@ -55,6 +56,7 @@ def test_soteria_zeroes_the_rows_of_the_best_reconstructing_features():
     assert jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(a[0], b), zero, clean))
 
 
+@pytest.mark.recovery
 def test_soteria_stops_dlg_at_equal_budget():
     """The same digit (28x28: 588 features), seed and budget (2 restarts, 500 L-BFGS iterations):
     undefended ~60 dB, Soteria pruning 40% of the features ~4 dB (measured 2026-11-26; 20% gave ~5 dB)."""
@@ -66,7 +68,7 @@ def test_soteria_stops_dlg_at_equal_budget():
     grads = [defended_gradients(make_defense(*setting), model, params, images, labels, 0)
              for setting in (("none",), ("soteria", 0.4))]
     stacked = jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *grads)
-    result = run_attack(model, params, stacked, 1, AttackConfig(restarts=2, iterations=500, chunk_size=8,
+    result = run_attack(model, params, stacked, 1, AttackConfig(restarts=2, iterations=500, chunk_size=recovery_chunk(8),
                                                                 snapshots=0))
     none, soteria = evaluate(result.best_images, np.repeat(images, 2, 0), result.best_labels,
                              np.repeat(labels, 2, 0)).psnr
