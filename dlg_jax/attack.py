@@ -466,7 +466,7 @@ def _whole_targets(chunk: int, config: AttackConfig, devices: int) -> int:
 
 def default_chunk_size() -> int:
     """Problems per device per vmapped batch when ``AttackConfig.chunk_size`` is ``None``: 16 on CPU
-    (chunks of ~8-24 restarts stay in cache; DESIGN.md), 1024 on accelerators (1024 problems ran at
+    (chunks of ~8-24 restarts stay in cache; docs/design.md), 1024 on accelerators (1024 problems ran at
     144k restart-iterations/s on an H200, 8 x 16 at 51k)."""
     return 16 if jax.default_backend() == "cpu" else 1024
 

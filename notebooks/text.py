@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -19,7 +21,7 @@
 # shares the gradient. The attacker knows the weights, the sentence length and which positions were
 # masked, and runs the same engine as for images: continuous dummy word embeddings `[1, L, E]`
 # optimised by L-BFGS until their gradient matches, then each position decoded to its nearest
-# vocabulary token (README, "Text").
+# vocabulary token (docs/text.md).
 #
 # Full settings take a minute or two on 2 CPU cores; `DLG_NOTEBOOK_SMALL=1` runs a few iterations.
 

@@ -191,6 +191,9 @@ labels = "analytic"
     ("[axes]\nbatch_size = [1,\n", "grid: not valid TOML"),
     ("budget.iterations = 0\n", "grid line 1: budget.iterations: must be an integer >= 1, got 0"),
     ("[axes]\nseed = []\n", "grid line 2: axes.seed: is an empty list"),
+    ("[budget]\nsolver = 'adam'\nlearning_rate = inf\n", "grid line 3: budget.learning_rate: must be a finite number, got inf"),
+    ("[axes]\ntolerance = [1e-8, nan]\n", "grid line 2: axes.tolerance: must be a finite number, got nan"),
+    ("[axes]\ndefense = [{name = 'gaussian', strength = inf}]\n", "noise variance must be a finite number >= 0, got inf"),
 ])
 def test_grid_errors_name_the_line_and_key(text, message):
     with pytest.raises(DLGInputError) as error:

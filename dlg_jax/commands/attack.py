@@ -90,7 +90,7 @@ def _register_common_attack(subparsers):
                        help="attack the first N batches of the dataset")
     threat = parser.add_argument_group(
         "threat model", "what the attacker sees (default: the target's own gradient of one step); "
-                        "README: 'Threat models: what the attacker sees'")
+                        "docs/findings/threat-models.md")
     threat.add_argument("--clients", type=int, default=1,
                         help="K >= 1: the attacker sees the aggregate of K clients' shares, the target's and "
                              "K-1 other batches of the dataset (default: 1)")

@@ -17,7 +17,7 @@ from dlg_jax.commands.options import nonnegative_float, positive_float, positive
 def register(subparsers) -> None:
     parser = subparsers.add_parser("sweep", help="run an experiment grid (TOML) into a results store",
                                    description=__doc__.split("\n\n")[0])
-    parser.add_argument("grid", help="the grid file (TOML; see the README's 'Sweeps' section)")
+    parser.add_argument("grid", help="the grid file (TOML; see docs/sweeps.md)")
     parser.add_argument("--store", required=True, help="results store directory (created if absent)")
     parser.add_argument("--resume", action="store_true", help="skip the points already in the store")
     parser.add_argument("--executor", default="local", choices=("local", "ray"),
