@@ -40,7 +40,7 @@ from dlg_jax.labels import LABEL_STRATEGIES, is_joint
 from dlg_jax.models import Model, check_same_tree
 from dlg_jax.models.batchnorm import batchnorm_statistics, check_batchnorm
 from dlg_jax.objectives import (DISTANCES, SECOND_ORDER_MODES, Context, Dummy, GroupMean, check_prior_weights,
-                                make_objective)
+                                make_objective, make_residual)
 from dlg_jax.precision import DEFAULT_PRECISION, check_precision, matmul_precision
 from dlg_jax.solvers import SolverConfig, make_solver
 from dlg_jax.victim import check_shared_gradients, one_hot
@@ -62,7 +62,9 @@ class AttackConfig:
     ``devices``: how many local devices share each chunk (its problem axis is sharded over a 1-D mesh;
     ``None``: all of them). ``precision``: the matmul/convolution precision of every program the attack
     traces (:mod:`dlg_jax.precision`; ``highest`` = full float32, which DLG needs on GPUs).
-    ``block``: iterations per compiled call between progress reports / early-stop checks.
+    ``block``: iterations per compiled call between progress reports / early-stop checks (``None``: 100, or
+    1 for the least-squares solvers, whose iterations cost a Jacobian each and converge in tens: a finished
+    chunk stops at the next check; :attr:`steps_per_call`).
     ``snapshots``: how many intermediate images (at evenly spaced iterations, first = initial dummy)
     are kept for the best restart. ``box``: clip the images to ``[low, high]`` after every step.
     ``memory_budget``: bytes per device; if set, the chunk is the largest whose compiled step fits it
@@ -93,7 +95,7 @@ class AttackConfig:
     chunk_size: int | None = None
     devices: int | None = None
     precision: str = DEFAULT_PRECISION
-    block: int = 100
+    block: int | None = None
     snapshots: int = 6
     seed: int = 0
     dtype: str = "float32"
@@ -109,7 +111,8 @@ class AttackConfig:
         if self.devices is not None:
             check_positive_int("devices", self.devices)
         check_precision(self.precision)
-        check_positive_int("block", self.block)
+        if self.block is not None:
+            check_positive_int("block", self.block)
         check_choice("distance", self.distance, DISTANCES)
         check_choice("label strategy", self.labels, LABEL_STRATEGIES)
         check_choice("second-order mode", self.second_order, SECOND_ORDER_MODES)
@@ -123,6 +126,14 @@ class AttackConfig:
         check_prior_weights(tv_weight=self.tv_weight, bn_prior=self.bn_prior,
                             group_consistency=self.group_consistency)
         check_positive_int("group_every", self.group_every)
+        if self.solver.least_squares:
+            clashes = [f"{name}={value}" for name, value in (("tv_weight", self.tv_weight), ("bn_prior", self.bn_prior),
+                                                              ("group_consistency", self.group_consistency)) if value]
+            clashes += [f"distance={self.distance!r}"] * (self.distance != "l2")
+            clashes += [f"batch_update={self.batch_update!r}"] * (self.batch_update != "joint")
+            if clashes:
+                raise DLGInputError(f"solver {self.solver.name!r} solves l2 gradient matching without priors "
+                                    f"(a sum of squares) with the joint batch update; got {', '.join(clashes)}")
         if self.group_consistency and self.restarts < 2:
             raise DLGInputError(f"group_consistency needs restarts >= 2 (one restart's group mean is itself), "
                                 f"got restarts={self.restarts}")
@@ -138,6 +149,13 @@ class AttackConfig:
             raise DLGInputError(
                 "dtype 'float64' needs jax.config.update('jax_enable_x64', True) at start-up (CLI: --float64)"
             )
+
+    @property
+    def steps_per_call(self) -> int:
+        """Iterations per compiled call: ``block``, else 1 for least-squares solvers and 100 for the others."""
+        if self.block is not None:
+            return self.block
+        return 1 if self.solver.least_squares else 100
 
 
 @dataclasses.dataclass
@@ -283,7 +301,13 @@ def _programs(model: Model, config: AttackConfig, mesh: jax.sharding.Mesh | None
                                group_consistency=config.group_consistency, layer_weights=config.layer_weights,
                                second_order=config.second_order)
     cyclic = config.batch_update == "cyclic"
-    solver = make_solver(slot_restricted(objective) if cyclic else objective, config.solver)
+    residual = make_residual(model, layer_weights=config.layer_weights) if config.solver.least_squares else None
+
+    def project(dummy: Dummy) -> Dummy:  # into the data range, for solvers that project their trial points
+        return dummy._replace(images=jnp.clip(dummy.images, *config.box))
+
+    solver = make_solver(slot_restricted(objective) if cyclic else objective, config.solver, residual=residual,
+                         project=project if config.box is not None else None)
 
     def solver_context(context, iterations, dummy):
         return (context, iterations % dummy.images.shape[0]) if cyclic else context
@@ -443,9 +467,20 @@ def _plan(model, params, target_grads, batch_size, config, fixed_labels, bn_stat
                                                  config, devices), mesh)
     if config.memory_budget is None:
         return plan
-    from dlg_jax.memory import chunk_for_budget, compiled_bytes
+    from dlg_jax.memory import chunk_for_budget, compiled_bytes, format_bytes
 
-    steps = min(config.block, config.iterations)
+    if config.solver.name == "lm":
+        unknowns = batch_size * (math.prod(model.input_shape)
+                                 + joint * math.prod(model.label_axes) * model.num_classes)
+        residuals = sum(leaf.size for leaf in jax.tree.leaves(params))
+        need = (residuals * unknowns + (config.solver.damping_trials + 1) * unknowns**2) * dtype.itemsize
+        if config.memory_budget < need:
+            raise DLGInputError(
+                f"memory budget {format_bytes(config.memory_budget)} is below one problem's Jacobian: solver 'lm' "
+                f"needs {format_bytes(need)} ({residuals} residuals x {unknowns} unknowns, and J^T J); raise "
+                f"--memory-budget or use the matrix-free --solver lm-cg")
+
+    steps = min(config.steps_per_call, config.iterations)
 
     def step_bytes(n: int) -> int:  # one device's share of the attack step over n problems per device
         with matmul_precision(config.precision):
@@ -573,7 +608,7 @@ def _solve(plan: _Plan, progress) -> AttackResult:
     snapshot_iterations = (np.unique(np.round(np.linspace(0, config.iterations, config.snapshots)).astype(int))
                            if config.snapshots else np.zeros((0,), int))
     regroup_at = set(range(config.group_every, config.iterations, config.group_every)) if config.group_consistency else set()
-    schedule = sorted(set(_block_schedule(config.iterations, config.block, snapshot_iterations)) | regroup_at)
+    schedule = sorted(set(_block_schedule(config.iterations, config.steps_per_call, snapshot_iterations)) | regroup_at)
     snapshot = to_uint8 if plan.model.modality == "image" else np.array
     outputs = []
     compile_seconds = run_seconds = 0.0

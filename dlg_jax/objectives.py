@@ -14,6 +14,12 @@ with ``targets(z) = softmax(y')`` (DLG's joint labels) or fixed one-hot targets 
 
 over the parameter leaves ``l`` (``w_l = 1`` unless layer weights are given).
 
+**Residual form.** The l2 distance is a sum of squares: ``D(g(z), dW) = ||r(z)||^2`` with
+
+    r(z) = concat_l sqrt(w_l) * (g_l(z) - dW_l).ravel()        [m], m = number of weights
+
+(:func:`make_residual`), which least-squares solvers (Gauss–Newton, Levenberg–Marquardt) use directly.
+
 **GradInversion's priors** (Yin et al., CVPR 2021, eq. 7 and 10):
 
     R_bn(x')    = sum_l ||mu_l(x') - mu_l*||_2 + ||var_l(x') - var_l*||_2
@@ -138,6 +144,30 @@ def soft_targets(dummy: Dummy, context: Context) -> jnp.ndarray:
     return jax.nn.softmax(dummy.label_logits, axis=-1)
 
 
+def _victim_loss(model: Model, params, dummy: Dummy, context: Context) -> jnp.ndarray:
+    return batch_loss(model, params, dummy.images, soft_targets(dummy, context))
+
+
+def _dummy_gradient(model: Model, dummy: Dummy, context: Context) -> Any:
+    """``g(z) = grad_W loss(F(x'; W), targets(z))``, the gradient the dummy would share."""
+    return jax.grad(lambda params: _victim_loss(model, params, dummy, context))(context.params)
+
+
+def make_residual(model: Model, *, layer_weights: tuple[float, ...] | None = None
+                  ) -> Callable[[Dummy, Context], jnp.ndarray]:
+    """The l2 objective's residual ``r(dummy, context) -> [m]``, ``concat_l sqrt(w_l) (g_l - dW_l)``
+    (module docstring), with ``||r||^2`` equal to :func:`make_objective`'s ``l2`` value without priors."""
+
+    def residual(dummy: Dummy, context: Context) -> jnp.ndarray:
+        grad = _dummy_gradient(model, dummy, context)
+        leaves, targets = jax.tree.leaves(grad), jax.tree.leaves(context.target_grad)
+        weights = (1.0,) * len(leaves) if layer_weights is None else layer_weights
+        return jnp.concatenate([(jnp.sqrt(jnp.asarray(w, g.dtype)) * (g - t)).ravel()
+                                for g, t, w in zip(leaves, targets, weights)])
+
+    return residual
+
+
 def make_objective(
     model: Model,
     distance: str = "l2",
@@ -161,10 +191,10 @@ def make_objective(
         return (1.0,) * count if layer_weights is None else layer_weights
 
     def victim_loss(params, dummy, context):
-        return batch_loss(model, params, dummy.images, soft_targets(dummy, context))
+        return _victim_loss(model, params, dummy, context)
 
     def dummy_gradient(dummy, context):
-        return jax.grad(victim_loss)(context.params, dummy, context)
+        return _dummy_gradient(model, dummy, context)
 
     def prior(dummy, context):
         value = tv_weight * total_variation(dummy.images) if tv_weight else 0.0

@@ -1,6 +1,9 @@
-"""One interface over the inner optimisers: ``optax.lbfgs``, ``jaxopt.LBFGS`` and ``optax.adam``.
+"""One interface over the inner optimisers: L-BFGS (own, ``optax.lbfgs``, ``jaxopt.LBFGS``), ``optax.adam``
+and Levenberg–Marquardt.
 
-A :class:`Solver` optimises one restart's dummy ``z`` (a pytree) for an objective ``J(z, context)``:
+A :class:`Solver` optimises one restart's dummy ``z`` (a pytree) for an objective ``J(z, context)``; the
+least-squares solvers get it in residual form, ``J(z, context) = ||r(z, context)||^2`` with
+``r(z, context) -> [m]`` (:func:`dlg_jax.objectives.make_residual`):
 
     state          = solver.init(z, context)
     z, state, J(z) = solver.step(z, state, context)     # one iteration; returns the value at the input z
@@ -15,6 +18,10 @@ Everything is a pure function of arrays, so ``jax.vmap`` runs many restarts in l
   ``vmap`` every restart runs as long as the slowest one's search).
 - ``jaxopt-lbfgs``: ``jaxopt.LBFGS`` (zoom line search), kept for the design card; jaxopt is no
   longer maintained and its line search runs every batched restart as long as the slowest one.
+- ``lm``: Levenberg–Marquardt on the residual with the Jacobian materialised (``n`` JVPs, ``J^T J``,
+  Cholesky), ``lm-cg``: matrix-free (``J^T J v`` by a JVP and a VJP, ``cg_steps`` conjugate-gradient
+  iterations); ``damping`` is the initial ``lambda``, ``damping_trials`` the damping values tried side by
+  side per call (:mod:`dlg_jax.levenberg_marquardt`). Only for l2 matching without priors.
 - ``adam``: ``optax.adam`` with learning rate ``learning_rate``, multiplied by 0.1 at each of
   ``lr_decay_steps``; ``signed=True`` feeds Adam ``sign(grad)`` instead of the gradient (Inverting
   Gradients, Geiping et al. 2020: ``optax.chain(scale_by_sign(), adam)``).
@@ -29,10 +36,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dlg_jax.errors import DLGInputError, check_choice, check_number
+from dlg_jax.errors import DLGInputError, check_choice, check_number, check_positive_int
+from dlg_jax.levenberg_marquardt import make_levenberg_marquardt
 from dlg_jax.lockstep_lbfgs import make_lockstep_lbfgs
 
-SOLVER_NAMES = ("lbfgs", "optax-lbfgs", "jaxopt-lbfgs", "adam")
+SOLVER_NAMES = ("lbfgs", "optax-lbfgs", "jaxopt-lbfgs", "adam", "lm", "lm-cg")
+LEAST_SQUARES_SOLVERS = {"lm": "materialised", "lm-cg": "cg"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +54,15 @@ class SolverConfig:
     learning_rate: float = 0.1
     lr_decay_steps: tuple[int, ...] = ()
     signed: bool = False
+    damping: float = 1e-2
+    damping_trials: int = 4
+    cg_steps: int = 20
+    jacobian_chunk: int = 64
+
+    @property
+    def least_squares(self) -> bool:
+        """Whether the solver needs the objective in residual form (``lm``, ``lm-cg``)."""
+        return self.name in LEAST_SQUARES_SOLVERS
 
     def __post_init__(self):
         check_choice("solver", self.name, SOLVER_NAMES)
@@ -55,6 +73,9 @@ class SolverConfig:
         if self.max_linesearch_steps < 1:
             raise DLGInputError(f"max_linesearch_steps must be >= 1, got {self.max_linesearch_steps}")
         check_number("learning_rate", self.learning_rate, low=0.0, low_inclusive=False)
+        check_number("damping", self.damping, low=0.0, low_inclusive=False)
+        for name in ("damping_trials", "cg_steps", "jacobian_chunk"):
+            check_positive_int(name, getattr(self, name))
 
 
 class Solver(NamedTuple):
@@ -143,6 +164,21 @@ def _adam(objective, config: SolverConfig) -> Solver:
     return Solver("adam", init, step, lambda state: state.evaluations)
 
 
-def make_solver(objective: Callable[[Any, Any], jnp.ndarray], config: SolverConfig) -> Solver:
-    """The :class:`Solver` named by ``config.name`` for ``objective(dummy, context) -> scalar``."""
+def _levenberg_marquardt(residual, config: SolverConfig, project) -> Solver:
+    init, step, evaluations = make_levenberg_marquardt(
+        residual, mode=LEAST_SQUARES_SOLVERS[config.name], damping=config.damping, trials=config.damping_trials,
+        cg_steps=config.cg_steps, jacobian_chunk=config.jacobian_chunk, project=project)
+    return Solver(config.name, init, step, evaluations)
+
+
+def make_solver(objective: Callable[[Any, Any], jnp.ndarray], config: SolverConfig, *,
+                residual: Callable[[Any, Any], jnp.ndarray] | None = None,
+                project: Callable[[Any], Any] | None = None) -> Solver:
+    """The :class:`Solver` named by ``config.name`` for ``objective(dummy, context) -> scalar``; the
+    least-squares solvers use ``residual(dummy, context) -> [m]`` instead (``objective = ||residual||^2``)
+    and project their trial points by ``project(dummy) -> dummy`` (e.g. into the data range) when given."""
+    if config.least_squares:
+        if residual is None:
+            raise DLGInputError(f"solver {config.name!r} needs the objective as a residual (l2 matching)")
+        return _levenberg_marquardt(residual, config, project)
     return {"lbfgs": _lockstep_lbfgs, "optax-lbfgs": _optax_lbfgs, "jaxopt-lbfgs": _jaxopt_lbfgs, "adam": _adam}[config.name](objective, config)

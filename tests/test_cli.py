@@ -27,6 +27,17 @@ def test_attack_writes_grid_plot_and_metrics(tmp_path, capsys):
     assert not [name for name in os.listdir(out) if name.startswith(".tmp")]
 
 
+def test_attack_with_more_classes_and_levenberg_marquardt(tmp_path):
+    """``--classes 100`` widens the model's head (DLG's CIFAR LeNet); ``--solver lm-cg`` runs the
+    matrix-free least-squares solver through the same command."""
+    out = tmp_path / "run"
+    assert main(["attack", "--iterations", "2", "--restarts", "1", "--quiet", "--classes", "100",
+                 "--solver", "lm-cg", "--cg-steps", "2", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["classes"] == 100 and metrics["config"]["solver"]["name"] == "lm-cg"
+    assert metrics["config"]["solver"]["cg_steps"] == 2 and metrics["targets"][0]["evaluations_best"] > 2
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--model", "vgg"], "invalid choice: 'vgg'"),
     (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
@@ -40,6 +51,14 @@ def test_attack_writes_grid_plot_and_metrics(tmp_path, capsys):
     (["--local-lr=-inf", "--local-steps", "2"], "argument --local-lr: expected a finite number > 0, got '-inf'"),
     (["--bn-prior", "inf"], "argument --bn-prior: expected a finite number >= 0, got 'inf'"),
     (["--dataset", "x" * 10_000], "unknown dataset 'xxxxxxxxx"),
+    (["--classes", "5"], "num_classes must be >= the dataset's 10 classes, got 5"),
+    (["--solver", "lm", "--damping", "nan"], "argument --damping: expected a finite number > 0, got 'nan'"),
+    (["--solver", "lm", "--damping", "0"], "argument --damping: expected a finite number > 0, got '0'"),
+    (["--solver", "lm-cg", "--cg-steps", "0"], "argument --cg-steps: expected an integer >= 1, got '0'"),
+    (["--solver", "lm", "--memory-budget", "100MB"],
+     "is below one problem's Jacobian: solver 'lm' needs 385 MB (15826 residuals x 3082 unknowns, and J^T J); "
+     "raise --memory-budget or use the matrix-free --solver lm-cg"),
+    (["--solver", "lm", "--attack", "ig"], "solver 'lm' solves l2 gradient matching without priors"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     out = tmp_path / "out"

@@ -39,6 +39,12 @@ def add_attack_options(parser: argparse.ArgumentParser) -> None:
                         help=f"L-BFGS memory (default: {defaults.solver.history_size})")
     parser.add_argument("--learning-rate", type=positive_float, default=None,
                         help=f"adam step size (default: {defaults.solver.learning_rate})")
+    parser.add_argument("--damping", type=positive_float, default=None,
+                        help=f"lm/lm-cg: initial Levenberg-Marquardt damping lambda, finite and > 0 "
+                             f"(default: {defaults.solver.damping})")
+    parser.add_argument("--cg-steps", type=positive_int, default=None,
+                        help=f"lm-cg: conjugate-gradient steps per damped solve, >= 1 "
+                             f"(default: {defaults.solver.cg_steps})")
     parser.add_argument("--tolerance", type=nonnegative_float, default=None,
                         help=f"a restart has converged once its objective is <= this x |dW|^2 (l2) "
                              f"(default: {defaults.tolerance})")
@@ -101,6 +107,12 @@ def _register_common_attack(subparsers):
                              "the attacker matches (W - W_S) / (S * lr) at the original W (default: 1, FedSGD)")
     threat.add_argument("--local-lr", type=positive_float, default=0.1,
                         help="the clients' local SGD learning rate lr > 0 (default: 0.1; used when S > 1)")
+    parser.add_argument("--classes", type=positive_int, default=None,
+                        help="the model's outputs K, at least the dataset's classes (default: the dataset's; "
+                             "DLG's CIFAR LeNet has 100)")
+    parser.add_argument("--memory-budget", default=None,
+                        help="bytes per device for one chunk of problems, e.g. 2GB, 512MiB (default: no limit; "
+                             "chunks of --chunk-size)")
     parser.add_argument("--out", default="dlg-out", help="output directory (default: dlg-out)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
@@ -132,8 +144,9 @@ def attack_config_from_args(args, **overrides):
                    dtype="float64" if args.float64 else "float32")
     options.update(overrides)
     config = attack_preset(getattr(args, "attack", "dlg"), **options)
-    solver_options = {name: getattr(args, name) for name in ("history_size", "learning_rate")
-                      if getattr(args, name) is not None}
+    solver_options = {name: getattr(args, name, None) for name in ("history_size", "learning_rate", "damping",
+                                                                    "cg_steps")}
+    solver_options = {name: value for name, value in solver_options.items() if value is not None}
     if "solver" in overrides or (args.solver is None and not solver_options):
         return config
     if args.solver is not None and args.solver != config.solver.name:
@@ -151,7 +164,10 @@ def run(args) -> int:
 
     threat = ThreatModel(clients=args.clients, aggregate=args.aggregate, local_steps=args.local_steps,
                          local_lr=args.local_lr)
-    config = attack_config_from_args(args)
+    from dlg_jax.memory import parse_bytes
+
+    budget = None if args.memory_budget is None else parse_bytes(args.memory_budget)
+    config = attack_config_from_args(args, **({} if budget is None else {"memory_budget": budget}))
     out = prepare_output_dir(args.out)
     model_options = {name: getattr(args, name) for name in ("activation", "norm") if getattr(args, name)}
     bar = ProgressBar(not args.quiet)
@@ -160,7 +176,7 @@ def run(args) -> int:
         result = run_dlg(args.model, args.dataset, indices=args.index, targets=args.targets,
                          batch_size=args.batch_size, config=config, model_options=model_options,
                          split=args.split, data_dir=args.data_dir, image_size=args.image_size, progress=bar,
-                         threat=threat)
+                         threat=threat, num_classes=args.classes)
     finally:
         bar.close()
     wall = time.perf_counter() - started
@@ -182,6 +198,7 @@ def run(args) -> int:
         rows.append(entry)
     payload = {
         "command": "attack", "model": args.model, "dataset": args.dataset, "batch_size": args.batch_size,
+        "classes": result.model.num_classes,
         "config": _config_dict(config), "summary": metrics.summary(), "targets": rows,
         "threat_model": {**dataclasses.asdict(threat), "description": threat.describe()},
         "timing": {"wall_seconds": wall, "compile_seconds": attack.compile_seconds,

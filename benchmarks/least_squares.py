@@ -1,0 +1,165 @@
+"""Least squares against L-BFGS: Levenberg–Marquardt (materialised and matrix-free) and the lockstep L-BFGS
+on the same DLG problems, side by side in one run.
+
+Each *case* is a set of victims (``--targets`` batches of ``B`` images of an embedded dataset, image
+``t * B + b``), DLG's LeNet with ``K`` outputs and weights from ``fold_in(key(seed), 0x5EED)`` (as
+``dlg-jax attack``), joint labels (DLG) unless the case says otherwise, ``--restarts`` restarts per target.
+Every solver gets the same victims and the same starting dummies (:func:`dlg_jax.attack.initial_dummy`)
+and stops a restart once ``J <= tolerance * ||dW||^2``. Reported per case and solver:
+
+- ``recovered``: targets whose best restart has every slot at PSNR >= 30 dB (slots matched to images
+  by :func:`dlg_jax.metrics.evaluate`);
+- ``evaluations``: of the best restart, until it converged or the budget ran out (a Jacobian counts as
+  its ``n`` JVPs; one JVP, VJP or residual ~ one objective+gradient evaluation of L-BFGS);
+- ``run_seconds`` / ``compile_seconds``: wall time of :func:`~dlg_jax.attack.run_attack` (all targets x
+  restarts; ``run`` excludes compilation);
+- ``exact_solutions``: for each target, how many *distinct* exact solutions its converged restarts found
+  (two converged restarts are the same solution when their images agree to >= 30 dB after matching
+  slots), and how many of those are the private batch (``exact_at_truth``): with several restarts this
+  counts the zeros of the residual that the starts reach.
+
+Cases (``--cases``, comma-separated; ``box`` cases start from U(0, 1) and keep the images in [0, 1]:
+projected trial points for Levenberg–Marquardt, clipping after each step for L-BFGS)::
+
+    colour-b1 digits-b1 faces-b1 digits-b2 digits-b4 digits-b8 colour-b2 colour-b2-k100 colour-b2-uniform
+    colour-b2-box colour-b2-k100-box colour-b4-box colour-b8-k100-box
+
+    python -m benchmarks.least_squares [--cases digits-b2,colour-b1] [--solvers lbfgs,lm,lm-cg] [--targets 2]
+        [--restarts 1] [--lbfgs-iterations 3000] [--lm-iterations 40] [--float64] [--out DIR] [--name least_squares]
+
+Writes ``<out>/<name>.json`` (atomically) after every case and solver.
+"""
+
+import dataclasses
+import time
+
+import jax
+import numpy as np
+
+from benchmarks import common
+
+CASES = {
+    # name: (dataset, batch size, classes (None: the dataset's), dummy init, box)
+    "colour-b1": ("colour", 1, None, "randn", False),
+    "digits-b1": ("digits", 1, None, "randn", False),
+    "faces-b1": ("faces", 1, None, "randn", False),
+    "digits-b2": ("digits", 2, None, "randn", False),
+    "digits-b4": ("digits", 4, None, "randn", False),
+    "digits-b8": ("digits", 8, None, "randn", False),
+    "colour-b2": ("colour", 2, None, "randn", False),
+    "colour-b2-k100": ("colour", 2, 100, "randn", False),
+    "colour-b2-uniform": ("colour", 2, None, "uniform", False),
+    "colour-b2-box": ("colour", 2, None, "uniform", True),
+    "colour-b2-k100-box": ("colour", 2, 100, "uniform", True),
+    "colour-b4-box": ("colour", 4, None, "uniform", True),
+    "colour-b8-k100-box": ("colour", 8, 100, "uniform", True),
+}
+SOLVERS = ("lbfgs", "lm", "lm-cg")
+SAME_SOLUTION_PSNR = 30.0
+
+
+def distinct_solutions(images: np.ndarray, converged: np.ndarray, truth: np.ndarray) -> tuple[int, int]:
+    """Of one target's restarts ``images [R, B, H, W, C]`` with ``converged [R]``: the number of distinct
+    solutions among the converged ones (greedy clustering: a restart joins the first cluster whose
+    representative it matches to >= 30 dB per slot after slot matching) and how many match ``truth``."""
+    from dlg_jax.metrics import evaluate
+
+    def same(a, b):
+        metrics = evaluate(np.clip(a, 0, 1)[None], np.clip(b, 0, 1)[None], np.zeros((1, len(a)), int),
+                           np.zeros((1, len(a)), int))
+        return bool(np.all(metrics.slot_psnr >= SAME_SOLUTION_PSNR))
+
+    representatives = []
+    for image in images[np.asarray(converged, bool)]:
+        if not any(same(image, r) for r in representatives):
+            representatives.append(image)
+    return len(representatives), sum(same(r, truth) for r in representatives)
+
+
+def run_case(name: str, solver: str, args) -> dict:
+    from dlg_jax.attack import AttackConfig, run_attack
+    from dlg_jax.data import get_dataset
+    from dlg_jax.metrics import evaluate
+    from dlg_jax.models import build_model
+    from dlg_jax.solvers import SolverConfig
+    from dlg_jax.victim import shared_gradients
+
+    dataset, batch, classes, init, box = CASES[name]
+    source = get_dataset(dataset)
+    dtype = "float64" if args.float64 else "float32"
+    model = build_model("lenet", source.input_shape, classes or source.num_classes)
+    params = model.init(jax.random.fold_in(jax.random.key(args.seed), 0x5EED), dtype=np.dtype(dtype))
+    images, labels = source.examples(np.arange(args.targets * batch))
+    images = images.reshape(args.targets, batch, *source.input_shape).astype(dtype)
+    labels = labels.reshape(args.targets, batch)
+    grads = shared_gradients(model, params, images, labels)
+    iterations = args.lbfgs_iterations if solver == "lbfgs" else args.lm_iterations
+    config = AttackConfig(restarts=args.restarts, iterations=iterations, solver=SolverConfig(solver),
+                          tolerance=args.tolerance, dummy_init=init, box=(0.0, 1.0) if box else None,
+                          snapshots=0, seed=args.seed, dtype=dtype, chunk_size=args.chunk_size)
+    started = time.perf_counter()
+    result = run_attack(model, params, grads, batch, config)
+    wall = time.perf_counter() - started
+    metrics = evaluate(np.clip(result.best_images, 0, 1), images, result.best_labels, labels)
+    best = result.best_restart
+    rows = np.arange(args.targets)
+    solutions = [distinct_solutions(result.images[t], result.converged[t], images[t]) for t in rows]
+    norm = np.array([sum(float(np.vdot(g[t], g[t])) for g in jax.tree.leaves(grads)) for t in rows])
+    return {
+        "case": name, "solver": solver, "dataset": dataset, "batch_size": batch,
+        "classes": model.num_classes, "dummy_init": init, "box": box, "targets": args.targets,
+        "restarts": args.restarts, "iterations_budget": iterations,
+        "recovered": int(np.sum(np.all(metrics.slot_psnr >= 30.0, axis=1))),
+        "slot_psnr": np.round(metrics.slot_psnr, 2).tolist(),
+        "label_accuracy": metrics.label_accuracy.tolist(),
+        "relative_objective": (result.loss[rows, best] / norm).tolist(),
+        "iterations": result.iterations[rows, best].tolist(),
+        "evaluations": result.evaluations[rows, best].tolist(),
+        "evaluations_all_restarts": int(result.evaluations.sum()),
+        "converged_restarts": result.converged.sum(axis=1).tolist(),
+        "exact_solutions": [s[0] for s in solutions], "exact_at_truth": [s[1] for s in solutions],
+        "run_seconds": result.run_seconds, "compile_seconds": result.compile_seconds, "wall_seconds": wall,
+    }
+
+
+def run(args) -> dict:
+    rows = []
+    for name in args.cases:
+        for solver in args.solvers:
+            row = run_case(name, solver, args)
+            rows.append(row)
+            print(f"{name:>18} {solver:>6}: recovered {row['recovered']}/{row['targets']}, PSNR {row['slot_psnr']}, "
+                  f"evaluations {row['evaluations']}, iterations {row['iterations']}, "
+                  f"run {row['run_seconds']:.1f} s, compile {row['compile_seconds']:.1f} s, "
+                  f"exact solutions {row['exact_solutions']} (at truth {row['exact_at_truth']})", flush=True)
+            payload = {"benchmark": "least_squares", "settings": {k: v for k, v in vars(args).items()
+                                                                  if k not in ("func",)},
+                       "rows": rows, "environment": common.environment()}
+            common.write_results(args.out, args.name, payload)  # after every row: a partial run keeps its rows
+    return payload
+
+
+def main(argv=None):
+    parser = common.make_parser("least_squares", __doc__.splitlines()[0], timing_options=False)
+    parser.add_argument("--cases", type=common.name_list("case", tuple(CASES)), default=("digits-b2",))
+    parser.add_argument("--solvers", type=common.name_list("solver", SOLVERS), default=SOLVERS)
+    parser.add_argument("--targets", type=common.positive_int("targets"), default=2)
+    parser.add_argument("--restarts", type=common.positive_int("restarts"), default=1)
+    parser.add_argument("--lbfgs-iterations", type=common.positive_int("lbfgs iterations"), default=3000)
+    parser.add_argument("--lm-iterations", type=common.positive_int("lm iterations"), default=40)
+    parser.add_argument("--tolerance", type=common.nonnegative_float("tolerance"), default=1e-8)
+    parser.add_argument("--chunk-size", type=common.positive_int("chunk size"), default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--float64", action="store_true")
+    parser.add_argument("--name", default="least_squares", help="results file name (default: least_squares)")
+
+    def go(args):
+        if args.float64:
+            jax.config.update("jax_enable_x64", True)
+        return run(args)
+
+    return common.run_cli(parser, go, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
