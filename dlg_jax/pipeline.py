@@ -150,12 +150,10 @@ def run_dlg(
     LeNet, widens the final layer and with it the shared gradient). With ``config.bn_prior`` the reference
     statistics come from the dataset's other images (:func:`bn_reference`).
     ``threat``: what the attacker sees (:class:`~dlg_jax.threat_models.ThreatModel`; default: the target's
-    own gradient). With ``K`` clients, ``K - 1`` other batches join each target's from the same dataset
+    own gradient); a ``defense`` then acts in every client at its place (per-example defenses in each
+    local step, the others on what a client sends). With ``K`` clients, ``K - 1`` other batches join each target's from the same dataset
     (:func:`~dlg_jax.threat_models.co_client_indices`, from ``config.seed``); metrics score the target's.
     """
-    if defense is not None and not threat.single_client:
-        raise DLGInputError(f"a defense with the threat model {threat.describe()!r} is not supported; "
-                            "defenses apply to one client's single-step gradient")
     with matmul_precision(config.precision):  # the victim's gradient, label recovery and metrics too
         source = dataset if isinstance(dataset, DataSource) else get_dataset(
             dataset, split=split, data_dir=data_dir, image_size=image_size)
@@ -189,7 +187,8 @@ def run_dlg(
                 client_images = np.concatenate([client_images, more_images.reshape(
                     *others.shape, *source.input_shape).astype(config.dtype)], axis=1)
                 client_labels = np.concatenate([client_labels, more_labels.reshape(others.shape)], axis=1)
-            grads = observed_gradients(net, params, client_images, client_labels, threat, config.precision)
+            grads = observed_gradients(net, params, client_images, client_labels, threat, config.precision, defense,
+                                       jax.random.fold_in(jax.random.key(config.seed), 0xDEF))
         elif defense is None:
             grads = shared_gradients(net, params, images, labels, config.precision)
         else:
