@@ -33,6 +33,11 @@ import numpy as np
 from dlg_jax.errors import DLGInputError, check_choice, check_positive_int
 from dlg_jax.models import Model
 
+try:
+    from flwr.serverapp.strategy import FedAvg as _FedAvg
+except ImportError:  # the optional extra is absent: every entry point raises DLGInputError
+    _FedAvg = object
+
 PROTOCOLS = ("fedsgd", "fedavg")
 
 
@@ -71,7 +76,7 @@ def flower_apps(model: Model, params: Any, client_data: Sequence[tuple[np.ndarra
     """``(server_app, client_app, records)``: Flower apps of the federation in the module docstring,
     and the list the server's :class:`RecordingStrategy` appends every reply to."""
     _require_flwr()
-    from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.app import Context, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
     from flwr.serverapp import Grid, ServerApp
 
@@ -113,41 +118,33 @@ def flower_apps(model: Model, params: Any, client_data: Sequence[tuple[np.ndarra
     return server_app, client_app, records
 
 
-def _recording_strategy_class():
-    from flwr.serverapp.strategy import FedAvg
+class RecordingStrategy(_FedAvg):
+    """Flower's ``FedAvg`` that appends every reply to ``records`` as a :class:`Recorded` (module
+    docstring); with ``protocol="fedsgd"`` the replies are gradients and the new weights
+    ``W - lr * (their weighted mean)``. ``reference``: a params pytree giving the arrays' tree."""
 
-    class _RecordingStrategy(FedAvg):
-        """Flower's ``FedAvg`` that records every reply (module docstring); with ``protocol="fedsgd"``
-        the replies are gradients and the new weights ``W - lr * (their weighted mean)``."""
+    def __init__(self, records: list, reference: Any, protocol: str, lr: float, **options):
+        _require_flwr()
+        super().__init__(**options)
+        self.records, self.reference, self.protocol, self.lr = records, reference, protocol, lr
+        self.current = {}
 
-        def __init__(self, records, reference, protocol, lr, **options):
-            super().__init__(**options)
-            self.records, self.reference, self.protocol, self.lr = records, reference, protocol, lr
-            self.current = {}
+    def configure_train(self, server_round, arrays, config, grid):
+        self.current[server_round] = from_array_record(arrays, self.reference)
+        return super().configure_train(server_round, arrays, config, grid)
 
-        def configure_train(self, server_round, arrays, config, grid):
-            self.current[server_round] = from_array_record(arrays, self.reference)
-            return super().configure_train(server_round, arrays, config, grid)
-
-        def aggregate_train(self, server_round, replies):
-            replies = list(replies)
-            weights = self.current[server_round]
-            for reply in replies:
-                if not reply.has_error():
-                    self.records.append(Recorded(server_round, int(reply.content["metrics"]["partition-id"]),
-                                                 weights, from_array_record(reply.content["arrays"], self.reference)))
-            arrays, metrics = super().aggregate_train(server_round, replies)
-            if self.protocol == "fedsgd" and arrays is not None:
-                mean = from_array_record(arrays, self.reference)
-                arrays = to_array_record(jax.tree.map(lambda w, g: w - self.lr * g, weights, mean))
-            return arrays, metrics
-
-    return _RecordingStrategy
-
-
-def RecordingStrategy(records, reference, protocol, lr, **options):  # noqa: N802 - a class built lazily
-    """A Flower ``FedAvg`` strategy recording into ``records`` (flwr is imported only when built)."""
-    return _recording_strategy_class()(records, reference, protocol, lr, **options)
+    def aggregate_train(self, server_round, replies):
+        replies = list(replies)
+        weights = self.current[server_round]
+        for reply in replies:
+            if not reply.has_error():
+                self.records.append(Recorded(server_round, int(reply.content["metrics"]["partition-id"]),
+                                             weights, from_array_record(reply.content["arrays"], self.reference)))
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        if self.protocol == "fedsgd" and arrays is not None:
+            mean = from_array_record(arrays, self.reference)
+            arrays = to_array_record(jax.tree.map(lambda w, g: w - self.lr * g, weights, mean))
+        return arrays, metrics
 
 
 def run_federation(model: Model, params: Any, client_data: Sequence[tuple[np.ndarray, np.ndarray]], *,

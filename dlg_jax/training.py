@@ -214,14 +214,9 @@ def train_victim(model: Model, params: Any, images: np.ndarray, labels: np.ndarr
     fixed = {} if model.fixed is None else model.fixed.collections
 
     def loss_fn(weights, collections, x, y):
-        variables = {"params": weights, **collections}
-        kwargs = dict(model.call_kwargs)
-        if model.mutable:
-            logits, updates = model.module.apply(variables, x, mutable=list(model.mutable), **kwargs)
-        else:
-            logits, updates = model.module.apply(variables, x, **kwargs), {}
-        loss = soft_cross_entropy(logits, one_hot(y, model.num_classes, x.dtype))
-        return loss, {**collections, **updates}
+        current = dataclasses.replace(model, fixed=FixedCollections(collections)) if collections else model
+        logits, updates = current.apply_collecting(weights, x)
+        return soft_cross_entropy(logits, one_hot(y, model.num_classes, x.dtype)), {**collections, **updates}
 
     @jax.jit
     def block(carry, batches):

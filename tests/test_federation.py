@@ -31,3 +31,20 @@ def test_flower_fedsgd_server_records_gradients_and_the_attack_recovers_a_client
     result = run_attack(model, first[0].weights, observed_gradient(first[0]), 1,
                         AttackConfig(restarts=2, iterations=1000, chunk_size=2), fixed_labels=y[None])
     assert evaluate(result.best_images, x[None], result.best_labels, y[None]).summary()["psnr_mean"] >= 30.0
+
+
+def test_flower_fedavg_server_records_local_steps_weights_and_matches_the_threat_model():
+    from dlg_jax.threat_models import ThreatModel, observed_gradients
+
+    source = get_dataset("digits")
+    model = build_model("lenet", source.input_shape, source.num_classes)
+    params = model.init(jax.random.key(1))
+    data = [source.examples([2 * k, 2 * k + 1]) for k in range(2)]  # 2 clients of 2 images
+    records = run_federation(model, params, data, protocol="fedavg", local_steps=2, lr=0.05, cpus=1)
+    target = next(r for r in records if r.client == 0)
+    seen = observed_gradient(target, "fedavg", local_steps=2, lr=0.05)
+    images = np.stack([x for x, _ in data])[None]  # [1, K, B, ...]
+    labels = np.stack([y for _, y in data])[None]
+    alone = observed_gradients(model, params, images[:, :1], labels[:, :1], ThreatModel(local_steps=2, local_lr=0.05))
+    for got, want in zip(jax.tree.leaves(seen), jax.tree.leaves(alone)):
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-5 * float(np.abs(want).max()))
