@@ -64,3 +64,4 @@ def convergence_plot(path, loss_history: np.ndarray, best_restart: np.ndarray, m
     axis.grid(alpha=0.3)
     atomic_save_figure(path, figure)
     plt.close(figure)
+

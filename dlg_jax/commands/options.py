@@ -18,6 +18,17 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
 
 
+def nonnegative_int(text: str) -> int:
+    """An integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
 def _number(text: str, **bounds) -> float:
     try:
         return check_number("value", text, **bounds)
@@ -67,6 +78,27 @@ class ProgressBar:
         self.bar.set_postfix_str(f"{rate:.1f} it/s, chunk {progress.chunk + 1}/{progress.chunks} best "
                                  f"{progress.best_loss:.3g} converged {progress.converged}/{progress.problems} "
                                  f"failed {progress.failed}")
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+class TrainingBar:
+    """A tqdm bar over the victim's training steps, showing the last minibatch loss."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.bar = enabled, None
+
+    def __call__(self, step: int, total: int, loss: float):
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=total, unit="step", file=sys.stderr, dynamic_ncols=True, desc="training")
+        self.bar.update(step - self.bar.n)
+        self.bar.set_postfix_str(f"loss {loss:.3g}")
 
     def close(self):
         if self.bar is not None:
