@@ -45,10 +45,10 @@ keeps it only if it does lower it, so the refined tokens never match the gradien
 decoded ones. The changes: one position set to one of its ``K`` nearest candidates (bag tokens with
 ``restrict``, else vocabulary tokens; ``K = min(bag size, CANDIDATES)``) and, with ``swaps=True``
 (LAMP's discrete transformations, Balunovic et al. 2022, on the gradient distance alone: no language
-model), two positions of one sentence swapped or two masked slots of the batch exchanging their
-labels. It stops when no change helps, after ``2 B L`` changes, or when the distance is at most
-``REPRODUCED * ||dW||^2``: the candidate reproduces the shared gradient; the reported ``distance``
-certifies it.
+model), two positions of one sentence swapped, one token moved to another place of its sentence (the
+tokens between shifting by one) or two masked slots of the batch exchanging their labels. It stops
+when no change helps, after ``2 B L`` changes, or when the distance is at most ``REPRODUCED * ||dW||^2``:
+the candidate reproduces the shared gradient; the reported ``distance`` certifies it.
 
 **Scores** (:func:`score`): the recovered sentences are assigned to the private ones by an optimal
 assignment (``scipy.optimize.linear_sum_assignment``) on token overlap (equal tokens at equal
@@ -84,7 +84,7 @@ MASK_RATE = 0.15
 TEXT_LABELS = ("bias", "joint")
 REPRODUCED = 1e-6  # a token batch whose gradient distance is <= this x ||dW||^2 reproduces the gradient
 MAX_ORDERINGS = 24  # label placements enumerated as targets; more: labels optimised, then assigned
-CANDIDATES = 32  # substitutions per position tried by the refinement
+CANDIDATES = 8  # substitutions per position tried by the refinement (its nearest tokens)
 DISCRETE_CHUNK = 64  # candidate batches per compiled call of the exact distance
 
 
@@ -205,22 +205,29 @@ def assign_labels(label_logits: np.ndarray, bag: Sequence[int]) -> np.ndarray:
 
 
 def refine_tokens(distance_fn: Callable, ids: np.ndarray, free: np.ndarray, candidates: np.ndarray,
-                  swap_groups: Sequence[Sequence[tuple[int, int]]], max_moves: int,
-                  tolerance: float = 0.0) -> tuple[np.ndarray, float, int]:
+                  swap_groups: Sequence[Sequence[tuple[int, int]]], max_moves: int, tolerance: float = 0.0,
+                  shift_groups: Sequence[Sequence[tuple[int, int]]] = ()) -> tuple[np.ndarray, float, int]:
     """Greedy discrete search from ``ids [B, L]``: repeatedly apply the single move that most lowers
     ``distance_fn(batch [N, B, L]) -> [N]`` and keep it only if it does. Moves: a position ``(b, l)`` with
     ``free[b, l]`` set to one of ``candidates [B, L, K]``; two positions of one of ``swap_groups`` (lists of
-    ``(b, l)``) exchanging their tokens. Stops when no move helps, the distance is at most ``tolerance``
-    (the gradient is reproduced) or after ``max_moves``. Returns the final ids, their distance and the
-    number of moves applied."""
+    ``(b, l)``) exchanging their tokens; in one of ``shift_groups`` (ordered lists of positions), one token
+    taken out and put back at another place of the list, the tokens between moving up or down by one.
+    Stops when no move helps, the distance is at most ``tolerance`` (the gradient is reproduced) or after
+    ``max_moves``. Returns the final ids, their distance and the number of moves applied."""
     ids = np.array(ids)
-    changes = [[(b, l)] for b, l in zip(*np.nonzero(free)) for _ in range(candidates.shape[-1])]
-    values = [[c] for b, l in zip(*np.nonzero(free)) for c in candidates[b, l]]
-    pairs = [(p, r) for group in swap_groups for p, r in itertools.combinations(group, 2)]
+    moves_of = [([(b, l)], [c]) for b, l in zip(*np.nonzero(free)) for c in candidates[b, l]]
     current, moves = float(distance_fn(ids[None])[0]), 0
     while moves < max_moves and current > tolerance:
-        trials = [_changed(ids, where, what) for where, what in zip(changes, values)]
-        trials += [_changed(ids, [p, r], [ids[r], ids[p]]) for p, r in pairs]
+        trials = [_changed(ids, where, what) for where, what in moves_of]
+        for group in swap_groups:
+            trials += [_changed(ids, [p, r], [ids[r], ids[p]]) for p, r in itertools.combinations(group, 2)]
+        for group in shift_groups:
+            tokens = [ids[p] for p in group]
+            for a, b in itertools.permutations(range(len(group)), 2):
+                if abs(a - b) > 1:  # a shift by one place is a swap
+                    shifted = tokens[:a] + tokens[a + 1:]
+                    shifted.insert(b, tokens[a])
+                    trials.append(_changed(ids, group, shifted))
         if not trials:
             break
         scores = np.asarray(distance_fn(np.stack(trials)))
@@ -343,9 +350,10 @@ class BatchResult:
 
 @dataclasses.dataclass
 class SentenceResult:
-    """One private sentence of a batch and the recovered sentence assigned to it: ids ``original [L]``
+    """Private sentence ``index`` of a batch and the recovered sentence assigned to it: ids ``original [L]``
     and ``recovered [L]`` (``L``: the batch's length), its scores; ``batch``: the whole batch's result."""
 
+    index: int
     text: str
     original: np.ndarray
     recovered: np.ndarray
@@ -366,7 +374,7 @@ class SentenceResult:
 
     @property
     def snapshots(self) -> np.ndarray:
-        slot = self.batch.scores["assignment"][self.batch.texts.index(self.text)]
+        slot = self.batch.scores["assignment"][self.index]
         return self.batch.snapshots[:, slot]
 
 
@@ -386,7 +394,7 @@ class TextAttackRun:
         for batch in self.batches:
             for i, text in enumerate(batch.texts):
                 slot = batch.scores["assignment"][i]
-                out.append(SentenceResult(text, batch.original[i], batch.recovered[slot],
+                out.append(SentenceResult(i, text, batch.original[i], batch.recovered[slot],
                                           batch.scores["sentences"][i], batch))
         return out
 
@@ -423,8 +431,8 @@ def attack_batches(
     """Attack each batch's shared MLM gradient (see the module doc); batches of one shape ``(B, L)``
     share one vmapped engine run. ``config.seed`` seeds the weights, the masking and the dummies;
     ``vocabulary_size``: ``None`` for the stored vocabulary, else one built of that size
-    (:func:`dlg_jax.vocabulary.of_size`). ``compare``: decode all four ways (nearest / refined, all tokens /
-    bag; refined also without swaps) for a comparison, not just the one asked for."""
+    (:func:`dlg_jax.vocabulary.of_size`). ``compare``: decode the ways worth comparing (nearest over all
+    tokens and over the bag; refined from the bag's, with and without swaps), not just the one asked for."""
     config = text_attack_config() if config is None else config
     check_choice("text label strategy", labels, TEXT_LABELS)
     if model not in TEXT_MODELS:
@@ -493,7 +501,7 @@ def _attack_group(group, originals, texts, out, model, config, restrict, refine,
         k = int(min(bag_ids.sum(), CANDIDATES))
         groups = [[(b, l) for l in range(length) if free[b, l]] for b in range(size)]
         groups.append([(b, l) for b in range(size) for l in masked])  # labels change slots
-        variants = [(refine, restrict)] if not compare else [(False, False), (False, True), (True, False), (True, True)]
+        variants = [(refine, restrict)] if not compare else [(False, False), (True, True)]
         decodings = {}
         for refined, restricted in variants:
             suffix = "+bag" if restricted else ""
@@ -511,8 +519,9 @@ def _attack_group(group, originals, texts, out, model, config, restrict, refine,
             for name, swap_groups in (("refined", groups if swaps else []), ("refined-swaps", [])):
                 if name == "refined-swaps" and not (swaps and compare):
                     continue
-                better, distance, moves = refine_tokens(distance_fn, ids, free, options, swap_groups,
-                                                        max_moves=2 * size * length, tolerance=REPRODUCED * scale)
+                better, distance, moves = refine_tokens(
+                    distance_fn, ids, free, options, swap_groups, max_moves=2 * size * length,
+                    tolerance=REPRODUCED * scale, shift_groups=groups[:size] if swap_groups else ())
                 decodings[name + suffix] = {"ids": better, "scores": score(originals[t], better, vocab),
                                             "distance": distance, "moves": moves}
         chosen = decodings[("refined" if refine else "nearest") + ("+bag" if restrict else "")]

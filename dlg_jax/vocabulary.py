@@ -84,10 +84,12 @@ def serialise(vocab: list[str]) -> bytes:
     return ("\n".join(vocab) + "\n").encode()
 
 
-def read_stored(path: str = PATH, sha256: str = SHA256) -> list[str]:
-    """The token list in ``path``; :class:`DLGInputError` unless its SHA-256 is ``sha256``."""
+def read_stored(path: str | None = None, sha256: str = SHA256) -> list[str]:
+    """The token list in ``path`` (default :data:`PATH`); :class:`DLGInputError` unless its SHA-256 is
+    ``sha256``."""
     import hashlib
 
+    path = PATH if path is None else path
     with open(path, "rb") as handle:
         data = handle.read()
     digest = hashlib.sha256(data).hexdigest()

@@ -107,6 +107,7 @@ def run(args) -> int:
         "recovered_texts": [s.recovered_text for s in attack.sentences],
         "slots": scores["assignment"], "masked_positions": list(batch.masked), "bag_size": batch.bag_size,
         "label_orderings": batch.orderings, "gradient_distance": chosen["distance"],
+        "gradient_norm2": batch.gradient_norm2,
         "scores": {key: value for key, value in scores.items() if key != "assignment"},
         "objective": batch.loss, "restart_losses": result.loss.tolist(),
         "snapshots": {int(i): [vocabulary.tokens(ids) for ids in step]
