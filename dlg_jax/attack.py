@@ -55,7 +55,7 @@ class AttackConfig:
     """Everything that defines an attack run (validated on construction).
 
     ``tolerance``: a restart is converged (and frozen) once its objective is at or below
-    ``tolerance * ||dW||^2`` (l2 matching: relative to the shared gradient's squared norm, so that a
+    ``tolerance * ||dW||^2`` (l2 and tag matching: relative to the shared gradient's squared norm, so that a
     target whose gradient is small is held to the same standard) or ``tolerance`` (cosine matching).
     ``chunk_size``: problems (target x restart pairs) per device in one vmapped batch (``None``: 16 on
     CPU, where small chunks stay in cache, 1024 on GPU/TPU, where large batches fill the chip).
@@ -316,7 +316,7 @@ def _programs(model: Model, config: AttackConfig, mesh: jax.sharding.Mesh | None
         value = objective(dummy, context)
         state = solver.init(dummy, solver_context(context, 0, dummy))
         scale = (sum(jnp.vdot(g, g) for g in jax.tree.leaves(context.target_grad))
-                 if config.distance == "l2" else 1.0)
+                 if config.distance in ("l2", "tag") else 1.0)
         threshold = jnp.asarray(config.tolerance * scale, value.dtype)
         return _Problem(dummy, state, value, ~jnp.isfinite(value), value <= threshold,
                         jnp.zeros((), jnp.int32), solver.evaluations(state), threshold)

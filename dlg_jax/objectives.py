@@ -11,6 +11,7 @@ with ``targets(z) = softmax(y')`` (DLG's joint labels) or fixed one-hot targets 
 
     l2:      sum_l w_l * ||g_l - dW_l||^2                                   (DLG)
     cosine:  1 - sum_l w_l <g_l, dW_l> / (sqrt(sum_l w_l ||g_l||^2) sqrt(sum_l w_l ||dW_l||^2))   (IG)
+    tag:     sum_l w_l * (||g_l - dW_l||^2 + TAG_L1 * ||g_l - dW_l||_1)        (TAG, Deng et al. 2021)
 
 over the parameter leaves ``l`` (``w_l = 1`` unless layer weights are given).
 
@@ -54,7 +55,8 @@ from dlg_jax.models import Model
 from dlg_jax.models.batchnorm import batchnorm_statistics
 from dlg_jax.victim import batch_loss
 
-DISTANCES = ("l2", "cosine")
+DISTANCES = ("l2", "cosine", "tag")
+TAG_L1 = 1e-2  # TAG's weight of the L1 term (our choice; the paper tunes it per model)
 SECOND_ORDER_MODES = ("reverse_over_forward", "reverse")
 
 
@@ -97,6 +99,13 @@ def l2_distance(grad: Any, target: Any, weights: Any) -> jnp.ndarray:
     """``sum_l w_l ||grad_l - target_l||^2`` (DLG)."""
     diff = jax.tree.map(jnp.subtract, grad, target)
     return _tree_vdot(diff, diff, weights)
+
+
+def tag_distance(grad: Any, target: Any, weights: Any) -> jnp.ndarray:
+    """``sum_l w_l (||grad_l - target_l||^2 + TAG_L1 ||grad_l - target_l||_1)`` (TAG: L2 plus L1)."""
+    diff = jax.tree.map(jnp.subtract, grad, target)
+    return _tree_vdot(diff, diff, weights) + TAG_L1 * sum(
+        w * jnp.sum(jnp.abs(d)) for d, w in zip(jax.tree.leaves(diff), weights))
 
 
 def cosine_distance(grad: Any, target: Any, weights: Any) -> jnp.ndarray:
@@ -184,7 +193,7 @@ def make_objective(
     check_choice("distance", distance, DISTANCES)
     check_choice("second-order mode", second_order, SECOND_ORDER_MODES)
     check_prior_weights(tv_weight=tv_weight, bn_prior=bn_prior, group_consistency=group_consistency)
-    measure = {"l2": l2_distance, "cosine": cosine_distance}[distance]
+    measure = {"l2": l2_distance, "cosine": cosine_distance, "tag": tag_distance}[distance]
 
     def leaf_weights(tree):
         count = len(jax.tree.leaves(tree))

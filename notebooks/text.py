@@ -49,7 +49,7 @@ SENTENCE = "the meeting starts at nine in the morning"
 # runs in one vmapped, compiled program.
 
 # %%
-run = attack_sentences([SENTENCE], MODEL, CONFIG)
+run = attack_sentences([SENTENCE], MODEL, CONFIG, compare=True)   # compare: every decoding, below
 sentence = run.sentences[0]
 print("original :", vocabulary.tokens(sentence.original))
 print("masked positions:", sentence.masked, "| bag of tokens:", sentence.bag_size, "of", vocabulary.vocab_size())
@@ -91,14 +91,15 @@ plt.show()
 # %% [markdown]
 # ## Four decodings of the same run
 #
-# Nearest token over the whole vocabulary or only over the bag of tokens, each with and without the
-# discrete refinement, which changes single tokens while that brings the candidate's gradient closer
-# to the shared one, and stops once it reproduces it (the distance certifies the recovery).
+# Nearest token over the whole vocabulary or only over the bag of tokens, and the latter refined: a
+# discrete search that replaces single tokens (and, unless `-swaps`, swaps or moves tokens and masked
+# labels) only while that brings the candidate's gradient closer to the shared one, and stops once it
+# reproduces it (the distance certifies the recovery).
 
 # %%
-lines = ["| decoding | text | token accuracy | exact | BLEU |", "|---|---|---|---|---|"]
+lines = ["| decoding | text | token accuracy | exact | BLEU | gradient distance |", "|---|---|---|---|---|---|"]
 for name, decoding in sentence.decodings.items():
     s = decoding["scores"]
-    lines.append(f"| {name} | {vocabulary.decode(decoding['ids'])} | {s['token_accuracy']:.0%} | "
-                 f"{s['exact_match']:.0f} | {s['bleu']:.1f} |")
+    lines.append(f"| {name} | {vocabulary.decode(decoding['ids'][0])} | {s['token_accuracy']:.0%} | "
+                 f"{s['exact_match']:.0f} | {s['bleu']:.1f} | {decoding['distance']:.2e} |")
 display(Markdown("\n".join(lines)))
