@@ -4,7 +4,7 @@
     python -m benchmarks.accelerator --quick    # CPU smoke run (no torch.compile), for the test suite
 
 Writes ``benchmarks/results/accelerator-<device>.json`` (``<device>``: JAX's device kind, e.g.
-``nvidia-h200``, or ``cpu``) and prints a Markdown table for the README. Rows, all on JAX's device, at
+``nvidia-h200``, or ``cpu``) and prints a Markdown table for docs/performance.md. Rows, all on JAX's device, at
 the attack's default precision (``highest``: full float32) unless a row says otherwise:
 
 - ``default attack``: what ``dlg-jax attack`` runs (colour image 0, LeNet, 8 restarts, 3000 L-BFGS
@@ -120,7 +120,7 @@ def _write(args, settings, attacks, objective, torch_dlg, torch, device) -> dict
 
 
 def markdown(payload: dict) -> str:
-    """The README table of one accelerator check."""
+    """The Markdown table of one accelerator check (docs/performance.md)."""
     lines = [f"| {payload['device_kind']} ({payload['environment']['date'][:10]}) | result |", "|---|---|"]
     for row in payload["attacks"]:
         lines.append(f"| {row['row']}: {row['targets']} targets x {row['restarts']} restarts x {row['iterations']} "

@@ -43,7 +43,7 @@ ACCELERATOR_RESTARTS = 1024
 HISTORY_VARIANTS = (10, 30)
 MAX_RESTARTS = 4096
 MAX_ITERATIONS = 100_000
-# jaxopt's zoom search makes every batched restart wait for the slowest (DESIGN.md): minutes at R = 128
+# jaxopt's zoom search makes every batched restart wait for the slowest (docs/design.md): minutes at R = 128
 # even for the quick budget, so the quick run leaves it out (name it in --solvers to include it).
 QUICK_SOLVERS = ("lbfgs", "optax-lbfgs", "adam")
 

@@ -37,7 +37,7 @@ DLG_NUM_CLASSES = 100
 RESNET_NUM_CLASSES = 10
 DEVICES = ("cpu", "cuda")
 # The matmul/convolution precision every JAX program of the benchmarks is traced with (full float32: on
-# NVIDIA GPUs XLA's default is TF32, with which DLG does not recover the image; DESIGN.md).
+# NVIDIA GPUs XLA's default is TF32, with which DLG does not recover the image; docs/design.md).
 JAX_PRECISION = "highest"
 
 

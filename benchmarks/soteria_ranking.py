@@ -22,7 +22,7 @@ import numpy as np
 from dlg_jax.attack import AttackConfig, run_attack
 from dlg_jax.data import get_dataset
 from dlg_jax.metrics import evaluate
-from dlg_jax.models import build_model
+from dlg_jax.models import build_model, victim_params
 from dlg_jax.soteria import defended_layer, feature_scores
 from dlg_jax.victim import shared_gradients
 
@@ -37,7 +37,7 @@ def main(argv=None) -> None:
     ratios = [float(r) for r in args.ratios.split(",")]
     source = get_dataset("colour")
     model = build_model("lenet", source.input_shape, source.num_classes)
-    params = model.init(jax.random.fold_in(jax.random.key(0), 0x5EED))  # as dlg_jax.pipeline.run_dlg
+    params = victim_params(model, seed=0)  # as dlg-jax attack
     images, labels = source.examples(list(range(args.targets)))
     images, labels = images[:, None], labels[:, None]  # [T, 1, H, W, C], [T, 1]
     clean = shared_gradients(model, params, images, labels)

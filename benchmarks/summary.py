@@ -88,7 +88,7 @@ def check_targets(summary: dict) -> dict:
 
 
 def markdown(summary: dict, checks: dict) -> str:
-    """The README table: the targeted metrics, then the other headline numbers."""
+    """The headline table (docs/benchmarks.md): the targeted metrics, then the other headline numbers."""
     lines = ["| metric | value | target | met |", "|---|---|---|---|"]
     for metric, check in checks.items():
         value = "n/a" if check["value"] is None else (

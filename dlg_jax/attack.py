@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dlg_jax.data import to_uint8
-from dlg_jax.errors import DLGInputError, check_choice, check_positive_int
+from dlg_jax.errors import DLGInputError, check_choice, check_number, check_positive_int
 from dlg_jax.labels import LABEL_STRATEGIES, is_joint
 from dlg_jax.models import Model, check_same_tree
 from dlg_jax.models.batchnorm import batchnorm_statistics, check_batchnorm
@@ -55,7 +55,7 @@ class AttackConfig:
     """Everything that defines an attack run (validated on construction).
 
     ``tolerance``: a restart is converged (and frozen) once its objective is at or below
-    ``tolerance * ||dW||^2`` (l2 matching: relative to the shared gradient's squared norm, so that a
+    ``tolerance * ||dW||^2`` (l2 and tag matching: relative to the shared gradient's squared norm, so that a
     target whose gradient is small is held to the same standard) or ``tolerance`` (cosine matching).
     ``chunk_size``: problems (target x restart pairs) per device in one vmapped batch (``None``: 16 on
     CPU, where small chunks stay in cache, 1024 on GPU/TPU, where large batches fill the chip).
@@ -136,11 +136,13 @@ class AttackConfig:
         if self.group_consistency and self.restarts < 2:
             raise DLGInputError(f"group_consistency needs restarts >= 2 (one restart's group mean is itself), "
                                 f"got restarts={self.restarts}")
-        if not self.tolerance >= 0:
-            raise DLGInputError(f"tolerance must be >= 0, got {self.tolerance}")
+        check_number("tolerance", self.tolerance, low=0.0)
+        for weight in self.layer_weights or ():
+            check_number("layer weight", weight, low=0.0)
         if self.snapshots < 0:
             raise DLGInputError(f"snapshots must be >= 0, got {self.snapshots}")
-        if self.box is not None and not (len(self.box) == 2 and self.box[0] < self.box[1]):
+        if self.box is not None and not (len(self.box) == 2 and check_number("box bound", self.box[0])
+                                         < check_number("box bound", self.box[1])):
             raise DLGInputError(f"box must be (low, high) with low < high, got {self.box!r}")
         if self.dtype == "float64" and not jax.config.jax_enable_x64:
             raise DLGInputError(
@@ -156,8 +158,11 @@ class AttackResult:
     (text models: ``images`` are the embeddings [T, R, B, L, E], label_logits [T, R, B, M, V], labels [T, R, B, M]),
     loss [T, R] (final objective), failed / converged [T, R] bool, iterations / evaluations [T, R],
     loss_history [T, R, I] (objective at each iteration run; frozen restarts repeat their last value),
-    best_restart [T], snapshots [T, S, B, H, W, C] uint8 of the best restart at ``snapshot_iterations [S]``
+    best_restart [T], snapshots [T, S, B, H, W, C] uint8 of the best restart at ``snapshot_iterations [T, S]``
     (non-image models: the dummy input itself, e.g. embeddings [T, S, B, L, E], in the attack's dtype).
+    Snapshots are taken at ``S`` evenly spaced iterations of the budget; ``snapshot_iterations`` says which
+    iteration each one actually shows: a restart that converged (or a run that stopped early) at
+    iteration ``i`` shows its final dummy, iteration ``i``, in every later snapshot.
     """
 
     images: np.ndarray
@@ -191,7 +196,8 @@ class AttackResult:
 
 
 class Progress(NamedTuple):
-    """Reported after every block: chunk ``chunk`` of ``chunks``, ``iteration`` of the budget."""
+    """Reported after every block: chunk ``chunk`` of ``chunks``, ``iteration`` of the budget;
+    ``run_seconds``: time spent running compiled blocks so far, all chunks together (compiling excluded)."""
 
     chunk: int
     chunks: int
@@ -201,6 +207,7 @@ class Progress(NamedTuple):
     converged: int
     failed: int
     problems: int
+    run_seconds: float
 
 
 class _Problem(NamedTuple):
@@ -301,7 +308,7 @@ def _programs(model: Model, config: AttackConfig, mesh: jax.sharding.Mesh | None
         value = objective(dummy, context)
         state = solver.init(dummy, solver_context(context, 0, dummy))
         scale = (sum(jnp.vdot(g, g) for g in jax.tree.leaves(context.target_grad))
-                 if config.distance == "l2" else 1.0)
+                 if config.distance in ("l2", "tag") else 1.0)
         threshold = jnp.asarray(config.tolerance * scale, value.dtype)
         return _Problem(dummy, state, value, ~jnp.isfinite(value), value <= threshold,
                         jnp.zeros((), jnp.int32), solver.evaluations(state), threshold)
@@ -486,7 +493,7 @@ def _whole_targets(chunk: int, config: AttackConfig, devices: int) -> int:
 
 def default_chunk_size() -> int:
     """Problems per device per vmapped batch when ``AttackConfig.chunk_size`` is ``None``: 16 on CPU
-    (chunks of ~8-24 restarts stay in cache; DESIGN.md), 1024 on accelerators (1024 problems ran at
+    (chunks of ~8-24 restarts stay in cache; docs/design.md), 1024 on accelerators (1024 problems ran at
     144k restart-iterations/s on an H200, 8 x 16 at 51k)."""
     return 16 if jax.default_backend() == "cpu" else 1024
 
@@ -630,7 +637,7 @@ def _solve(plan: _Plan, progress) -> AttackResult:
                 finite = losses[np.isfinite(losses)]
                 progress(Progress(index, chunks, stop, config.iterations,
                                   float(finite.min()) if finite.size else float("nan"),
-                                  int(converged.sum()), int(failed.sum()), len(losses)))
+                                  int(converged.sum()), int(failed.sum()), len(losses), run_seconds))
             if np.all(failed | converged):
                 break
             if stop in regroup_at:
@@ -688,14 +695,16 @@ def _assemble(outputs, problems, targets, restarts, joint, fixed_labels, snapsho
     label_logits = gather("label_logits") if joint else None
     labels = (np.argmax(label_logits, axis=-1) if joint
               else np.repeat(np.asarray(fixed_labels)[:, None], restarts, axis=1))
+    iterations = gather("iterations")
     if outputs[0]["snapshots"] is not None:
         snapshots = gather("snapshots")[np.arange(targets), best]
     else:
         snapshots = np.zeros((targets, 0, *images.shape[2:]), np.uint8)
+    shown = np.minimum(snapshot_iterations[None, :], iterations[np.arange(targets), best][:, None])
     return AttackResult(
         images=images, label_logits=label_logits, labels=labels.astype(np.int32), loss=loss,
-        failed=failed, converged=gather("converged"), iterations=gather("iterations"),
+        failed=failed, converged=gather("converged"), iterations=iterations,
         evaluations=gather("evaluations"), loss_history=gather("history"), best_restart=best,
-        snapshots=snapshots, snapshot_iterations=snapshot_iterations,
+        snapshots=snapshots, snapshot_iterations=shown,
         compile_seconds=compile_seconds, run_seconds=run_seconds, restart_iterations=restart_iterations,
     )

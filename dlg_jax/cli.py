@@ -5,15 +5,17 @@ Bad input (a :class:`~dlg_jax.errors.DLGInputError` or an argparse error) prints
 """
 
 import argparse
+import re
 import sys
 
 from dlg_jax.commands import COMMANDS
-from dlg_jax.errors import DLGInputError
+from dlg_jax.errors import QUOTE_LIMIT, DLGInputError, quote
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit status 2 (argparse would print the usage too)
-        raise DLGInputError(message)
+        # argparse quotes the bad value whole: shorten a long one as the library's own messages do
+        raise DLGInputError(re.sub(f"'([^']{{{QUOTE_LIMIT},}})'", lambda m: quote(m.group(1)), message))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,6 +15,9 @@ bit-for-bit by :func:`build_embedded_arrays` from scikit-image and scikit-learn)
   to MNIST's 28x28x1 layout; labels 0-9.
 - ``faces``: scikit-image's 200 LFW crops (25x25) scaled to 32x32x1; label 0 = face, 1 = non-face;
   even indices are faces, odd indices non-faces.
+
+One's own images (:func:`file_source`, ``get_dataset(path)``): a folder with one sub-folder of images per
+class, or an ``.npz`` file with arrays ``x`` and ``y``.
 """
 
 import dataclasses
@@ -25,7 +28,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from dlg_jax.errors import DLGInputError, check_choice
+from dlg_jax.errors import DLGInputError, check_choice, check_positive_int
 
 EMBEDDED_NAMES = ("colour", "digits", "faces")
 EMBEDDED_FILE = "embedded_data.npz"
@@ -112,6 +115,109 @@ def embedded_source(name: str, image_size: int | None = None) -> DataSource:
     )
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
+
+
+def _folder_arrays(path: str, image_size: int | None) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """Images ``[N, H, W, C]`` uint8, labels ``[N]`` and class names of a folder ``path/<class>/<image>``
+    (classes in sorted order, images in sorted order within a class). Greyscale images give ``C = 1``
+    unless any image has colour (then all are RGB; alpha is dropped)."""
+    from PIL import Image, UnidentifiedImageError
+
+    classes = sorted(entry.name for entry in os.scandir(path) if entry.is_dir() and not entry.name.startswith("."))
+    if not classes:
+        raise DLGInputError(f"image folder {path!r} has no class sub-folders; expected {path}/<class>/<image>.png")
+    pictures, labels = [], []
+    for label, name in enumerate(classes):
+        files = sorted(f for f in os.listdir(os.path.join(path, name)) if f.lower().endswith(IMAGE_SUFFIXES))
+        if not files:
+            raise DLGInputError(f"class folder {os.path.join(path, name)!r} holds no images "
+                                f"({', '.join(IMAGE_SUFFIXES)})")
+        for file in files:
+            where = os.path.join(path, name, file)
+            try:
+                with Image.open(where) as picture:
+                    picture.load()
+                    pictures.append((where, picture.copy()))
+            except (OSError, UnidentifiedImageError) as error:
+                raise DLGInputError(f"cannot read image {where!r}: {str(error).splitlines()[0]}") from None
+            labels.append(label)
+    colour = any(picture.mode not in ("1", "L", "I", "I;16", "F") for _, picture in pictures)
+    arrays = []
+    for where, picture in pictures:
+        array = np.asarray(picture.convert("RGB" if colour else "L"), np.uint8)
+        arrays.append(array if colour else array[..., None])
+        if image_size is None and arrays[-1].shape != arrays[0].shape:
+            raise DLGInputError(f"image {where!r} is {arrays[-1].shape[1]}x{arrays[-1].shape[0]}, "
+                                f"{pictures[0][0]!r} {arrays[0].shape[1]}x{arrays[0].shape[0]}; give an image size "
+                                "to resize them all")
+    return np.stack(_resized(arrays, image_size)), np.asarray(labels, np.int32), tuple(classes)
+
+
+def _resized(images, image_size: int | None) -> list[np.ndarray]:
+    if image_size is None:
+        return list(images)
+    image_size = check_positive_int("image size", image_size)
+    return [resize_image(image, image_size) for image in images]
+
+
+def _npz_arrays(path: str, image_size: int | None) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """Images ``[N, H, W, C]`` uint8 and labels ``[N]`` of an ``.npz`` with ``x`` (``[N, H, W]`` or
+    ``[N, H, W, C]``, C in 1, 3; uint8 0..255 or floats in [0, 1]) and ``y`` (``[N]`` integers >= 0)."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except (OSError, ValueError) as error:
+        raise DLGInputError(f"cannot read data file {path!r}: {str(error).splitlines()[0]}") from None
+    missing = [key for key in ("x", "y") if key not in arrays]
+    if missing:
+        raise DLGInputError(f"data file {path!r} lacks the array {missing[0]!r}; expected x [N, H, W, C] images "
+                            f"and y [N] labels, found {', '.join(sorted(arrays)) or 'no arrays'}")
+    x, y = arrays["x"], arrays["y"]
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3) or len(x) == 0:
+        raise DLGInputError(f"x in {path!r} must be [N, H, W] or [N, H, W, C] images with C 1 or 3 and N >= 1, "
+                            f"got shape {x.shape}")
+    if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
+        raise DLGInputError(f"y in {path!r} must be [{len(x)}] integer labels >= 0, got shape {y.shape} {y.dtype}")
+    if np.issubdtype(x.dtype, np.floating):
+        if not (np.isfinite(x).all() and x.min() >= 0 and x.max() <= 1):
+            raise DLGInputError(f"x in {path!r} holds floats outside [0, 1]; give uint8 0..255 or floats in [0, 1]")
+        x = to_uint8(x)
+    elif x.dtype != np.uint8:
+        raise DLGInputError(f"x in {path!r} must be uint8 or float images, got {x.dtype}")
+    classes = tuple(str(c) for c in range(int(y.max()) + 1))
+    return np.stack(_resized(x, image_size)), y.astype(np.int32), classes
+
+
+def file_source(path: str | os.PathLike, image_size: int | None = None) -> DataSource:
+    """One's own images as a :class:`DataSource`: a folder ``path/<class>/<image>`` (classes: the sorted
+    sub-folder names; PNG, JPEG, ... read with PIL) or an ``.npz`` file with ``x`` and ``y``
+    (:func:`_npz_arrays`). ``image_size=S`` resizes every image to ``S x S`` as the embedded sets
+    (:func:`resize_image`); without it a folder's images must all have one size. Everything is read once,
+    here; a bad file raises :class:`DLGInputError` naming it."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        images, labels, classes = _folder_arrays(path, image_size)
+    elif path.endswith(".npz") and os.path.isfile(path):
+        images, labels, classes = _npz_arrays(path, image_size)
+    else:
+        raise DLGInputError(f"dataset {path!r} is neither an image folder nor an existing .npz file")
+
+    def read(idx):
+        return images[idx] / np.float32(255.0), labels[idx]
+
+    return DataSource(name=path, size=len(images), input_shape=tuple(images.shape[1:]),
+                      num_classes=len(classes), class_names=classes, read=read)
+
+
+def is_data_path(name: str) -> bool:
+    """Whether the dataset ``name`` names one's own files (a folder or an ``.npz``) rather than a set."""
+    return isinstance(name, (str, os.PathLike)) and (os.fspath(name).endswith(".npz") or os.path.isdir(name)
+                                                     or os.sep in os.fspath(name))
+
+
 def dataset_names() -> tuple[str, ...]:
     from dlg_jax.tfds_data import TFDS_NAMES
 
@@ -120,7 +226,12 @@ def dataset_names() -> tuple[str, ...]:
 
 def get_dataset(name: str, *, split: str | None = None, data_dir: str | os.PathLike | None = None,
                 image_size: int | None = None) -> DataSource:
-    """The :class:`DataSource` called ``name`` (an embedded set, or a tfds set prepared in ``data_dir``)."""
+    """The :class:`DataSource` called ``name`` (an embedded set, or a tfds set prepared in ``data_dir``),
+    or one's own images at the path ``name`` (:func:`file_source`)."""
+    if name not in dataset_names() and is_data_path(name):
+        if split is not None or data_dir is not None:
+            raise DLGInputError(f"dataset {os.fspath(name)!r} is a path; it takes no split or data_dir")
+        return file_source(name, image_size)
     check_choice("dataset", name, dataset_names())
     if name in EMBEDDED_NAMES:
         if split not in (None, "train"):

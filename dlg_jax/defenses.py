@@ -50,7 +50,7 @@ import numpy as np
 import optax
 from optax.contrib import differentially_private_aggregate
 
-from dlg_jax.errors import DLGInputError, check_choice
+from dlg_jax.errors import DLGInputError, check_choice, check_number
 from dlg_jax.soteria import defended_layer, feature_scores
 from dlg_jax.victim import shared_gradient, shared_gradients
 
@@ -73,20 +73,6 @@ DEFAULT_STRENGTHS = {
 }
 
 
-def _check_number(what: str, value, *, low: float, low_inclusive: bool = True,
-                  high: float | None = None) -> float:
-    """``value`` as a float, or :class:`DLGInputError` unless it is a finite number in the range."""
-    allowed = f"{'>=' if low_inclusive else '>'} {low:g}" + ("" if high is None else f" and < {high:g}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise DLGInputError(f"{what} must be a number {allowed}, got {value!r}") from None
-    ok = math.isfinite(number) and (number >= low if low_inclusive else number > low)
-    if not ok or (high is not None and not number < high):
-        raise DLGInputError(f"{what} must be a number {allowed}, got {value!r}")
-    return number
-
-
 # ---------------------------------------------------------------------------------------------------
 # The transforms.
 
@@ -97,7 +83,7 @@ def gaussian_noise(variance: float, key: jax.Array | int = 0) -> optax.GradientT
     This is ``optax.add_noise(eta=variance, gamma=0)`` (optax anneals the variance as
     ``eta / (1 + step)^gamma``; ``gamma = 0`` keeps it fixed). State: ``optax.AddNoiseState(count, rng_key)``.
     """
-    variance = _check_number("noise variance", variance, low=0.0)
+    variance = check_number("noise variance", variance, low=0.0)
     return optax.add_noise(eta=variance, gamma=0.0, key=key)
 
 
@@ -112,7 +98,7 @@ def laplacian_noise(variance: float, key: jax.Array | int = 0) -> optax.Gradient
 
     The Laplace density is ``exp(-|n| / b) / (2 b)``; the strength is the variance, as in the paper.
     """
-    variance = _check_number("noise variance", variance, low=0.0)
+    variance = check_number("noise variance", variance, low=0.0)
     scale = math.sqrt(variance / 2.0)
 
     def init(params):
@@ -221,7 +207,7 @@ def prune(ratio: float, scope: str = "tensor") -> optax.GradientTransformation:
     DLG section 5.3 (gradient compression / sparsification, Lin et al. 2018's deep gradient compression):
     ratios above 20% defeat the attack. ``0 <= ratio < 1``. Stateless.
     """
-    ratio = _check_number("pruning ratio", ratio, low=0.0, high=1.0)
+    ratio = check_number("pruning ratio", ratio, low=0.0, high=1.0)
     check_choice("pruning scope", scope, PRUNE_SCOPES)
 
     def update(updates, state, params=None):
@@ -248,8 +234,8 @@ def dp_aggregate(noise_multiplier: float, clip: float = 1.0,
     ``sigma = noise_multiplier``. This is ``optax.contrib.differentially_private_aggregate`` (Abadi et al.
     2016); its output has no batch axis. Chain it first: later transforms see the aggregate.
     """
-    noise_multiplier = _check_number("DP noise multiplier", noise_multiplier, low=0.0)
-    clip = _check_number("DP clipping norm", clip, low=0.0, low_inclusive=False)
+    noise_multiplier = check_number("DP noise multiplier", noise_multiplier, low=0.0)
+    clip = check_number("DP clipping norm", clip, low=0.0, low_inclusive=False)
     return differentially_private_aggregate(l2_norm_clip=clip, noise_multiplier=noise_multiplier,
                                             key=jax.random.key(key) if isinstance(key, int) else key)
 
@@ -272,7 +258,7 @@ def soteria(ratio: float) -> optax.GradientTransformationExtraArgs:
     if isinstance(ratio, (int, float)) and 1 <= ratio < 100:
         raise DLGInputError(f"Soteria pruning ratio is the fraction of representation features pruned, "
                             f">= 0 and < 1, got {ratio!r} (for {ratio:g}% use {ratio / 100:g})")
-    ratio = _check_number("Soteria pruning ratio", ratio, low=0.0, high=1.0)
+    ratio = check_number("Soteria pruning ratio", ratio, low=0.0, high=1.0)
 
     def update(updates, state, params=None, *, model=None, inputs=None, **extra_args):
         del extra_args

@@ -462,7 +462,7 @@ def run_experiment(name: str, *, quick: bool = False, targets: int | None = None
 
 
 def markdown_table(result: ExperimentResult) -> str:
-    """The experiment's rows as a markdown table (what the README and ``<name>.md`` show)."""
+    """The experiment's rows as a markdown table (what ``<name>.md`` and the docs show)."""
     rows = result.payload["rows"]
     if result.name == "labels":
         budget = result.payload["budget"]

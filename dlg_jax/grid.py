@@ -31,6 +31,7 @@ A :class:`Point` is everything that determines one attack's numbers; its :attr:`
 import dataclasses
 import hashlib
 import itertools
+import math
 import json
 import os
 import re
@@ -39,7 +40,7 @@ from typing import Any
 
 from dlg_jax.attack import AttackConfig
 from dlg_jax.defenses import DEFAULT_STRENGTHS, make_defense
-from dlg_jax.errors import DLGInputError, check_choice
+from dlg_jax.errors import DLGInputError, check_choice, quote
 from dlg_jax.memory import parse_bytes
 from dlg_jax.models import MODEL_NAMES
 from dlg_jax.presets import PRESET_NAMES, attack_preset
@@ -96,6 +97,11 @@ class Point:
     def id(self) -> str:
         """:func:`key_id` of :meth:`key`: equal points have equal ids on every machine."""
         return key_id(self.key())
+
+    @property
+    def expected_rows(self) -> int:
+        """Rows of a finished point: one per target."""
+        return self.targets
 
 
 def key_id(key: dict) -> str:
@@ -158,8 +164,8 @@ def _check_type(key: str, value) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or (key != "seed" and value < 1):
             raise DLGInputError(f"must be an integer{'' if key == 'seed' else ' >= 1'}, got {value!r}")
     elif key in _NUMBER_KEYS:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise DLGInputError(f"must be a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise DLGInputError(f"must be a finite number, got {quote(value)}")
         return float(value)
     elif key == "memory_budget":
         return parse_bytes(value)

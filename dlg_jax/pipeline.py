@@ -7,10 +7,15 @@
     run.metrics.summary()          # {'psnr_mean': ..., 'label_accuracy': ..., ...}
     run.result.best_images         # [T, B, H, W, C]
 
+``model`` may also be one's own :class:`~dlg_jax.models.Model` (``Model.from_flax(module, variables,
+input_shape)``) with its ``params``, and :func:`save_run` writes the figures and
+``metrics.json`` of any run.
+
 Target ``t`` with start index ``i`` is the private batch of images ``i, i+1, ..., i+B-1``.
 """
 
 import dataclasses
+import os
 from typing import Any, Callable, Sequence
 
 import jax
@@ -20,12 +25,15 @@ from dlg_jax.attack import AttackConfig, AttackResult, Progress, run_attack
 from dlg_jax.data import DataSource, get_dataset
 from dlg_jax.defenses import Defense, defended_gradients
 from dlg_jax.errors import DLGInputError, check_positive_int
+from dlg_jax.files import atomic_write_json, prepare_output_dir
 from dlg_jax.labels import recover_labels
 from dlg_jax.metrics import ReconstructionMetrics, evaluate
-from dlg_jax.models import Model, build_model
+from dlg_jax.models import Model, build_model, victim_params
 from dlg_jax.models.batchnorm import reference_statistics
 from dlg_jax.precision import matmul_precision
+from dlg_jax.checkpoints import load_checkpoint
 from dlg_jax.threat_models import ThreatModel, co_client_indices, observed_gradients
+from dlg_jax.training import VictimTraining, train_victim
 from dlg_jax.victim import shared_gradients
 
 
@@ -46,6 +54,8 @@ class DLGRun:
     metrics: ReconstructionMetrics
     threat: ThreatModel = ThreatModel()
     client_indices: np.ndarray | None = None
+    config: AttackConfig | None = None
+    training_loss: np.ndarray | None = None
 
 
 def target_indices(dataset: DataSource, batch_size: int, indices: Sequence[int] | None,
@@ -81,9 +91,29 @@ def bn_reference(model: Model, params: Any, source: DataSource, grid: np.ndarray
     return reference_statistics(model, params, source.examples(others)[0].astype(config.dtype))
 
 
+def victim_model(model: str | Model, source: DataSource, num_classes: int | None,
+                 model_options: dict | None) -> Model:
+    """The attacked :class:`Model`: a registered ``model`` name built for ``source``'s images, or one's own
+    ``Model`` checked against them (its input shape must be the images', its classes cover the labels)."""
+    if num_classes is not None and num_classes < source.num_classes:
+        raise DLGInputError(f"num_classes must be >= the dataset's {source.num_classes} classes, got {num_classes}")
+    if not isinstance(model, Model):
+        return build_model(model, source.input_shape, num_classes or source.num_classes, **(model_options or {}))
+    if model_options or num_classes is not None:
+        raise DLGInputError("model_options and num_classes are for a registered model name; "
+                            f"model {model.name!r} is built already")
+    if tuple(model.input_shape) != tuple(source.input_shape):
+        raise DLGInputError(f"model {model.name!r} takes inputs {tuple(model.input_shape)}; dataset "
+                            f"{source.name!r} has images {tuple(source.input_shape)} (resize with image_size)")
+    if model.num_classes < source.num_classes:
+        raise DLGInputError(f"model {model.name!r} has {model.num_classes} outputs; dataset {source.name!r} "
+                            f"has {source.num_classes} classes")
+    return model
+
+
 def run_dlg(
-    model: str = "lenet",
-    dataset: str = "colour",
+    model: str | Model = "lenet",
+    dataset: str | DataSource = "colour",
     *,
     indices: Sequence[int] | None = None,
     targets: int | None = None,
@@ -97,9 +127,21 @@ def run_dlg(
     progress: Callable[[Progress], None] | None = None,
     num_classes: int | None = None,
     threat: ThreatModel = ThreatModel(),
+    params: Any = None,
+    checkpoint: str | os.PathLike | None = None,
+    training: VictimTraining | None = None,
+    training_progress: Callable[[int, int, float], None] | None = None,
 ) -> DLGRun:
     """Build the model (weights from ``config.seed``), compute each target's shared gradient, attack it
     and score the best restart per target.
+
+    ``model``: a registered name (:data:`~dlg_jax.models.MODEL_NAMES`, with ``model_options``) or a
+    :class:`~dlg_jax.models.Model` (e.g. ``Model.from_flax``); ``params``: the victim's weights (default:
+    a fresh initialisation from ``config.seed``), checked against the model's tree; ``checkpoint``: a path
+    to load them from instead (:func:`dlg_jax.checkpoints.load_checkpoint`). ``training``: train the
+    victim first (:func:`dlg_jax.training.train_victim`) on the dataset's images that are in no target's
+    batch (the other clients' included), reporting to ``training_progress(step, total, loss)``; the run
+    then holds the trained params and ``training_loss``.
 
     ``defense``: an optional victim-side :class:`~dlg_jax.defenses.Defense` applied to each client's
     gradient before the attacker sees it (per-example defenses such as DP-SGD get per-example gradients).
@@ -108,20 +150,32 @@ def run_dlg(
     LeNet, widens the final layer and with it the shared gradient). With ``config.bn_prior`` the reference
     statistics come from the dataset's other images (:func:`bn_reference`).
     ``threat``: what the attacker sees (:class:`~dlg_jax.threat_models.ThreatModel`; default: the target's
-    own gradient). With ``K`` clients, ``K - 1`` other batches join each target's from the same dataset
+    own gradient); a ``defense`` then acts in every client at its place (per-example defenses in each
+    local step, the others on what a client sends). With ``K`` clients, ``K - 1`` other batches join each target's from the same dataset
     (:func:`~dlg_jax.threat_models.co_client_indices`, from ``config.seed``); metrics score the target's.
     """
-    if defense is not None and not threat.single_client:
-        raise DLGInputError(f"a defense with the threat model {threat.describe()!r} is not supported; "
-                            "defenses apply to one client's single-step gradient")
     with matmul_precision(config.precision):  # the victim's gradient, label recovery and metrics too
-        source = get_dataset(dataset, split=split, data_dir=data_dir, image_size=image_size)
+        source = dataset if isinstance(dataset, DataSource) else get_dataset(
+            dataset, split=split, data_dir=data_dir, image_size=image_size)
         grid = target_indices(source, batch_size, indices, targets)
         others = co_client_indices(source.size, grid, threat.clients, config.seed)  # [T, K - 1, B]
-        if num_classes is not None and num_classes < source.num_classes:
-            raise DLGInputError(f"num_classes must be >= the dataset's {source.num_classes} classes, got {num_classes}")
-        net = build_model(model, source.input_shape, num_classes or source.num_classes, **(model_options or {}))
-        params = net.init(jax.random.fold_in(jax.random.key(config.seed), 0x5EED), dtype=np.dtype(config.dtype))
+        net = victim_model(model, source, num_classes, model_options)
+        if params is not None and checkpoint is not None:
+            raise DLGInputError("give either params or a checkpoint, not both")
+        if checkpoint is not None:
+            net, params = load_checkpoint(checkpoint, net)
+        elif params is None:
+            params = victim_params(net, config.seed, dtype=np.dtype(config.dtype))
+        net.check_params(params)
+        params = jax.tree.map(lambda p: jax.numpy.asarray(p, config.dtype), params)
+        training_loss = None
+        if training is not None:
+            rest = np.setdiff1d(np.arange(source.size), grid.reshape(-1))
+            if rest.size == 0:
+                raise DLGInputError(f"training needs images besides the targets; dataset {source.name!r} has "
+                                    f"{source.size} images, all of them targets")
+            trained = train_victim(net, params, *source.examples(rest), training, training_progress)
+            net, params, training_loss = trained.model, trained.params, trained.loss
         bn_statistics = bn_reference(net, params, source, grid, config) if config.bn_prior else None
         images, labels = source.examples(grid.reshape(-1))
         images = images.reshape(*grid.shape, *source.input_shape).astype(config.dtype)
@@ -133,7 +187,8 @@ def run_dlg(
                 client_images = np.concatenate([client_images, more_images.reshape(
                     *others.shape, *source.input_shape).astype(config.dtype)], axis=1)
                 client_labels = np.concatenate([client_labels, more_labels.reshape(others.shape)], axis=1)
-            grads = observed_gradients(net, params, client_images, client_labels, threat, config.precision)
+            grads = observed_gradients(net, params, client_images, client_labels, threat, config.precision, defense,
+                                       jax.random.fold_in(jax.random.key(config.seed), 0xDEF))
         elif defense is None:
             grads = shared_gradients(net, params, images, labels, config.precision)
         else:
@@ -143,4 +198,40 @@ def run_dlg(
         result = run_attack(net, params, grads, batch_size, config, fixed_labels=fixed_labels,
                             bn_statistics=bn_statistics, progress=progress)
         metrics = evaluate(result.best_images, images, result.best_labels, labels)
-        return DLGRun(net, params, source, grid, images, labels, grads, result, metrics, threat, others)
+        return DLGRun(net, params, source, grid, images, labels, grads, result, metrics, threat, others, config,
+                      training_loss)
+
+
+def save_run(run, out, extra: dict | None = None) -> dict:
+    """Write a finished :class:`~dlg_jax.pipeline.DLGRun`'s ``reconstruction.png``, ``convergence.png`` and
+    ``metrics.json`` into the directory ``out`` (created if needed; each file written atomically) and
+    return the ``metrics.json`` payload: the model, dataset, batch size, attack config, summary, one row
+    per target, the threat model, and ``extra`` (e.g. timing) on top."""
+    from dlg_jax.report import convergence_plot, reconstruction_grid  # matplotlib only when writing
+
+    out = prepare_output_dir(out)
+    attack, metrics = run.result, run.metrics
+    reconstruction_grid(os.path.join(out, "reconstruction.png"), run.images, attack.snapshots,
+                        attack.snapshot_iterations, attack.best_images, metrics.assignment, metrics.slot_psnr)
+    convergence_plot(os.path.join(out, "convergence.png"), attack.loss_history, attack.best_restart)
+    rows = []
+    for t, entry in enumerate(metrics.per_target()):
+        best = attack.best_restart[t]
+        entry.update(
+            indices=run.indices[t].tolist(), true_labels=run.labels[t].tolist(),
+            recovered_labels=attack.best_labels[t].tolist(), best_restart=int(best),
+            best_loss=float(attack.loss[t, best]), restart_losses=attack.loss[t].tolist(),
+            converged_restarts=int(attack.converged[t].sum()), failed_restarts=int(attack.failed[t].sum()),
+            iterations_best=int(attack.iterations[t, best]), evaluations_best=int(attack.evaluations[t, best]),
+            other_clients_indices=run.client_indices[t].tolist(),
+        )
+        rows.append(entry)
+    payload = {
+        "model": run.model.name, "dataset": run.dataset.name, "batch_size": int(run.images.shape[1]),
+        "config": None if run.config is None else dataclasses.asdict(run.config),
+        "summary": metrics.summary(), "targets": rows,
+        "threat_model": {**dataclasses.asdict(run.threat), "description": run.threat.describe()},
+        **(extra or {}),
+    }
+    atomic_write_json(os.path.join(out, "metrics.json"), payload)
+    return payload

@@ -24,18 +24,22 @@ def _show(axis, image: np.ndarray, title: str | None = None) -> None:
 def reconstruction_grid(path, truths, snapshots, snapshot_iterations, finals, assignment, slot_psnr,
                         max_rows: int = 12) -> None:
     """One row per private image (``truths [T, B, H, W, C]``): the ground truth, the best restart's
-    snapshots ``[T, S, B, H, W, C]`` (uint8) at ``snapshot_iterations``, and its final reconstruction
-    ``finals [T, B, H, W, C]``; slots are shown in the optimal ``assignment [T, B]`` order."""
+    snapshots ``[T, S, B, H, W, C]`` (uint8), each titled with the iteration it shows
+    (``snapshot_iterations [T, S]``), and its final reconstruction ``finals [T, B, H, W, C]``; slots are
+    shown in the optimal ``assignment [T, B]`` order. Snapshot columns that every shown target reached
+    only after stopping (copies of the final image) are left out."""
     rows = [(t, b) for t in range(truths.shape[0]) for b in range(truths.shape[1])][:max_rows]
-    columns = 2 + snapshots.shape[1]
-    figure, axes = plt.subplots(len(rows), columns, figsize=(1.1 * columns, 1.25 * len(rows)), squeeze=False,
+    targets = sorted({t for t, _ in rows})
+    shown = np.asarray(snapshot_iterations)[targets]
+    keep = [s for s in range(shown.shape[1]) if s == 0 or np.any(shown[:, s] > shown[:, s - 1])]
+    columns = 2 + len(keep)
+    figure, axes = plt.subplots(len(rows), columns, figsize=(1.1 * columns, 1.35 * len(rows)), squeeze=False,
                                 dpi=120)
     for row, (t, b) in enumerate(rows):
         slot = assignment[t, b]
-        first = row == 0
-        _show(axes[row, 0], truths[t, b], "ground truth" if first else None)
-        for s in range(snapshots.shape[1]):
-            _show(axes[row, 1 + s], snapshots[t, s, slot] / 255.0, f"iter {snapshot_iterations[s]}" if first else None)
+        _show(axes[row, 0], truths[t, b], "ground truth" if row == 0 else None)
+        for column, s in enumerate(keep):
+            _show(axes[row, 1 + column], snapshots[t, s, slot] / 255.0, f"iter {snapshot_iterations[t][s]}")
         _show(axes[row, -1], finals[t, slot], f"final {slot_psnr[t, b]:.1f} dB")
     atomic_save_figure(path, figure)
     plt.close(figure)
@@ -60,3 +64,4 @@ def convergence_plot(path, loss_history: np.ndarray, best_restart: np.ndarray, m
     axis.grid(alpha=0.3)
     atomic_save_figure(path, figure)
     plt.close(figure)
+

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dlg_jax.errors import DLGInputError, check_choice
+from dlg_jax.errors import DLGInputError, check_choice, check_number, check_positive_int
 from dlg_jax.levenberg_marquardt import make_levenberg_marquardt
 from dlg_jax.lockstep_lbfgs import make_lockstep_lbfgs
 
@@ -72,14 +72,10 @@ class SolverConfig:
             raise DLGInputError(f"history_size must be >= 1, got {self.history_size}")
         if self.max_linesearch_steps < 1:
             raise DLGInputError(f"max_linesearch_steps must be >= 1, got {self.max_linesearch_steps}")
-        if not self.learning_rate > 0:
-            raise DLGInputError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if not 0 < self.damping < float("inf"):
-            raise DLGInputError(f"damping must be a finite number > 0, got {self.damping!r}")
+        check_number("learning_rate", self.learning_rate, low=0.0, low_inclusive=False)
+        check_number("damping", self.damping, low=0.0, low_inclusive=False)
         for name in ("damping_trials", "cg_steps", "jacobian_chunk"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise DLGInputError(f"{name} must be an integer >= 1, got {value!r}")
+            check_positive_int(name, getattr(self, name))
 
 
 class Solver(NamedTuple):

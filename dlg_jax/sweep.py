@@ -16,6 +16,7 @@ device that produced it.
 import dataclasses
 import functools
 import json
+import os
 import platform
 import time
 from typing import Any, Callable, Iterable
@@ -106,28 +107,50 @@ def attack_rows(point: Point, progress: Callable[[Progress], None] | None = None
 
 def run_points(store: Store, points: Iterable[Any], compute: Callable[[Any], list[dict]], executor=None,
                on_point: Callable[[Any, list[dict] | None], None] | None = None) -> int:
-    """Run ``compute(point)`` for every point (anything with an ``id``) whose part is not in ``store``
-    yet, on ``executor`` (default: in this process, in order), and store each point's rows as they
-    arrive. ``on_point(point, rows)`` is called for each stored point, and with ``rows=None`` for each
-    point found finished. Returns the number of points run."""
+    """Run ``compute(point)`` for every point (anything with an ``id`` and ``expected_rows``) whose part
+    is not intact in ``store`` yet, on ``executor`` (default: in this process, in order), and store each
+    point's rows as they arrive. ``on_point(point, rows)`` is called for each stored point, and with
+    ``rows=None`` for each point found finished. Returns the number of points run.
+
+    The store is checked to be writable before anything is computed; if a part still cannot be written
+    later (the disk filled, permissions changed), the point's rows are saved as JSON in the temporary
+    directory and the error names that file, so no computed point is lost."""
     from dlg_jax.executors import LocalExecutor
 
     points = list({p.id: p for p in points}.values())
-    finished = store.finished()
+    finished = store.finished({p.id: p.expected_rows for p in points})
     todo = [p for p in points if p.id not in finished]
     for point in points:
         if point.id in finished and on_point is not None:
             on_point(point, None)
+    if todo:
+        store.check_writable()
     for point, rows in (executor or LocalExecutor()).map(compute, todo):
-        store.write(point.id, rows)
+        try:
+            store.write(point.id, rows)
+        except OSError as error:
+            kept = _keep_unsaved(point.id, rows)
+            raise DLGInputError(f"store {store.path!r}: cannot write the part of point {point.id} "
+                                f"({error.strerror or error}); its rows are saved in {kept!r}") from None
         if on_point is not None:
             on_point(point, rows)
     return len(todo)
 
 
+def _keep_unsaved(point_id: str, rows: list[dict]) -> str:
+    """Save a computed point's rows where the store could not take them; returns the file's path."""
+    import tempfile
+
+    from dlg_jax.files import atomic_write_bytes
+
+    path = os.path.join(tempfile.gettempdir(), f"dlg-jax-unsaved-{point_id}.json")
+    atomic_write_bytes(path, (_json(rows) + "\n").encode())
+    return path
+
+
 def check_resume(points: list[Point], store: Store, resume: bool) -> None:
     """Without ``resume``, a store that already holds some of ``points`` is an error."""
-    done = store.finished() & {p.id for p in points}
+    done = store.finished({p.id: p.expected_rows for p in points}) & {p.id for p in points}
     if done and not resume:
         raise DLGInputError(f"store {store.path!r} already holds {len(done)} of this grid's {len(points)} points; "
                             "pass --resume to run the rest, or give a new --store")
@@ -190,6 +213,11 @@ class TrainingPoint:
     @property
     def id(self) -> str:
         return "train-" + key_id(self.key())
+
+    @property
+    def expected_rows(self) -> int:
+        """Rows of a finished point: one."""
+        return 1
 
 
 def training_rows(point: TrainingPoint) -> list[dict]:

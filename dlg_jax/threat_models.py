@@ -23,17 +23,25 @@ itself (FedSGD), bit for bit the single-client victim; ``local_lr`` is then unus
 
 The other clients' batches are other images of the same dataset, disjoint from the target's, drawn
 without replacement from the seed (:func:`co_client_indices`); the attacker never sees them.
+
+**Defenses** (:mod:`dlg_jax.defenses`) act where a client applies them. A per-example defense (DP-SGD,
+``dp``, and a chain that starts with it) replaces the gradient of *every local step*:
+``W_{s+1} = W_s - lr * D(per-example grads at W_s)``, with fresh noise each step, so with ``S = 1`` the
+share is ``D(g_i)`` itself. Every other defense (noise, pruning, precision, Soteria) acts on what the
+client sends: ``s_k~ = D(s_k)`` after its ``S`` steps (Soteria ranks the features at the round's ``W`` on
+the client's own batch). Each client draws its own noise: client ``k`` of target ``t`` uses
+``c = fold_in(fold_in(key, t), k)``, its local step ``s`` ``fold_in(c, s)`` and its send ``fold_in(c, S)``.
 """
 
 import dataclasses
-import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
-from dlg_jax.errors import DLGInputError, check_choice, check_positive_int
+from dlg_jax.errors import DLGInputError, check_choice, check_number, check_positive_int
 from dlg_jax.models import Model
 from dlg_jax.precision import DEFAULT_PRECISION, matmul_precision
 from dlg_jax.victim import shared_gradient
@@ -55,12 +63,7 @@ class ThreatModel:
         check_positive_int("number of clients K", self.clients)
         check_choice("aggregate", self.aggregate, AGGREGATES)
         check_positive_int("local steps S", self.local_steps)
-        try:
-            lr = float(self.local_lr)
-        except (TypeError, ValueError):
-            lr = math.nan
-        if not (math.isfinite(lr) and lr > 0):
-            raise DLGInputError(f"local learning rate must be a finite number > 0, got {self.local_lr!r}")
+        check_number("local learning rate", self.local_lr, low=0.0, low_inclusive=False)
 
     @property
     def single_client(self) -> bool:
@@ -77,35 +80,66 @@ class ThreatModel:
         return ", ".join(parts)
 
 
+def defend_once(defense: Any, grads: Any, key: jax.Array, model: Model, params: Any, images: jnp.ndarray) -> Any:
+    """``defense``'s transform applied once to ``grads`` from a fresh state keyed ``key`` (Soteria and other
+    ``needs_inputs`` defenses also get ``model``, ``params`` and the client's ``images``)."""
+    from dlg_jax.defenses import with_key
+
+    transform = optax.with_extra_args_support(defense.transform)
+    state = with_key(transform.init(grads), key)
+    extra = {"model": model, "inputs": images} if defense.needs_inputs else {}
+    return transform.update(grads, state, params, **extra)[0]
+
+
 def local_update(model: Model, params: Any, images: jnp.ndarray, labels: jnp.ndarray, steps: int,
-                 lr: float) -> Any:
+                 lr: float, defense: Any = None, key: jax.Array | None = None) -> Any:
     """One client's share ``s`` for ``images [B, H, W, C]``, ``labels [B]``: its gradient at ``W`` when
     ``steps == 1``, else the attacker's estimate ``(W - W_S) / (S * lr)`` from the weights ``W_S`` after
-    ``S`` SGD steps ``W_{s+1} = W_s - lr * grad_W loss(W_s)`` on the same batch. Parameter-shaped pytree."""
-    if steps == 1:
-        return shared_gradient(model, params, images, labels)
-    def step(weights, _):
-        return jax.tree.map(lambda w, g: w - lr * g, weights, shared_gradient(model, weights, images, labels)), None
+    ``S`` SGD steps ``W_{s+1} = W_s - lr * grad_W loss(W_s)`` on the same batch. Parameter-shaped pytree.
 
-    final, _ = jax.lax.scan(step, params, None, length=steps)
-    return jax.tree.map(lambda w, w_s: (w - w_s) / (steps * lr), params, final)
+    ``defense`` (a :class:`~dlg_jax.defenses.Defense`, with the client's ``key``): a per-example one
+    replaces each step's gradient, any other defends the share (module docstring)."""
+    per_example = defense is not None and defense.per_example
+
+    def gradient(weights, step):
+        if not per_example:
+            return shared_gradient(model, weights, images, labels)
+        examples = jax.vmap(lambda x, y: shared_gradient(model, weights, x[None], y[None]))(images, labels)
+        return defend_once(defense, examples, jax.random.fold_in(key, step), model, weights, images)
+
+    if steps == 1:
+        share = gradient(params, 0)
+    else:
+        def step(weights, index):
+            return jax.tree.map(lambda w, g: w - lr * g, weights, gradient(weights, index)), None
+
+        final, _ = jax.lax.scan(step, params, jnp.arange(steps))
+        share = jax.tree.map(lambda w, w_s: (w - w_s) / (steps * lr), params, final)
+    if defense is not None and not per_example:
+        share = defend_once(defense, share, jax.random.fold_in(key, steps), model, params, images)
+    return share
 
 
 def client_shares(model: Model, params: Any, images: jnp.ndarray, labels: jnp.ndarray, threat: ThreatModel,
-                  precision: str = DEFAULT_PRECISION) -> Any:
+                  precision: str = DEFAULT_PRECISION, defense: Any = None, key: jax.Array | int = 0) -> Any:
     """Every client's share ``s_k`` (:func:`local_update`) for ``images [T, K, B, H, W, C]``, ``labels
-    [T, K, B]`` (``T`` targets, ``K`` clients each): a parameter-shaped pytree with leading ``[T, K]``."""
+    [T, K, B]`` (``T`` targets, ``K`` clients each): a parameter-shaped pytree with leading ``[T, K]``.
+    ``defense``: every client's, keyed from ``key`` (module docstring)."""
+    key = jax.random.key(key) if isinstance(key, int) else key
     with matmul_precision(precision):
-        return _client_shares(model, threat.local_steps, float(threat.local_lr), params, jnp.asarray(images),
-                              jnp.asarray(labels))
+        return _client_shares(model, threat.local_steps, float(threat.local_lr), defense, params,
+                              jnp.asarray(images), jnp.asarray(labels), key)
 
 
-@jax.jit(static_argnums=(0, 1))
-def _client_shares(model, steps, lr, params, images, labels):
-    def one(x, y):
-        return local_update(model, params, x, y, steps, lr)
+@jax.jit(static_argnums=(0, 1, 2, 3))
+def _client_shares(model, steps, lr, defense, params, images, labels, key):
+    def one(x, y, client_key):
+        return local_update(model, params, x, y, steps, lr, defense, client_key)
 
-    return jax.vmap(jax.vmap(one))(images, labels)
+    targets, clients = images.shape[:2]
+    keys = jax.vmap(lambda t: jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(key, t), k))(
+        jnp.arange(clients)))(jnp.arange(targets))
+    return jax.vmap(jax.vmap(one))(images, labels, keys)
 
 
 def aggregate(shares: Any, how: str) -> Any:
@@ -116,13 +150,13 @@ def aggregate(shares: Any, how: str) -> Any:
 
 
 def observed_gradients(model: Model, params: Any, images: jnp.ndarray, labels: jnp.ndarray, threat: ThreatModel,
-                       precision: str = DEFAULT_PRECISION) -> Any:
-    """What the attacker matches for each of ``T`` targets: the aggregate of the ``K`` clients' shares,
-    ``images [T, K, B, H, W, C]``, ``labels [T, K, B]`` (client 0: the target). Leading ``T`` axis."""
+                       precision: str = DEFAULT_PRECISION, defense: Any = None, key: jax.Array | int = 0) -> Any:
+    """What the attacker matches for each of ``T`` targets: the aggregate of the ``K`` clients' (defended)
+    shares, ``images [T, K, B, H, W, C]``, ``labels [T, K, B]`` (client 0: the target). Leading ``T`` axis."""
     if np.shape(images)[1] != threat.clients or np.shape(labels)[1] != threat.clients:
         raise DLGInputError(f"expected {threat.clients} clients on axis 1 of images and labels, "
                             f"got {np.shape(images)[1]} and {np.shape(labels)[1]}")
-    return aggregate(client_shares(model, params, images, labels, threat, precision), threat.aggregate)
+    return aggregate(client_shares(model, params, images, labels, threat, precision, defense, key), threat.aggregate)
 
 
 def co_client_indices(dataset_size: int, targets: np.ndarray, clients: int, seed: int) -> np.ndarray:
@@ -143,5 +177,5 @@ def co_client_indices(dataset_size: int, targets: np.ndarray, clients: int, seed
     return np.stack(rows).astype(np.int64)
 
 
-__all__ = ["AGGREGATES", "ThreatModel", "local_update", "client_shares", "aggregate", "observed_gradients",
+__all__ = ["AGGREGATES", "ThreatModel", "defend_once", "local_update", "client_shares", "aggregate", "observed_gradients",
            "co_client_indices"]

@@ -14,10 +14,14 @@ training gradient first (a per-example defense such as ``dp`` gets the per-examp
 gets ``model=`` and the step's minibatch ``inputs=`` as optax extra arguments). ``runs`` independent
 trainings (their own weights, batch order and defense keys) are vmapped into one compiled ``lax.scan``
 over all steps.
+
+:func:`train_victim` trains one victim before it is attacked (``dlg-jax attack --train-steps N``) and
+returns its parameters: researchers attack checkpoints, not only freshly initialised networks.
 """
 
 import dataclasses
 import time
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,9 +30,9 @@ import optax
 
 from dlg_jax.data import get_dataset
 from dlg_jax.defenses import Defense, with_key
-from dlg_jax.errors import DLGInputError, check_positive_int
-from dlg_jax.models import build_model
-from dlg_jax.victim import batch_loss, one_hot
+from dlg_jax.errors import DLGInputError, check_choice, check_number, check_positive_int
+from dlg_jax.models import FixedCollections, Model, build_model
+from dlg_jax.victim import batch_loss, one_hot, soft_cross_entropy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,12 +54,9 @@ class TrainConfig:
         check_positive_int("training steps", self.steps)
         check_positive_int("training batch size", self.batch_size)
         check_positive_int("training runs", self.runs)
-        if not self.learning_rate > 0:
-            raise DLGInputError(f"training learning rate must be > 0, got {self.learning_rate}")
-        if not 0 <= self.momentum < 1:
-            raise DLGInputError(f"training momentum must be in [0, 1), got {self.momentum}")
-        if not 0 < self.test_fraction < 1:
-            raise DLGInputError(f"test fraction must be in (0, 1), got {self.test_fraction}")
+        check_number("training learning rate", self.learning_rate, low=0.0, low_inclusive=False)
+        check_number("training momentum", self.momentum, low=0.0, high=1.0)
+        check_number("test fraction", self.test_fraction, low=0.0, low_inclusive=False, high=1.0)
 
 
 @dataclasses.dataclass
@@ -125,3 +126,119 @@ def train(config: TrainConfig, defense: Defense) -> TrainResult:
     test_accuracy, train_accuracy, losses = jax.jit(jax.vmap(one_run))(keys)
     test_accuracy = np.asarray(test_accuracy)
     return TrainResult(test_accuracy, np.asarray(train_accuracy), np.asarray(losses), time.perf_counter() - started)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training the victim before the attack.
+
+VICTIM_OPTIMISERS = ("sgd", "adam")
+
+
+@dataclasses.dataclass(frozen=True)
+class VictimTraining:
+    """How the victim is trained before it shares a gradient (validated on construction).
+
+    ``steps`` optimiser steps, or ``epochs`` passes over the training images (one of the two; ``0`` means
+    untrained); minibatches of ``batch_size`` drawn without replacement, reshuffled every epoch from
+    ``seed``; ``optimiser`` ``sgd`` (with ``momentum``) or ``adam`` at ``learning_rate``."""
+
+    steps: int | None = None
+    epochs: int | None = None
+    batch_size: int = 32
+    learning_rate: float = 0.05
+    optimiser: str = "sgd"
+    momentum: float = 0.9
+    seed: int = 0
+
+    def __post_init__(self):
+        if (self.steps is None) == (self.epochs is None):
+            raise DLGInputError("give either training steps or training epochs, not both or neither")
+        for what, value in (("training steps", self.steps), ("training epochs", self.epochs)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+                                      or value < 0):
+                raise DLGInputError(f"{what} must be an integer >= 0, got {value!r}")
+        check_positive_int("training batch size", self.batch_size)
+        check_choice("training optimiser", self.optimiser, VICTIM_OPTIMISERS)
+        check_number("training learning rate", self.learning_rate, low=0.0, low_inclusive=False)
+        check_number("training momentum", self.momentum, low=0.0, high=1.0)
+
+    def total_steps(self, examples: int) -> int:
+        """The number of optimiser steps on ``examples`` training images."""
+        return int(self.steps) if self.steps is not None else int(self.epochs) * self.steps_per_epoch(examples)
+
+    def steps_per_epoch(self, examples: int) -> int:
+        return max(1, examples // min(self.batch_size, examples))
+
+    def describe(self) -> str:
+        amount = f"{self.steps} steps" if self.steps is not None else f"{self.epochs} epochs"
+        return f"{amount} of {self.optimiser} at lr {self.learning_rate:g}, batch {self.batch_size}, seed {self.seed}"
+
+
+class TrainedVictim(NamedTuple):
+    """The trained victim: ``params``, the ``model`` (with updated running statistics when it keeps
+    batch norm's ``batch_stats``), ``loss [steps]`` (each minibatch's loss before its update) and
+    ``train_accuracy`` on the training images after the last step."""
+
+    model: Model
+    params: Any
+    loss: np.ndarray
+    train_accuracy: float
+
+
+TRAIN_BLOCK = 50  # steps per compiled block between progress reports
+
+
+def train_victim(model: Model, params: Any, images: np.ndarray, labels: np.ndarray, training: VictimTraining,
+                 progress: Callable[[int, int, float], None] | None = None) -> TrainedVictim:
+    """Train ``params`` on ``images [N, *input_shape]``, ``labels [N]`` with the victim's loss
+    (:func:`dlg_jax.victim.batch_loss`): ``W <- W - update(grad_W loss(W; x_batch, y_batch))`` with optax
+    ``sgd`` or ``adam``. A model whose calls update collections (batch norm's running averages in train
+    mode) carries them along and gets them back updated. ``progress(step, total, loss)`` is called after
+    every block of steps. Deterministic for a seed."""
+    images, labels = np.asarray(images), np.asarray(labels, np.int32)
+    if len(images) == 0 or len(images) != len(labels):
+        raise DLGInputError(f"training needs as many labels as images, at least one; got {len(images)} images "
+                            f"and {len(labels)} labels")
+    total = training.total_steps(len(images))
+    batch = min(training.batch_size, len(images))
+    per_epoch = training.steps_per_epoch(len(images))
+    optimiser = (optax.sgd(training.learning_rate, training.momentum or None) if training.optimiser == "sgd"
+                 else optax.adam(training.learning_rate))
+    x_all = jnp.asarray(images, jax.tree.leaves(params)[0].dtype)
+    y_all = jnp.asarray(labels)
+    fixed = {} if model.fixed is None else model.fixed.collections
+
+    def loss_fn(weights, collections, x, y):
+        current = dataclasses.replace(model, fixed=FixedCollections(collections)) if collections else model
+        logits, updates = current.apply_collecting(weights, x)
+        return soft_cross_entropy(logits, one_hot(y, model.num_classes, x.dtype)), {**collections, **updates}
+
+    @jax.jit
+    def block(carry, batches):
+        def step(carry, ids):
+            weights, collections, state = carry
+            (loss, collections), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                weights, collections, x_all[ids], y_all[ids])
+            updates, state = optimiser.update(grads, state, weights)
+            return (optax.apply_updates(weights, updates), collections, state), loss
+
+        return jax.lax.scan(step, carry, batches)
+
+    epochs = -(-total // per_epoch) if total else 0
+    rng = np.random.default_rng([training.seed, 0x7A1])
+    order = np.concatenate([rng.permutation(len(images))[:per_epoch * batch] for _ in range(epochs)]) if epochs \
+        else np.zeros(0, np.int64)
+    schedule = order.reshape(-1, batch)[:total]
+    carry = (params, fixed, optimiser.init(params))
+    losses = []
+    for start in range(0, total, TRAIN_BLOCK):
+        carry, loss = block(carry, jnp.asarray(schedule[start:start + TRAIN_BLOCK]))
+        losses.append(np.asarray(loss))
+        if progress is not None:
+            progress(min(start + TRAIN_BLOCK, total), total, float(losses[-1][-1]))
+    params, fixed, _ = carry
+    if model.fixed is not None:
+        model = dataclasses.replace(model, fixed=FixedCollections(fixed))
+    logits = model.apply(params, x_all)
+    accuracy = float(jnp.mean(jnp.argmax(logits, axis=-1) == y_all))
+    return TrainedVictim(model, params, np.concatenate(losses) if losses else np.zeros(0, np.float32), accuracy)

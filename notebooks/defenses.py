@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -19,7 +21,7 @@
 # gradient the attacker sees and (2) chains into the training optimiser, where it costs accuracy.
 # A good defense stops the attack (low PSNR: privacy) and keeps the model accurate (utility).
 #
-# This is a small version of `dlg-jax defend tradeoff` (README, "Defenses"). Full settings take
+# This is a small version of `dlg-jax defend tradeoff` (docs/defenses.md). Full settings take
 # a few minutes on 2 CPU cores; `DLG_NOTEBOOK_SMALL=1` runs a few iterations of two settings.
 
 # %%

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -86,7 +88,7 @@ plt.show()
 # ## A batch of four: optimal assignment and per-slot scores
 #
 # One client shares the mean gradient of 4 handwritten digits. DLG itself does not finish a batch
-# of 2 within 3000 iterations (README, "Convergence vs batch size"), so this uses the Inverting
+# of 2 within 3000 iterations (docs/findings/batches-and-deep-models.md), so this uses the Inverting
 # Gradients preset (`attack_preset("ig")`: cosine matching, a TV prior, sign-Adam, images boxed in
 # [0, 1]) with the labels counted from the bias gradient (`labels="auto"` → `count` for B > 1).
 # `metrics.assignment[t, b]` is the slot matched to private image `b`.

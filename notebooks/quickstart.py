@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -66,7 +68,7 @@ print(f"compile {result.compile_seconds:.1f} s, run {result.run_seconds:.1f} s, 
       f"{result.restart_iterations / result.run_seconds:.0f} restart-iterations/s")
 
 # %%
-steps = result.snapshot_iterations
+steps = result.snapshot_iterations[0]  # the iterations target 0's snapshots show
 figure, axes = plt.subplots(1, len(steps) + 1, figsize=(1.1 * (len(steps) + 1), 1.5))
 axes[0].imshow(images[0])
 axes[0].set_title("private", fontsize=8)

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -19,7 +21,7 @@
 # shares the gradient. The attacker knows the weights, the sentence length and which positions were
 # masked, and runs the same engine as for images: continuous dummy word embeddings `[1, L, E]`
 # optimised by L-BFGS until their gradient matches, then each position decoded to its nearest
-# vocabulary token (README, "Text").
+# vocabulary token (docs/text.md).
 #
 # Full settings take a minute or two on 2 CPU cores; `DLG_NOTEBOOK_SMALL=1` runs a few iterations.
 
@@ -47,7 +49,7 @@ SENTENCE = "the meeting starts at nine in the morning"
 # runs in one vmapped, compiled program.
 
 # %%
-run = attack_sentences([SENTENCE], MODEL, CONFIG)
+run = attack_sentences([SENTENCE], MODEL, CONFIG, compare=True)   # compare: every decoding, below
 sentence = run.sentences[0]
 print("original :", vocabulary.tokens(sentence.original))
 print("masked positions:", sentence.masked, "| bag of tokens:", sentence.bag_size, "of", vocabulary.vocab_size())
@@ -89,14 +91,15 @@ plt.show()
 # %% [markdown]
 # ## Four decodings of the same run
 #
-# Nearest token over the whole vocabulary or only over the bag of tokens, each with and without the
-# discrete refinement, which changes single tokens while that brings the candidate's gradient closer
-# to the shared one, and stops once it reproduces it (the distance certifies the recovery).
+# Nearest token over the whole vocabulary or only over the bag of tokens, and the latter refined: a
+# discrete search that replaces single tokens (and, unless `-swaps`, swaps or moves tokens and masked
+# labels) only while that brings the candidate's gradient closer to the shared one, and stops once it
+# reproduces it (the distance certifies the recovery).
 
 # %%
-lines = ["| decoding | text | token accuracy | exact | BLEU |", "|---|---|---|---|---|"]
+lines = ["| decoding | text | token accuracy | exact | BLEU | gradient distance |", "|---|---|---|---|---|---|"]
 for name, decoding in sentence.decodings.items():
     s = decoding["scores"]
-    lines.append(f"| {name} | {vocabulary.decode(decoding['ids'])} | {s['token_accuracy']:.0%} | "
-                 f"{s['exact_match']:.0f} | {s['bleu']:.1f} |")
+    lines.append(f"| {name} | {vocabulary.decode(decoding['ids'][0])} | {s['token_accuracy']:.0%} | "
+                 f"{s['exact_match']:.0f} | {s['bleu']:.1f} | {decoding['distance']:.2e} |")
 display(Markdown("\n".join(lines)))

@@ -34,5 +34,13 @@ def two_targets(colour, lenet):
     return images, labels, shared_gradients(model, params, images, labels)
 
 
+def recovery_chunk(default: int) -> int:
+    """The chunk size (problems per vmapped batch) of a recovery test: ``default``, or
+    ``$DLG_JAX_TEST_CHUNK_SIZE`` when set. Another chunk size batches the same matmuls differently and so
+    rounds differently: ``.ci/run`` reruns the tests marked ``recovery`` that way (and on another
+    instruction set, single-threaded) to show that their margins hold on a CPU that rounds otherwise."""
+    return int(os.environ.get("DLG_JAX_TEST_CHUNK_SIZE", default))
+
+
 def psnr(a, b):
     return float(10 * np.log10(1.0 / np.mean((np.clip(a, 0, 1) - b) ** 2)))

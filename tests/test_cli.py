@@ -22,6 +22,8 @@ def test_attack_writes_grid_plot_and_metrics(tmp_path, capsys):
     assert (out / "reconstruction.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = capsys.readouterr().out
     assert "PSNR" in table and "mean PSNR" in table
+    written = [os.path.join(str(out), name) for name in ("reconstruction.png", "convergence.png", "metrics.json")]
+    assert table.splitlines()[-1] == f"wrote: {', '.join(written)}"
     assert not [name for name in os.listdir(out) if name.startswith(".tmp")]
 
 
@@ -44,10 +46,15 @@ def test_attack_with_more_classes_and_levenberg_marquardt(tmp_path):
     (["--index", "99", "--batch-size", "2"], "index 100 is outside dataset 'colour'"),
     (["--batch-size", "0"], "expected an integer >= 1, got '0'"),
     (["--restarts", "0"], "expected an integer >= 1, got '0'"),
+    (["--solver", "adam", "--learning-rate", "inf"], "argument --learning-rate: expected a finite number > 0, got 'inf'"),
+    (["--tolerance", "nan"], "argument --tolerance: expected a finite number >= 0, got 'nan'"),
+    (["--local-lr=-inf", "--local-steps", "2"], "argument --local-lr: expected a finite number > 0, got '-inf'"),
+    (["--bn-prior", "inf"], "argument --bn-prior: expected a finite number >= 0, got 'inf'"),
+    (["--dataset", "x" * 10_000], "unknown dataset 'xxxxxxxxx"),
     (["--classes", "5"], "num_classes must be >= the dataset's 10 classes, got 5"),
-    (["--solver", "lm", "--damping", "nan"], "damping must be a finite number > 0, got nan"),
-    (["--solver", "lm", "--damping", "0"], "damping must be a finite number > 0, got 0.0"),
-    (["--solver", "lm-cg", "--cg-steps", "0"], "cg_steps must be an integer >= 1, got 0"),
+    (["--solver", "lm", "--damping", "nan"], "argument --damping: expected a finite number > 0, got 'nan'"),
+    (["--solver", "lm", "--damping", "0"], "argument --damping: expected a finite number > 0, got '0'"),
+    (["--solver", "lm-cg", "--cg-steps", "0"], "argument --cg-steps: expected an integer >= 1, got '0'"),
     (["--solver", "lm", "--memory-budget", "100MB"],
      "is below one problem's Jacobian: solver 'lm' needs 385 MB (15826 residuals x 3082 unknowns, and J^T J); "
      "raise --memory-budget or use the matrix-free --solver lm-cg"),
@@ -60,7 +67,50 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     assert main(["attack", *SMALL, "--out", str(out), *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and err.startswith("dlg-jax: error:")
+    assert len(err) < 400  # a huge value is quoted by its start and its length
     assert (out / "metrics.json").read_text() == "keep me"  # nothing already there is lost
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("tolerance", float("inf"), "tolerance must be a finite number >= 0, got inf"),
+    ("tv_weight", float("nan"), "tv_weight must be a finite number >= 0, got nan"),
+    ("layer_weights", (1.0, float("inf")), "layer weight must be a finite number >= 0, got inf"),
+    ("box", (0.0, float("inf")), "box bound must be a finite number, got inf"),
+])
+def test_attack_config_refuses_non_finite_numbers(field, value, message):
+    from dlg_jax.attack import AttackConfig
+    from dlg_jax.errors import DLGInputError
+    from dlg_jax.solvers import SolverConfig
+
+    with pytest.raises(DLGInputError, match=message):
+        AttackConfig(**{field: value})
+    with pytest.raises(DLGInputError, match="learning_rate must be a finite number > 0, got inf"):
+        SolverConfig("adam", learning_rate=float("inf"))
+
+
+def test_error_quotes_a_long_value_by_its_start_and_length():
+    from dlg_jax.errors import DLGInputError, check_choice, quote
+
+    assert quote("short") == "'short'"
+    assert quote("a" * 10_000) == "'" + "a" * 59 + "... (10000 characters)"
+    with pytest.raises(DLGInputError) as error:
+        check_choice("dataset", "b" * 10_000, ["colour"])
+    assert str(error.value) == "unknown dataset '" + "b" * 59 + "... (10000 characters); allowed: colour"
+
+
+def test_progress_bar_rate_is_the_attacks_own_from_the_first_update(capsys):
+    from dlg_jax.attack import Progress
+    from dlg_jax.commands.options import ProgressBar
+
+    bar = ProgressBar(True)
+    bar(Progress(chunk=0, chunks=2, iteration=100, iterations=300, best_loss=1.0, converged=0, failed=0,
+                 problems=4, run_seconds=4.0))
+    bar(Progress(chunk=1, chunks=2, iteration=100, iterations=300, best_loss=0.5, converged=1, failed=0,
+                 problems=4, run_seconds=16.0))
+    bar.close()
+    err = capsys.readouterr().err
+    assert "25.0 it/s" in err and "25.0 it/s, chunk 2/2" in err  # 100 its in 4 s, then 400 in 16 s
+    assert "it/s" not in err.replace("25.0 it/s", "")
 
 
 def test_output_directory_that_is_a_file(tmp_path, capsys):

@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import recovery_chunk
 from dlg_jax.attack import AttackConfig, run_attack
 from dlg_jax.cli import main
 from dlg_jax.defenses import (apply_defense, compose, defended_gradients, make_defense, per_example_gradients,
@@ -160,15 +161,15 @@ def test_the_same_transform_chains_into_an_optimiser():
 
 @pytest.mark.parametrize("name,strength,options,message", [
     ("noise", 1e-2, {}, "unknown defense 'noise'; allowed: none, gaussian"),
-    ("gaussian", -1e-4, {}, "noise variance must be a number >= 0, got -0.0001"),
-    ("laplacian", float("nan"), {}, "noise variance must be a number >= 0"),
-    ("prune", 1.0, {}, "pruning ratio must be a number >= 0 and < 1, got 1.0"),
+    ("gaussian", -1e-4, {}, "noise variance must be a finite number >= 0, got -0.0001"),
+    ("laplacian", float("nan"), {}, "noise variance must be a finite number >= 0"),
+    ("prune", 1.0, {}, "pruning ratio must be a finite number >= 0 and < 1, got 1.0"),
     ("prune", 0.3, {"scope": "layer"}, "unknown pruning scope 'layer'; allowed: tensor, global"),
     ("precision", "float12", {}, "unknown precision 'float12'; allowed: float16, bfloat16"),
     ("precision", "float32", {}, "not narrower than float32"),
     ("precision", "int1", {}, "needs 2 to 16 bits"),
     ("precision", "float8_e8m0fnu", {}, "cannot represent 0 and +-1 on the cpu backend"),
-    ("dp", 1.0, {"clip": 0.0}, "DP clipping norm must be a number > 0, got 0.0"),
+    ("dp", 1.0, {"clip": 0.0}, "DP clipping norm must be a finite number > 0, got 0.0"),
     ("dp", 1.0, {"scope": "tensor"}, "unknown option 'scope' for defense 'dp'; allowed: clip"),
     ("gaussian", None, {}, "defense 'gaussian' needs a strength"),
 ])
@@ -187,6 +188,7 @@ def test_train_split_is_deterministic_and_training_runs_with_a_defense(colour):
     assert np.all(np.isfinite(result.loss))
 
 
+@pytest.mark.recovery
 def test_dlg_paper_defense_claims_on_lenet(colour, lenet):
     """DLG section 5 on one 32x32 image, all settings in one compiled batch (T = 4 defended gradients).
 
@@ -202,7 +204,7 @@ def test_dlg_paper_defense_claims_on_lenet(colour, lenet):
     settings = [("precision", "float16"), ("prune", 0.3), ("gaussian", 1e-1), ("gaussian", 1e-4)]
     defended = [make_defense(*s)(grads, jax.random.key(7)) for s in settings]
     stacked = jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *defended)
-    config = AttackConfig(restarts=2, iterations=1500, chunk_size=8, snapshots=0)
+    config = AttackConfig(restarts=2, iterations=1500, chunk_size=recovery_chunk(8), snapshots=0)
     result = run_attack(model, params, stacked, 1, config)
     psnr = dict(zip(settings, evaluate(result.best_images, np.repeat(images, 4, 0), result.best_labels,
                                        np.repeat(labels, 4, 0)).psnr))
@@ -236,7 +238,7 @@ def test_cli_tradeoff_trains_with_each_defense(tmp_path, capsys):
     out = tmp_path / "tradeoff"
     assert main(["defend", "tradeoff", *TINY, "--defense", "precision,dp", "--strengths", "int4",
                  "--train-steps", "5", "--train-runs", "1", "--out", str(out)]) == 2  # int4 is no DP multiplier
-    assert "DP noise multiplier must be a number" in capsys.readouterr().err
+    assert "DP noise multiplier must be a finite number" in capsys.readouterr().err
     assert main(["defend", "tradeoff", *TINY, "--defense", "precision", "--strengths", "int4",
                  "--train-steps", "5", "--train-runs", "1", "--out", str(out)]) == 0
     training = Store(out / "training-store").rows()
@@ -248,8 +250,8 @@ def test_cli_tradeoff_trains_with_each_defense(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv,message", [
     (["--defense", "noise"], "unknown defense 'noise'"),
-    (["--defense", "gaussian", "--strengths=-1e-4"], "noise variance must be a number >= 0, got -0.0001"),
-    (["--defense", "prune", "--strengths", "1.0"], "pruning ratio must be a number >= 0 and < 1"),
+    (["--defense", "gaussian", "--strengths=-1e-4"], "noise variance must be a finite number >= 0, got -0.0001"),
+    (["--defense", "prune", "--strengths", "1.0"], "pruning ratio must be a finite number >= 0 and < 1"),
     (["--defense", "precision", "--strengths", "float12"], "unknown precision 'float12'"),
     (["--attacks", "breaching"], "unknown attack 'breaching'"),
 ])

@@ -112,6 +112,7 @@ def test_collapsed_slots_are_flagged_as_duplicates():
     assert evaluate(recon, twins, np.zeros((1, 3)), np.zeros((1, 3))).duplicates[0] == 0
 
 
+@pytest.mark.recovery
 def test_inverting_gradients_recovers_recognisable_digits():
     # measured: 19.4, 27.7, 22.2 dB after 400 signed-Adam iterations (one restart); a black image scores ~9 dB
     run = run_dlg("lenet", "digits", indices=[0, 5, 11], config=attack_preset("ig", restarts=1, iterations=400,

@@ -9,7 +9,7 @@ NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.py"))
 
 
 def test_every_notebook_is_found():
-    assert {"quickstart", "scale", "labels_and_batches", "defenses", "sweeps", "text"} <= {p.stem for p in NOTEBOOKS}
+    assert {"quickstart", "scale", "labels_and_batches", "defenses", "sweeps", "text", "your_model"} <= {p.stem for p in NOTEBOOKS}
 
 
 @pytest.mark.parametrize("source", NOTEBOOKS, ids=lambda p: p.stem)

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import recovery_chunk
 from dlg_jax.attack import AttackConfig, run_attack
 from dlg_jax.cli import main
 from dlg_jax.data import get_dataset
@@ -55,6 +56,7 @@ def test_soteria_zeroes_the_rows_of_the_best_reconstructing_features():
     assert jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(a[0], b), zero, clean))
 
 
+@pytest.mark.recovery
 def test_soteria_stops_dlg_at_equal_budget():
     """The same digit (28x28: 588 features), seed and budget (2 restarts, 500 L-BFGS iterations):
     undefended ~60 dB, Soteria pruning 40% of the features ~4 dB (measured 2026-11-26; 20% gave ~5 dB)."""
@@ -66,7 +68,7 @@ def test_soteria_stops_dlg_at_equal_budget():
     grads = [defended_gradients(make_defense(*setting), model, params, images, labels, 0)
              for setting in (("none",), ("soteria", 0.4))]
     stacked = jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *grads)
-    result = run_attack(model, params, stacked, 1, AttackConfig(restarts=2, iterations=500, chunk_size=8,
+    result = run_attack(model, params, stacked, 1, AttackConfig(restarts=2, iterations=500, chunk_size=recovery_chunk(8),
                                                                 snapshots=0))
     none, soteria = evaluate(result.best_images, np.repeat(images, 2, 0), result.best_labels,
                              np.repeat(labels, 2, 0)).psnr
@@ -100,8 +102,8 @@ def test_models_it_defends_and_those_it_refuses():
     (1.0, "Soteria pruning ratio is the fraction of representation features pruned, >= 0 and < 1, got 1.0 "
           "(for 1% use 0.01)"),
     (40, "got 40 (for 40% use 0.4)"),
-    (-0.1, "Soteria pruning ratio must be a number >= 0 and < 1, got -0.1"),
-    ("most", "Soteria pruning ratio must be a number >= 0 and < 1, got 'most'"),
+    (-0.1, "Soteria pruning ratio must be a finite number >= 0 and < 1, got -0.1"),
+    ("most", "Soteria pruning ratio must be a finite number >= 0 and < 1, got 'most'"),
     (None, "defense 'soteria' needs a strength, e.g. 0.1"),
 ])
 def test_bad_strength_is_one_line(strength, message):

@@ -191,6 +191,9 @@ labels = "analytic"
     ("[axes]\nbatch_size = [1,\n", "grid: not valid TOML"),
     ("budget.iterations = 0\n", "grid line 1: budget.iterations: must be an integer >= 1, got 0"),
     ("[axes]\nseed = []\n", "grid line 2: axes.seed: is an empty list"),
+    ("[budget]\nsolver = 'adam'\nlearning_rate = inf\n", "grid line 3: budget.learning_rate: must be a finite number, got inf"),
+    ("[axes]\ntolerance = [1e-8, nan]\n", "grid line 2: axes.tolerance: must be a finite number, got nan"),
+    ("[axes]\ndefense = [{name = 'gaussian', strength = inf}]\n", "noise variance must be a finite number >= 0, got inf"),
 ])
 def test_grid_errors_name_the_line_and_key(text, message):
     with pytest.raises(DLGInputError) as error:
@@ -304,3 +307,98 @@ def test_cli_memory_budget_too_small_is_one_line_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("dlg-jax: error: memory budget 1 kB is too small for one problem") and err.count("\n") == 1
     assert Store(tmp_path / "s").finished() == set()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Stores that cannot be written, and damaged parts.
+
+class _Point:
+    def __init__(self, name, rows=2):
+        self.id, self.expected_rows = name, rows
+
+
+def _counting(computed):
+    def compute(point):
+        computed.append(point.id)
+        return [{"point_id": point.id, "target": t, "x": float(t)} for t in range(point.expected_rows)]
+    return compute
+
+
+def test_unwritable_store_is_refused_before_any_point_is_computed(tmp_path, monkeypatch):
+    from dlg_jax import store as store_module
+    from dlg_jax.sweep import run_points
+
+    store = Store(tmp_path / "s")
+
+    def refuse(path, data):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(store_module, "atomic_write_bytes", refuse)  # what a read-only parts/ does to a writer
+    computed = []
+    with pytest.raises(DLGInputError) as error:
+        run_points(store, [_Point("a"), _Point("b")], _counting(computed))
+    assert computed == []
+    assert str(error.value) == (f"store {store.path!r} cannot be written (Permission denied in {store.parts!r}); "
+                                "make it writable or give another --store")
+
+
+def test_a_computed_point_the_store_cannot_take_is_kept(tmp_path, monkeypatch):
+    from dlg_jax.sweep import run_points
+
+    store = Store(tmp_path / "s")
+    write = Store.write
+
+    def fill_up(self, point_id, rows):
+        if point_id == "b":
+            raise OSError(28, "No space left on device")
+        write(self, point_id, rows)
+
+    monkeypatch.setattr(Store, "write", fill_up)
+    computed = []
+    with pytest.raises(DLGInputError) as error:
+        run_points(store, [_Point("a"), _Point("b"), _Point("c")], _counting(computed))
+    assert computed == ["a", "b"] and store.finished() == {"a"}
+    message = str(error.value)
+    assert message.startswith(f"store {store.path!r}: cannot write the part of point b (No space left on device); "
+                              "its rows are saved in ") and "\n" not in message
+    kept = message.rsplit(" its rows are saved in ", 1)[1].strip("'")
+    assert json.loads(open(kept).read()) == [{"point_id": "b", "target": t, "x": float(t)} for t in range(2)]
+    os.remove(kept)
+
+
+def test_damaged_parts_are_set_aside_and_rerun(tmp_path, capsys):
+    from dlg_jax.sweep import run_points
+
+    store = Store(tmp_path / "s")
+    points = [_Point("a"), _Point("b"), _Point("c"), _Point("d")]
+    computed = []
+    assert run_points(store, points, _counting(computed)) == 4
+    parts = tmp_path / "s" / "parts"
+    whole = (parts / "a.parquet").read_bytes()
+    (parts / "a.parquet").write_bytes(whole[: len(whole) // 2])  # truncated copy
+    (parts / "b.parquet").write_bytes((parts / "c.parquet").read_bytes())  # another point's rows
+    store.write("c", [{"point_id": "c", "target": 0, "x": 0.0}])  # one row of the point's two
+    capsys.readouterr()
+    computed.clear()
+    assert run_points(store, points, _counting(computed)) == 3
+    assert sorted(computed) == ["a", "b", "c"]
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 3 and all(line.startswith("dlg-jax: warning: store ") for line in err)
+    assert "part a.parquet is damaged (unreadable" in err[0]
+    assert "part b.parquet is damaged (holds another point's rows)" in err[1]
+    assert "part c.parquet is damaged (holds 1 rows, its point has 2)" in err[2]
+    assert len(os.listdir(tmp_path / "s" / "damaged")) == 3
+    assert len(store.rows()) == 8 and store.finished({p.id: 2 for p in points}) == {"a", "b", "c", "d"}
+
+
+def test_report_on_a_store_with_a_damaged_part_reports_the_rest(baseline, tmp_path, capsys):
+    import shutil
+
+    store = tmp_path / "store"
+    shutil.copytree(baseline, store)
+    first = sorted((store / "parts").iterdir())[0]
+    first.write_bytes(first.read_bytes()[:100])
+    assert main(["report", str(store), "--out", str(tmp_path / "report")]) == 0
+    captured = capsys.readouterr()
+    assert f"part {first.name} is damaged (unreadable" in captured.err
+    assert f"| dlg | lenet | 1 | {SEEDS - 1} | {2 * (SEEDS - 1)} |" in captured.out

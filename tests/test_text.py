@@ -1,6 +1,9 @@
-"""Text: vocabulary, model, the engine on embeddings, embedding-to-token mapping, a recovery, the CLI."""
+"""Text: vocabulary, model, the engine on embeddings, embedding-to-token mapping, refinement, batches,
+a recovery, the CLI."""
 
+import hashlib
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -12,28 +15,60 @@ from dlg_jax.attack import run_attack
 from dlg_jax.cli import main
 from dlg_jax.errors import DLGInputError
 from dlg_jax.models.bert import build_text_model, init_text_weights
-from dlg_jax.text_attack import (attack_sentences, bag_of_tokens, masked_positions, nearest_tokens,
+from dlg_jax.objectives import TAG_L1, tag_distance
+from dlg_jax.text_attack import (attack_batches, attack_sentences, bag_of_tokens, discrete_distance_fn,
+                                 encode_batch, masked_positions, nearest_tokens, refine_tokens, score,
                                  text_attack_config, text_shared_gradients)
 from dlg_jax.victim import soft_cross_entropy
 
-SENTENCE = "the meeting starts at nine"
+SENTENCE = "please send the password to the office"
 
 
-def test_stored_vocabulary_is_rebuilt_byte_for_byte():
+def test_stored_vocabulary_is_bert_sized_and_rebuilt_byte_for_byte():
     with open(vocabulary.PATH, "rb") as handle:
-        assert vocabulary.serialise(vocabulary.build_vocabulary()) == handle.read()
+        stored = handle.read()
+    assert hashlib.sha256(stored).hexdigest() == vocabulary.SHA256
+    assert vocabulary.serialise(vocabulary.build_vocabulary()) == stored
+    assert vocabulary.vocab_size() == vocabulary.SIZE == 30522
+
+
+def test_a_vocabulary_file_that_does_not_match_its_hash_is_refused(tmp_path, monkeypatch, capsys):
+    with open(vocabulary.PATH, "rb") as handle:
+        tampered = handle.read().replace(b"\npassword\n", b"\npassw0rd\n")
+    (tmp_path / "vocabulary.txt").write_bytes(tampered)
+    monkeypatch.setattr(vocabulary, "PATH", str(tmp_path / "vocabulary.txt"))
+    monkeypatch.setattr(vocabulary, "_STORED", None)
+    with pytest.raises(DLGInputError, match="SHA-256"):
+        vocabulary.stored()
+    assert main(["attack-text", SENTENCE, "--out", str(tmp_path / "never")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("dlg-jax: error:") and "SHA-256" in error
+    assert not (tmp_path / "never").exists()
 
 
 def test_encode_decode_and_how_unknown_words_map():
     ids = vocabulary.encode(SENTENCE, 32)
-    assert vocabulary.tokens(ids) == ["[CLS]", "the", "meeting", "starts", "at", "nine", "[SEP]"]
+    assert vocabulary.tokens(ids) == ["[CLS]", *SENTENCE.split(), "[SEP]"]  # every word is one token
     assert vocabulary.decode(ids) == SENTENCE
     # a word outside the word list becomes WordPiece pieces; accents are stripped
-    assert vocabulary.tokens(vocabulary.encode("Deadline café", 32))[1:-1] == ["dead", "##line", "ca", "##f", "##e"]
+    assert vocabulary.tokens(vocabulary.encode("Quokka café", 32))[1:-1] == ["quo", "##k", "##k", "##a", "cafe"]
     for text, message in (("", "empty"), ("   ", "empty"), ("costs €5", "€5"), ("a [MASK] b", "special"),
                           ("the " * 31, "at most 32")):
         with pytest.raises(DLGInputError, match=message):
             vocabulary.encode(text, 32)
+    # a smaller vocabulary of the same construction, built on the fly, splits more words
+    small = vocabulary.of_size(3131)
+    assert small.tokens(small.encode("password", 32))[1:-1] == ["pass", "##w", "##o", "##r", "##d"]
+
+
+def test_a_batch_is_padded_and_its_bad_sentences_are_named():
+    ids = encode_batch(["the cat", "the cat sat down"], 64)
+    assert vocabulary.tokens(ids[0]) == ["[CLS]", "the", "cat", "[SEP]", "[PAD]", "[PAD]"]
+    assert ids.shape == (2, 6)
+    with pytest.raises(DLGInputError, match="sentence 2 of 3 is empty"):
+        encode_batch(["the cat", " ", "a dog"], 64)
+    with pytest.raises(DLGInputError, match="'the cat sat down' is 6 tokens.*at most 5"):
+        encode_batch(["the cat", "the cat sat down"], 5)
 
 
 def test_nearest_tokens_maps_embeddings_to_their_tokens():
@@ -95,19 +130,20 @@ def test_engine_runs_on_embeddings_with_label_axes(default_run):
 def test_recovers_the_sentence_on_the_default_model(default_run, tmp_path):
     sentence = default_run.sentences[0]
     assert sentence.recovered.tolist() == sentence.original.tolist()
-    assert sentence.decodings["refined"]["distance"] < 1e-6  # the recovered tokens reproduce the gradient
+    # the recovered tokens reproduce the gradient
+    assert sentence.decodings["refined+bag"]["distance"] < 1e-6 * sentence.gradient_norm2
     out = tmp_path / "out"  # the same attack through the CLI (compiled programs are reused)
     assert main(["attack-text", SENTENCE, "--out", str(out), "--quiet"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["recovered_tokens"] == metrics["original_tokens"]
     assert metrics["scores"]["exact_match"] == 1.0 and metrics["scores"]["bleu"] == pytest.approx(100.0)
-    assert metrics["recovered_text"] == SENTENCE
+    assert metrics["recovered_texts"] == [SENTENCE] and metrics["vocabulary_size"] == 30522
     report = (out / "report.txt").read_text()
     assert "iter     0" in report and f"'{SENTENCE}'" in report
 
 
 def test_restricted_attack_recovers_a_longer_sentence_with_pieces():
-    text = "the deadline for papers is friday, may nine"
+    text = "the quokka ate my sandwich at noon, may nine"
     run = attack_sentences([text], "bert-tiny", text_attack_config(restarts=2, iterations=100), restrict=True)
     sentence = run.sentences[0]
     assert sentence.recovered.tolist() == sentence.original.tolist()
@@ -115,11 +151,12 @@ def test_restricted_attack_recovers_a_longer_sentence_with_pieces():
 
 
 def test_joint_labels_are_optimised_with_the_embeddings():
-    run = attack_sentences([SENTENCE], "bert-tiny", text_attack_config(restarts=1, iterations=2), labels="joint")
+    run = attack_sentences([SENTENCE], "bert-tiny", text_attack_config(restarts=1, iterations=2), labels="joint",
+                           refine=False)
     result, sentence = run.results[0], run.sentences[0]
     assert result.label_logits.shape == (1, 1, 1, len(sentence.masked), vocabulary.vocab_size())
     masked = list(sentence.masked)
-    assert sentence.decodings["nearest"]["ids"][masked].tolist() == result.best_labels[0, 0].tolist()
+    assert sentence.decodings["nearest+bag"]["ids"][0, masked].tolist() == result.best_labels[0, 0].tolist()
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -127,11 +164,90 @@ def test_joint_labels_are_optimised_with_the_embeddings():
     (["attack-text", "hello world", "--model", "lenet"], "not a text model"),
     (["attack-text", "price in €"], "maps to \\[UNK\\]"),
     (["attack-text", "one two three four five six", "--max-length", "6"], "at most 6"),
+    (["attack-text", "one two", "one two three four five six", "--max-length", "6"], "'one two three four five six'.*at most 6"),
+    (["attack-text", "one two", "", "three"], "sentence 2 of 3 is empty"),
 ])
 def test_bad_text_input_is_one_line_exit_2(argv, message, tmp_path, capsys):
     assert main(argv + ["--out", str(tmp_path / "never")]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and error.startswith("dlg-jax: error:")
-    import re
     assert re.search(message, error)
     assert not (tmp_path / "never").exists()
+
+
+def test_tag_distance_is_l2_plus_weighted_l1():
+    grad = {"a": jnp.array([1.0, -2.0]), "b": jnp.array([[0.5]])}
+    target = {"a": jnp.array([0.0, 1.0]), "b": jnp.array([[1.5]])}
+    # differences (1, -3) and (-1): l2 = 1 + 9 + 1, l1 = 1 + 3 + 1
+    assert float(tag_distance(grad, target, (1.0, 1.0))) == pytest.approx(11 + TAG_L1 * 5)
+
+
+def test_scores_match_sentences_to_slots_and_report_duplicates():
+    cat, dog = vocabulary.encode("the cat sat", 64), vocabulary.encode("a dog ran", 64)
+    originals = np.array([cat, dog])
+    swapped = score(originals, np.array([dog, cat]))  # the slots come out in the other order
+    assert swapped["assignment"] == [1, 0] and swapped["exact_match"] == 1.0 and swapped["duplicates"] == 0
+    collapsed = score(originals, np.array([cat, cat]))  # both slots recovered the first sentence
+    assert collapsed["duplicates"] == 2 and collapsed["exact_match"] == 0.5
+    assert collapsed["sentences"][1]["token_accuracy"] == 0.0
+
+
+@pytest.fixture(scope="module")
+def tiny_victim():
+    """bert-tiny on a batch of two sentences of 8 tokens: ids, masked positions and the exact distance."""
+    ids = encode_batch(["the cat sat on the warm mat", "a dog ran to the old red barn"], 64)
+    length = ids.shape[1]
+    masked = masked_positions(length, 0)
+    model = build_text_model("bert-tiny", length, masked, vocabulary.vocab_size())
+    table, params = init_text_weights(model, jax.random.key(0))
+    inputs = ids.copy()
+    inputs[:, list(masked)] = vocabulary.MASK
+    embedding_grads, grads = text_shared_gradients(model, table, params, inputs[None], ids[None][..., list(masked)])
+    distance = discrete_distance_fn(model, masked, table, params, embedding_grads[0],
+                                    jax.tree.map(lambda g: g[0], grads))
+    return ids, masked, distance
+
+
+def test_refinement_keeps_only_changes_that_lower_the_exact_distance(tiny_victim):
+    ids, masked, distance = tiny_victim
+    free = np.ones(ids.shape, bool)
+    free[:, [0, *masked]] = False
+    bag = np.unique(ids)
+    candidates = np.broadcast_to(bag, (*ids.shape, len(bag)))
+    groups = [[(b, l) for l in range(ids.shape[1]) if free[b, l]] for b in range(2)]
+    groups.append([(b, l) for b in range(2) for l in masked])
+    # from the private batch, no change lowers the distance: it is returned unchanged
+    same, value, moves = refine_tokens(distance, ids, free, candidates, groups, max_moves=10)
+    assert moves == 0 and same.tolist() == ids.tolist() and value < 1e-6
+    # labels on the wrong slots (the two sentences' masked tokens exchanged) and two words wrong: fixed
+    wrong = ids.copy()
+    wrong[0, masked[0]], wrong[1, masked[0]] = ids[1, masked[0]], ids[0, masked[0]]
+    assert free[0, 1] and free[1, 5]
+    wrong[0, 1], wrong[1, 5] = ids[1, 6], ids[1, 7]
+    start = float(distance(wrong[None])[0])
+    fixed, value, moves = refine_tokens(distance, wrong, free, candidates, groups, max_moves=10)
+    assert fixed.tolist() == ids.tolist() and value < 1e-6 * start and moves >= 3
+    # a budget of one change: the result is never worse than where it started
+    _, one, _ = refine_tokens(distance, wrong, free, candidates, groups, max_moves=1)
+    assert one < start
+
+
+def test_small_budget_refinement_never_loses_to_the_decoded_sentence():
+    """The CLI's small-budget case (2 restarts, 150 iterations) on a sentence of WordPiece pieces."""
+    run = attack_sentences(["the quokka ate my sandwich at noon"], "bert-tiny",
+                           text_attack_config(restarts=2, iterations=150))
+    decodings = run.batches[0].decodings
+    assert decodings["refined+bag"]["distance"] <= decodings["nearest+bag"]["distance"]
+    assert decodings["refined+bag"]["scores"]["token_accuracy"] >= decodings["nearest+bag"]["scores"]["token_accuracy"]
+    assert decodings["refined+bag"]["scores"]["exact_match"] == 1.0
+
+
+def test_a_batch_of_two_sentences_is_recovered_and_matched_to_its_slots(tmp_path):
+    texts = ["the cat sat on the warm mat", "a dog ran to the old red barn"]
+    out = tmp_path / "batch"
+    assert main(["attack-text", *texts, "--model", "bert-tiny", "--restarts", "2", "--iterations", "150",
+                 "--out", str(out), "--quiet"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert sorted(metrics["recovered_texts"]) == sorted(texts) and metrics["recovered_texts"][0] == texts[0]
+    assert metrics["scores"]["exact_match"] == 1.0 and metrics["scores"]["duplicates"] == 0
+    assert metrics["gradient_distance"] < 1e-6 * metrics["gradient_norm2"]

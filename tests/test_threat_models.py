@@ -73,14 +73,16 @@ def test_fedavg_share_equals_s_applied_sgd_steps(colour, lenet):
     assert gap > 1e-2
 
 
-def test_one_client_one_step_is_the_single_client_gradient_exactly(colour, lenet):
+def test_one_client_one_step_is_the_single_client_gradient(colour, lenet):
+    """K = 1, S = 1 is plain FedSGD: the local learning rate must not enter. The two sides are different
+    compiled programs, so they agree to float32 rounding (a few ulps), not bit for bit; a wrong scale or
+    another client's share would be off by orders of magnitude more."""
     model, params = lenet
     images, labels = _clients(colour, [5, 6], batch=1)
     images, labels = images.reshape(2, 1, 1, *colour.input_shape), labels.reshape(2, 1, 1)
     seen = observed_gradients(model, params, images, labels, ThreatModel(local_lr=123.0))
     reference = shared_gradients(model, params, images[:, 0], labels[:, 0])
-    for x, y in zip(jax.tree.leaves(seen), jax.tree.leaves(reference)):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    _assert_trees_close(seen, reference, rtol=1e-5, atol=1e-9)
 
 
 def test_other_clients_are_deterministic_disjoint_and_bounded():
@@ -107,17 +109,66 @@ def test_bad_threat_model_raises_one_line(options, message):
         ThreatModel(**options)
 
 
-def test_defense_with_a_threat_model_is_rejected():
+def _defended_by_loop(defense, model, params, images, labels, steps, lr, key):
+    """The aggregate (mean) of ``K`` defended clients by plain Python loops over clients and local steps,
+    with the documented keys: client ``k`` ``c = fold_in(fold_in(key, 0), k)``, step ``s`` ``fold_in(c, s)``,
+    its send ``fold_in(c, S)``; per-example gradients one example at a time."""
+    from dlg_jax.defenses import with_key
+
+    def defend(grads, key, weights, x):
+        transform = optax.with_extra_args_support(defense.transform)
+        extra = {"model": model, "inputs": x} if defense.needs_inputs else {}
+        return transform.update(grads, with_key(transform.init(grads), key), weights, **extra)[0]
+
+    shares = []
+    for k in range(images.shape[1]):
+        x, y, client = images[0, k], labels[0, k], jax.random.fold_in(jax.random.fold_in(key, 0), k)
+        weights = params
+        for s in range(steps):
+            if defense.per_example:
+                examples = [shared_gradient(model, weights, x[i:i + 1], y[i:i + 1]) for i in range(len(x))]
+                g = defend(jax.tree.map(lambda *e: jnp.stack(e), *examples), jax.random.fold_in(client, s),
+                           weights, x)
+            else:
+                g = shared_gradient(model, weights, x, y)
+            weights = jax.tree.map(lambda w, d: w - lr * d, weights, g)
+        share = jax.tree.map(lambda w, w_s: (w - w_s) / (steps * lr), params, weights)
+        if not defense.per_example:
+            share = defend(share, jax.random.fold_in(client, steps), params, x)
+        shares.append(share)
+    return jax.tree.map(lambda *leaves: sum(leaves) / len(leaves), *shares)
+
+
+@pytest.mark.parametrize("name,strength", [("dp", 0.5), ("gaussian", 1e-4), ("prune", 0.5), ("precision", "int8"),
+                                           ("soteria", 0.5)])
+def test_every_defense_composes_with_k_clients_and_local_steps_as_a_plain_loop(colour, lenet, name, strength):
     from dlg_jax.defenses import make_defense
 
-    with pytest.raises(DLGInputError, match="defenses apply to one client's single-step gradient"):
-        run_dlg(defense=make_defense("gaussian", 1e-4), threat=ThreatModel(clients=2))
+    model, params = lenet
+    images, labels = _clients(colour, [0, 10, 20, 30], 2)  # K = 4 clients of B = 2
+    threat = ThreatModel(clients=4, local_steps=2, local_lr=0.5)
+    defense = make_defense(name, strength)
+    key = jax.random.key(7)
+    seen = observed_gradients(model, params, images, labels, threat, defense=defense, key=key)
+    want = _defended_by_loop(defense, model, params, images, labels, 2, 0.5, key)
+    _assert_trees_close(jax.tree.map(lambda g: g[0], seen), want, rtol=2e-3, atol=2e-6)
+    plain = observed_gradients(model, params, images, labels, threat)
+    assert not all(np.allclose(a[0], b[0]) for a, b in zip(jax.tree.leaves(seen), jax.tree.leaves(plain)))
+
+
+def test_run_dlg_with_a_defense_and_four_clients_of_two_local_steps(lenet):
+    from dlg_jax.attack import AttackConfig
+    from dlg_jax.defenses import make_defense
+
+    run = run_dlg(defense=make_defense("dp", 0.1), threat=ThreatModel(clients=4, local_steps=2),
+                  config=AttackConfig(restarts=1, iterations=20, chunk_size=1), batch_size=2, indices=[0])
+    assert run.client_indices.shape == (1, 3, 2) and np.isfinite(run.metrics.psnr).all()
 
 
 @pytest.mark.parametrize("argv,message", [
     (["--clients", "0"], "number of clients K must be an integer >= 1, got 0"),
     (["--local-steps", "-2"], "local steps S must be an integer >= 1, got -2"),
-    (["--local-steps", "3", "--local-lr", "0"], "local learning rate must be a finite number > 0, got 0.0"),
+    (["--local-steps", "3", "--local-lr", "0"], "argument --local-lr: expected a finite number > 0, got '0'"),
     (["--clients", "two"], "argument --clients: invalid int value: 'two'"),
     (["--clients", "101"], "101 clients x batch size 1 need 101 distinct images; the dataset has 100"),
 ])
@@ -149,5 +200,5 @@ def test_threat_experiment_writes_rows_per_threat_model(tmp_path, capsys):
     paths = save_experiment(result, tmp_path / "exp")
     assert open(paths[1], "rb").read()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| dlg | mean of 2 clients | 2 | 1 |" in open(paths[2]).read()
-    assert main(["experiment", "threat", "--quiet", "--local-lr", "-1", "--out", str(tmp_path / "cli")]) == 2
-    assert "local learning rate must be a finite number > 0, got -1.0" in capsys.readouterr().err
+    assert main(["experiment", "threat", "--quiet", "--local-lr=-1", "--out", str(tmp_path / "cli")]) == 2
+    assert "argument --local-lr: expected a finite number > 0, got '-1'" in capsys.readouterr().err

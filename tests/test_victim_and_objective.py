@@ -95,9 +95,21 @@ def test_shared_gradient_checks(lenet, two_targets):
     bad_shape = jax.tree.map(lambda g: g[:, :1] if g.ndim > 2 else g, grads)
     with pytest.raises(DLGInputError, match="has shape"):
         check_shared_gradients(model, params, bad_shape)
-    with pytest.raises(DLGInputError, match="does not match the tree"):
+    with pytest.raises(DLGInputError, match="shared gradient lacks leaf 'Conv2D_0/"):
         check_shared_gradients(model, params, {"Dense_0": grads["Dense_0"]})
     poisoned = jax.tree.map(lambda g: g, grads)
     poisoned["Dense_0"]["bias"] = poisoned["Dense_0"]["bias"].at[0, 3].set(jnp.nan)
     with pytest.raises(DLGInputError, match="non-finite value"):
         check_shared_gradients(model, params, poisoned)
+
+
+def test_the_python_api_and_the_cli_attack_the_same_victim_weights():
+    """``victim_params(model, seed)`` (the README's example) gives the weights ``run_dlg`` / ``dlg-jax attack
+    --seed`` use, and another seed other weights."""
+    from dlg_jax import AttackConfig, run_dlg, victim_params
+
+    run = run_dlg("lenet", "digits", indices=[0], config=AttackConfig(restarts=1, iterations=1, snapshots=0, seed=3))
+    for ours, theirs in zip(jax.tree.leaves(victim_params(run.model, seed=3)), jax.tree.leaves(run.params)):
+        np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
+    other = jax.tree.leaves(victim_params(run.model, seed=4))[0]
+    assert not np.allclose(np.asarray(other), np.asarray(jax.tree.leaves(run.params)[0]))

@@ -2,30 +2,10 @@
 
 import argparse
 import os
-import platform
-import sys
 import time
 
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
-def _nonnegative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
+from dlg_jax.commands.options import (ProgressBar, TrainingBar, environment, nonnegative_float, nonnegative_int,
+                                      positive_float, positive_int, wrote)
 
 
 def add_attack_options(parser: argparse.ArgumentParser) -> None:
@@ -44,34 +24,35 @@ def add_attack_options(parser: argparse.ArgumentParser) -> None:
                         help="resnet/mlp activation (default: the model's own)")
     parser.add_argument("--dataset", default="colour",
                         help="embedded: colour, digits, faces; prepared tfds: mnist, cifar10, cifar100, "
-                             "svhn_cropped, lfw (default: colour)")
+                             "svhn_cropped, lfw; or a path: a folder of images with one sub-folder per class, or an "
+                             ".npz with arrays x [N, H, W, C] and y [N] (default: colour)")
     parser.add_argument("--split", default=None, help="dataset split (tfds sets; default: the test split)")
     parser.add_argument("--data-dir", default=None, help="tfds data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
-    parser.add_argument("--image-size", type=_positive_int, default=None, help="resize to S x S (lfw: 32 or 64; embedded sets: 8 to 256, interpolated from 32x32 or 28x28)")
-    parser.add_argument("--batch-size", type=_positive_int, default=1, help="private images per shared gradient")
-    parser.add_argument("--restarts", type=_positive_int, default=None,
+    parser.add_argument("--image-size", type=positive_int, default=None, help="resize to S x S (lfw: 32 or 64; embedded sets: 8 to 256, interpolated from 32x32 or 28x28)")
+    parser.add_argument("--batch-size", type=positive_int, default=1, help="private images per shared gradient")
+    parser.add_argument("--restarts", type=positive_int, default=None,
                         help=f"random restarts per target (default: the attack's, dlg {dlg.restarts}, ig {ig.restarts})")
-    parser.add_argument("--iterations", type=_positive_int, default=None,
+    parser.add_argument("--iterations", type=positive_int, default=None,
                         help=f"iteration budget per restart (default: dlg {dlg.iterations}, ig {ig.iterations})")
     parser.add_argument("--solver", default=None, choices=SOLVER_NAMES,
                         help=f"inner optimiser (default: dlg {dlg.solver.name}, ig signed {ig.solver.name})")
-    parser.add_argument("--history-size", type=_positive_int, default=None,
+    parser.add_argument("--history-size", type=positive_int, default=None,
                         help=f"L-BFGS memory (default: {defaults.solver.history_size})")
-    parser.add_argument("--learning-rate", type=float, default=None,
+    parser.add_argument("--learning-rate", type=positive_float, default=None,
                         help=f"adam step size (default: {defaults.solver.learning_rate})")
-    parser.add_argument("--damping", type=float, default=None,
+    parser.add_argument("--damping", type=positive_float, default=None,
                         help=f"lm/lm-cg: initial Levenberg-Marquardt damping lambda, finite and > 0 "
                              f"(default: {defaults.solver.damping})")
-    parser.add_argument("--cg-steps", type=int, default=None,
+    parser.add_argument("--cg-steps", type=positive_int, default=None,
                         help=f"lm-cg: conjugate-gradient steps per damped solve, >= 1 "
                              f"(default: {defaults.solver.cg_steps})")
-    parser.add_argument("--tolerance", type=_nonnegative_float, default=None,
+    parser.add_argument("--tolerance", type=nonnegative_float, default=None,
                         help=f"a restart has converged once its objective is <= this x |dW|^2 (l2) "
                              f"(default: {defaults.tolerance})")
-    parser.add_argument("--chunk-size", type=_positive_int, default=None,
+    parser.add_argument("--chunk-size", type=positive_int, default=None,
                         help="problems (targets x restarts) per device in one vmapped batch "
                              "(default: 16 on CPU, 1024 on GPU/TPU)")
-    parser.add_argument("--devices", type=_positive_int, default=None,
+    parser.add_argument("--devices", type=positive_int, default=None,
                         help="shard the problems over this many local devices (default: all)")
     parser.add_argument("--precision", default=defaults.precision, choices=PRECISIONS,
                         help="matmul/convolution precision of the victim's gradient and the attack; "
@@ -85,10 +66,10 @@ def add_attack_options(parser: argparse.ArgumentParser) -> None:
                         help="joint: every slot each iteration (default); cyclic: slot i mod B at iteration i (DLG)")
     parser.add_argument("--dummy-init", default=None, choices=("randn", "uniform"),
                         help="dummy images ~ N(0, 1) (default, DLG) or ~ U(0, 1)")
-    parser.add_argument("--bn-prior", type=_nonnegative_float, default=None,
+    parser.add_argument("--bn-prior", type=nonnegative_float, default=None,
                         help="weight of GradInversion's batch-norm statistics prior (models with batch norm; "
                              "reference statistics from the dataset's other images) (default: 0)")
-    parser.add_argument("--group-consistency", type=_nonnegative_float, default=None,
+    parser.add_argument("--group-consistency", type=nonnegative_float, default=None,
                         help="weight of GradInversion's group consistency: each restart pulled toward the mean "
                              "of its target's restarts, updated every 100 iterations; needs --restarts >= 2 "
                              "(default: 0)")
@@ -112,11 +93,11 @@ def _register_common_attack(subparsers):
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--index", type=int, nargs="+", default=None,
                        help="dataset index of each target's first image (default: 0)")
-    which.add_argument("--targets", type=_positive_int, default=None,
+    which.add_argument("--targets", type=positive_int, default=None,
                        help="attack the first N batches of the dataset")
     threat = parser.add_argument_group(
         "threat model", "what the attacker sees (default: the target's own gradient of one step); "
-                        "README: 'Threat models: what the attacker sees'")
+                        "docs/findings/threat-models.md")
     threat.add_argument("--clients", type=int, default=1,
                         help="K >= 1: the attacker sees the aggregate of K clients' shares, the target's and "
                              "K-1 other batches of the dataset (default: 1)")
@@ -125,14 +106,30 @@ def _register_common_attack(subparsers):
     threat.add_argument("--local-steps", type=int, default=1,
                         help="S >= 1: FedAvg, each client runs S SGD steps on its batch and shares its weights; "
                              "the attacker matches (W - W_S) / (S * lr) at the original W (default: 1, FedSGD)")
-    threat.add_argument("--local-lr", type=float, default=0.1,
+    threat.add_argument("--local-lr", type=positive_float, default=0.1,
                         help="the clients' local SGD learning rate lr > 0 (default: 0.1; used when S > 1)")
-    parser.add_argument("--classes", type=_positive_int, default=None,
+    parser.add_argument("--classes", type=positive_int, default=None,
                         help="the model's outputs K, at least the dataset's classes (default: the dataset's; "
                              "DLG's CIFAR LeNet has 100)")
     parser.add_argument("--memory-budget", default=None,
                         help="bytes per device for one chunk of problems, e.g. 2GB, 512MiB (default: no limit; "
                              "chunks of --chunk-size)")
+    victim = parser.add_argument_group(
+        "victim weights", "the attacked model's weights (default: freshly initialised from --seed)")
+    victim.add_argument("--checkpoint", default=None,
+                        help="load the weights: a .msgpack file (flax; what training writes), an orbax checkpoint "
+                             "directory, or a .pt/.pth PyTorch state_dict of the model's twin (lenet, resnets)")
+    amount = victim.add_mutually_exclusive_group()
+    amount.add_argument("--train-steps", type=nonnegative_int, default=None,
+                        help="train the victim N optimiser steps on the dataset's images outside the targets' "
+                             "batches before the attack; writes victim.msgpack to --out")
+    amount.add_argument("--train-epochs", type=nonnegative_int, default=None,
+                        help="as --train-steps, in passes over those images")
+    victim.add_argument("--train-optimizer", default="sgd", choices=("sgd", "adam"),
+                        help="training optimiser (default: sgd with momentum 0.9)")
+    victim.add_argument("--train-lr", type=positive_float, default=0.05, help="training learning rate (default: 0.05)")
+    victim.add_argument("--train-batch-size", type=positive_int, default=32,
+                        help="training minibatch size (default: 32)")
     parser.add_argument("--out", default="dlg-out", help="output directory (default: dlg-out)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
@@ -177,46 +174,14 @@ def attack_config_from_args(args, **overrides):
     return dataclasses.replace(config, solver=solver, **({"block": 1} if solver.least_squares else {}))
 
 
-class ProgressBar:
-    """A tqdm bar over all chunks' iterations, showing the best objective and converged restarts."""
-
-    def __init__(self, enabled: bool):
-        self.enabled, self.bar, self.done = enabled, None, 0
-
-    def __call__(self, progress):
-        if not self.enabled:
-            return
-        from tqdm import tqdm
-
-        total = progress.chunks * progress.iterations
-        if self.bar is None:
-            self.bar = tqdm(total=total, unit="it", file=sys.stderr, dynamic_ncols=True, desc="DLG")
-        position = progress.chunk * progress.iterations + progress.iteration
-        self.bar.update(position - self.done)
-        self.done = position
-        self.bar.set_postfix_str(f"chunk {progress.chunk + 1}/{progress.chunks} best {progress.best_loss:.3g} "
-                                 f"converged {progress.converged}/{progress.problems} failed {progress.failed}")
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-
-
-def environment() -> dict:
-    import jax
-
-    return {"jax": jax.__version__, "backend": jax.default_backend(), "devices": len(jax.devices()),
-            "device_kind": jax.devices()[0].device_kind,
-            "python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()}
-
-
 def run(args) -> int:
     import dataclasses
 
-    from dlg_jax.files import atomic_write_json, prepare_output_dir
-    from dlg_jax.pipeline import run_dlg
-    from dlg_jax.report import convergence_plot, reconstruction_grid
+    from dlg_jax.checkpoints import save_checkpoint
+    from dlg_jax.files import prepare_output_dir
+    from dlg_jax.pipeline import run_dlg, save_run
     from dlg_jax.threat_models import ThreatModel
+    from dlg_jax.training import VictimTraining
 
     threat = ThreatModel(clients=args.clients, aggregate=args.aggregate, local_steps=args.local_steps,
                          local_lr=args.local_lr)
@@ -224,53 +189,44 @@ def run(args) -> int:
 
     budget = None if args.memory_budget is None else parse_bytes(args.memory_budget)
     config = attack_config_from_args(args, **({} if budget is None else {"memory_budget": budget}))
+    training = None
+    if args.train_steps is not None or args.train_epochs is not None:
+        training = VictimTraining(steps=args.train_steps, epochs=args.train_epochs, batch_size=args.train_batch_size,
+                                  learning_rate=args.train_lr, optimiser=args.train_optimizer, seed=args.seed)
     out = prepare_output_dir(args.out)
     model_options = {name: getattr(args, name) for name in ("activation", "norm") if getattr(args, name)}
-    bar = ProgressBar(not args.quiet)
+    bar, training_bar = ProgressBar(not args.quiet), TrainingBar(not args.quiet)
     started = time.perf_counter()
     try:
         result = run_dlg(args.model, args.dataset, indices=args.index, targets=args.targets,
                          batch_size=args.batch_size, config=config, model_options=model_options,
                          split=args.split, data_dir=args.data_dir, image_size=args.image_size, progress=bar,
-                         threat=threat, num_classes=args.classes)
+                         threat=threat, num_classes=args.classes, checkpoint=args.checkpoint, training=training,
+                         training_progress=training_bar)
     finally:
+        training_bar.close()
         bar.close()
     wall = time.perf_counter() - started
-    attack, metrics = result.result, result.metrics
-    reconstruction_grid(os.path.join(out, "reconstruction.png"), result.images, attack.snapshots,
-                        attack.snapshot_iterations, attack.best_images, metrics.assignment, metrics.slot_psnr)
-    convergence_plot(os.path.join(out, "convergence.png"), attack.loss_history, attack.best_restart)
-    rows = []
-    for t, entry in enumerate(metrics.per_target()):
-        best = attack.best_restart[t]
-        entry.update(
-            indices=result.indices[t].tolist(), true_labels=result.labels[t].tolist(),
-            recovered_labels=attack.best_labels[t].tolist(), best_restart=int(best),
-            best_loss=float(attack.loss[t, best]), restart_losses=attack.loss[t].tolist(),
-            converged_restarts=int(attack.converged[t].sum()), failed_restarts=int(attack.failed[t].sum()),
-            iterations_best=int(attack.iterations[t, best]), evaluations_best=int(attack.evaluations[t, best]),
-            other_clients_indices=result.client_indices[t].tolist(),
-        )
-        rows.append(entry)
-    payload = {
-        "command": "attack", "model": args.model, "dataset": args.dataset, "batch_size": args.batch_size,
-        "classes": result.model.num_classes,
-        "config": _config_dict(config), "summary": metrics.summary(), "targets": rows,
-        "threat_model": {**dataclasses.asdict(threat), "description": threat.describe()},
+    attack = result.result
+    victim = {"checkpoint": args.checkpoint, "training": None}
+    if training is not None:
+        save_checkpoint(os.path.join(out, "victim.msgpack"), result.model, result.params)
+        victim["training"] = {**dataclasses.asdict(training), "description": training.describe(),
+                              "steps_run": int(len(result.training_loss)),
+                              "final_loss": float(result.training_loss[-1]) if len(result.training_loss) else None,
+                              "checkpoint": "victim.msgpack"}
+    payload = save_run(result, out, {
+        "command": "attack", "model": args.model, "dataset": args.dataset, "classes": result.model.num_classes,
+        "victim": victim,
         "timing": {"wall_seconds": wall, "compile_seconds": attack.compile_seconds,
                    "run_seconds": attack.run_seconds, "restart_iterations": attack.restart_iterations,
                    "restart_iterations_per_second": attack.restart_iterations / max(attack.run_seconds, 1e-9)},
         "environment": environment(),
-    }
-    atomic_write_json(os.path.join(out, "metrics.json"), payload)
-    _print_table(rows, payload)
+    })
+    _print_table(payload["targets"], payload)
+    wrote([os.path.join(out, name) for name in ("reconstruction.png", "convergence.png", "metrics.json")]
+          + ([os.path.join(out, "victim.msgpack")] if training is not None else []))
     return 0
-
-
-def _config_dict(config) -> dict:
-    import dataclasses
-
-    return dataclasses.asdict(config)
 
 
 def _print_table(rows, payload) -> None:

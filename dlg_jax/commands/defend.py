@@ -14,7 +14,8 @@ import json
 import os
 import sys
 
-from dlg_jax.commands.attack import ProgressBar, _positive_int, add_attack_options
+from dlg_jax.commands.attack import add_attack_options
+from dlg_jax.commands.options import ProgressBar, positive_float, positive_int
 
 # Budgets when neither the option nor --quick is given, and with --quick (a smoke run of a few minutes).
 STANDARD = {"restarts": 4, "iterations": 2000, "targets": 4, "train_steps": 500, "train_runs": 3,
@@ -38,8 +39,8 @@ def _add_options(parser: argparse.ArgumentParser, tradeoff: bool) -> None:
                              "multiplier (dp), a fraction of representation features pruned (soteria, 0 to <1) "
                              "(default: each defense's own list)")
     parser.add_argument("--prune-scope", default=None, help="prune per tensor or global (default: tensor)")
-    parser.add_argument("--dp-clip", type=float, default=None, help="DP per-example clipping norm C (default: 1)")
-    parser.add_argument("--targets", type=_positive_int, default=None,
+    parser.add_argument("--dp-clip", type=positive_float, default=None, help="DP per-example clipping norm C (default: 1)")
+    parser.add_argument("--targets", type=positive_int, default=None,
                         help=f"attack the first N batches of the dataset (default: {STANDARD['targets']})")
     parser.add_argument("--out", default="defend-out", help="output directory (default: defend-out)")
     parser.add_argument("--quick", action="store_true",
@@ -51,12 +52,12 @@ def _add_options(parser: argparse.ArgumentParser, tradeoff: bool) -> None:
         parser.add_argument("--train-model", default=None, help="model to train (default: --model)")
         parser.add_argument("--train-norm", default="group", choices=("none", "group"),
                             help="normalisation of a trained resnet (default: group)")
-        parser.add_argument("--train-steps", type=_positive_int, default=None,
+        parser.add_argument("--train-steps", type=positive_int, default=None,
                             help=f"SGD steps (default: {STANDARD['train_steps']})")
-        parser.add_argument("--train-batch-size", type=_positive_int, default=16,
+        parser.add_argument("--train-batch-size", type=positive_int, default=16,
                             help="training minibatch (default: 16)")
-        parser.add_argument("--train-lr", type=float, default=0.01, help="SGD learning rate (default: 0.01)")
-        parser.add_argument("--train-runs", type=_positive_int, default=None,
+        parser.add_argument("--train-lr", type=positive_float, default=0.01, help="SGD learning rate (default: 0.01)")
+        parser.add_argument("--train-runs", type=positive_int, default=None,
                             help=f"independent trainings averaged (default: {STANDARD['train_runs']})")
     parser.set_defaults(handler=run, tradeoff=tradeoff)
 

@@ -12,7 +12,7 @@ Each writes ``<name>.json``, ``<name>.png`` and ``<name>.md`` to ``--out`` and p
 
 import sys
 
-from dlg_jax.commands.attack import ProgressBar, _positive_int, environment
+from dlg_jax.commands.options import ProgressBar, environment, nonnegative_float, positive_float, positive_int
 
 
 def _csv(text: str) -> list[str]:
@@ -20,7 +20,7 @@ def _csv(text: str) -> list[str]:
 
 
 def _int_csv(text: str) -> list[int]:
-    return [_positive_int(part) for part in _csv(text)]
+    return [positive_int(part) for part in _csv(text)]
 
 
 def register(subparsers):
@@ -39,9 +39,9 @@ def register(subparsers):
                     "(targets x restarts x iterations): " + "; ".join(f"{n}: {budget_text(n)}" for n in EXPERIMENT_NAMES))
     parser.add_argument("name", choices=(*EXPERIMENT_NAMES, "all"), help="which experiment")
     parser.add_argument("--quick", action="store_true", help="the small smoke-test budget (a few minutes)")
-    parser.add_argument("--targets", type=_positive_int, default=None, help="override the targets per setting")
-    parser.add_argument("--restarts", type=_positive_int, default=None, help="override the restarts per target")
-    parser.add_argument("--iterations", type=_positive_int, default=None, help="override the iterations per restart")
+    parser.add_argument("--targets", type=positive_int, default=None, help="override the targets per setting")
+    parser.add_argument("--restarts", type=positive_int, default=None, help="override the restarts per target")
+    parser.add_argument("--iterations", type=positive_int, default=None, help="override the iterations per restart")
     parser.add_argument("--datasets", type=_csv, default=None,
                         help="comma-separated datasets (labels default: digits,colour,faces; batch: colour,digits; "
                              "resolution: faces,colour; compare, threat: the first, default colour)")
@@ -63,14 +63,14 @@ def register(subparsers):
     parser.add_argument("--sizes", type=_int_csv, default=None,
                         help="resolution: comma-separated image sizes S (S x S; embedded sets: 8 to 256; "
                              "default: 16,32,64,128)")
-    parser.add_argument("--local-lr", type=float, default=0.1,
+    parser.add_argument("--local-lr", type=positive_float, default=0.1,
                         help="threat: the FedAvg client's SGD learning rate (default: 0.1)")
     parser.add_argument("--float64", action="store_true", help="run in double precision")
-    parser.add_argument("--tolerance", type=float, default=None,
+    parser.add_argument("--tolerance", type=nonnegative_float, default=None,
                         help="batch: a restart converges (and stops) at objective <= this x |dW|^2 (default: 1e-8)")
-    parser.add_argument("--chunk-size", type=_positive_int, default=None,
+    parser.add_argument("--chunk-size", type=positive_int, default=None,
                         help="problems (target x restart) per vmapped batch (default: 16; on a GPU: all of them)")
-    parser.add_argument("--classes", type=_positive_int, default=None,
+    parser.add_argument("--classes", type=positive_int, default=None,
                         help="batch: LeNet's number of outputs (default: the dataset's; DLG's CIFAR-100 code: 100)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the model weights and the dummies")
     parser.add_argument("--out", default="experiments-out", help="output directory (default: experiments-out)")

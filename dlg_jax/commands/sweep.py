@@ -11,11 +11,13 @@ import os
 import sys
 import time
 
+from dlg_jax.commands.options import nonnegative_float, positive_float, positive_int
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("sweep", help="run an experiment grid (TOML) into a results store",
                                    description=__doc__.split("\n\n")[0])
-    parser.add_argument("grid", help="the grid file (TOML; see the README's 'Sweeps' section)")
+    parser.add_argument("grid", help="the grid file (TOML; see docs/sweeps.md)")
     parser.add_argument("--store", required=True, help="results store directory (created if absent)")
     parser.add_argument("--resume", action="store_true", help="skip the points already in the store")
     parser.add_argument("--executor", default="local", choices=("local", "ray"),
@@ -24,9 +26,9 @@ def register(subparsers) -> None:
                         help="bytes per attack step, e.g. 8GB or 512MiB: chunk targets x restarts to fit it")
     parser.add_argument("--ray-address", default=None,
                         help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray instance)")
-    parser.add_argument("--ray-num-cpus", type=int, default=None, help="CPUs of a local Ray instance")
-    parser.add_argument("--ray-cpus-per-point", type=float, default=1.0, help="CPUs reserved per point (default: 1)")
-    parser.add_argument("--ray-gpus-per-point", type=float, default=0.0, help="GPUs reserved per point (default: 0)")
+    parser.add_argument("--ray-num-cpus", type=positive_int, default=None, help="CPUs of a local Ray instance")
+    parser.add_argument("--ray-cpus-per-point", type=positive_float, default=1.0, help="CPUs reserved per point (default: 1)")
+    parser.add_argument("--ray-gpus-per-point", type=nonnegative_float, default=0.0, help="GPUs reserved per point (default: 0)")
     parser.add_argument("--compile-cache", default=None,
                         help="JAX's persistent compilation cache, so a resumed sweep does not compile again "
                              "(default: STORE/.compile-cache; 'none' to disable)")
@@ -44,7 +46,7 @@ def point_label(point) -> str:
 
 
 def run(args) -> int:
-    from dlg_jax.commands.attack import ProgressBar
+    from dlg_jax.commands.options import ProgressBar
     from dlg_jax.compile_cache import enable_compilation_cache
     from dlg_jax.executors import make_executor
     from dlg_jax.grid import load_grid

@@ -56,7 +56,7 @@ def batchnorm_statistics(model: Any, params: Any, images: jnp.ndarray) -> dict:
     :class:`~dlg_jax.models.Model`) is applied to the batch ``images [B, H, W, C]``:
     ``{layer path: {"mean": mu_l [C_l], "var": var_l [C_l]}}`` (paths as ``"_BasicBlock_0/BatchStatNorm_1"``).
     Differentiable in ``images``; ``{}`` for a model without batch norm."""
-    _, state = model.module.apply({"params": params}, images, mutable=["intermediates"])
+    _, state = model.apply_collecting(params, images, ("intermediates",))
     sown = flax.traverse_util.flatten_dict(state.get("intermediates", {}))
     return {"/".join(path[:-1]): {"mean": value[0][0], "var": value[0][1]} for path, value in sown.items()
             if path[-1] == STATISTICS}

@@ -14,7 +14,7 @@ victim's lookup ``x = W_emb[ids]`` happens outside the module (:mod:`dlg_jax.tex
     logits = u Wd + bd                                          [B, M, V] (decoder not tied to W_emb)
 
 ``MLP(a) = act(a W1 + b1) W2 + b2`` with hidden width ``4 E``; attention has ``heads`` heads over the
-full sequence (no padding mask: one sentence per sequence). ``act`` must be twice differentiable for
+full sequence (no padding mask: a shorter sentence of a batch is padded with ``[PAD]`` tokens it attends to). ``act`` must be twice differentiable for
 DLG (its objective differentiates the gradient): ``gelu`` (tanh form, default), ``tanh`` or
 ``sigmoid``; never ReLU. Initialisation: embeddings N(0, 1) (PyTorch's ``nn.Embedding``), dense
 kernels LeCun normal, biases 0, LayerNorm scale 1 and offset 0.
@@ -37,7 +37,7 @@ TEXT_ACTIVATIONS = {"gelu": nn.gelu, "tanh": jnp.tanh, "sigmoid": nn.sigmoid}
 # name -> (depth, width, heads): encoder layers, embedding width E, attention heads
 TEXT_MODELS = {"bert-tiny": (1, 32, 2), "bert-small": (2, 64, 4), "bert-medium": (4, 128, 4)}
 DEFAULT_TEXT_MODEL = "bert-small"
-MAX_LENGTH = 32
+MAX_LENGTH = 64  # position embeddings; a model option (--max-length), e.g. 128
 
 
 class _EncoderLayer(nn.Module):

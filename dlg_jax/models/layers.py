@@ -2,7 +2,7 @@
 
 DLG's objective differentiates a gradient. ``vmap`` over restarts of the double backward of
 ``lax.conv_general_dilated`` turns into a grouped convolution (``feature_group_count = R``), which XLA's
-CPU backend runs far below peak (DESIGN.md: 257 restart-evaluations/s at R = 128 vs 1418 evals/s at
+CPU backend runs far below peak (docs/design.md: 257 restart-evaluations/s at R = 128 vs 1418 evals/s at
 R = 1). Written as *patches + matmul* (im2col), every derivative of the layer is either a matmul with
 the shared kernel or the transpose of a patch extraction with a constant one-hot filter, and vmap
 only enlarges the batch dimension of those ops.

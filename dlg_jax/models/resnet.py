@@ -22,7 +22,7 @@ Options (all stateless, so the model stays a pure function of its parameters):
   included, ~ U(-0.5, 0.5): DLG's ``weights_init`` applied to every module).
 
 ``dlg_resnet(depth)`` gives the options of the network DLG attacks (sigmoid, batch norm, no strides,
-DLG's init). Why the variants leak or not is measured in the README ("Deep models").
+DLG's init). Why the variants leak or not is measured in docs/findings/batches-and-deep-models.md.
 """
 
 import flax.linen as nn
