@@ -62,9 +62,9 @@ class AttackConfig:
     ``devices``: how many local devices share each chunk (its problem axis is sharded over a 1-D mesh;
     ``None``: all of them). ``precision``: the matmul/convolution precision of every program the attack
     traces (:mod:`dlg_jax.precision`; ``highest`` = full float32, which DLG needs on GPUs).
-    ``block``: iterations per compiled call between progress reports / early-stop checks (``None``: 100, or
-    1 for the least-squares solvers, whose iterations cost a Jacobian each and converge in tens: a finished
-    chunk stops at the next check; :attr:`steps_per_call`).
+    ``block``: iterations per compiled call between progress reports / early-stop checks (a finished chunk
+    stops at the next check; the least-squares solvers' iterations cost a Jacobian each and converge in
+    tens, so use a small block with them: the CLI sets 1).
     ``snapshots``: how many intermediate images (at evenly spaced iterations, first = initial dummy)
     are kept for the best restart. ``box``: clip the images to ``[low, high]`` after every step.
     ``memory_budget``: bytes per device; if set, the chunk is the largest whose compiled step fits it
@@ -95,7 +95,7 @@ class AttackConfig:
     chunk_size: int | None = None
     devices: int | None = None
     precision: str = DEFAULT_PRECISION
-    block: int | None = None
+    block: int = 100
     snapshots: int = 6
     seed: int = 0
     dtype: str = "float32"
@@ -111,8 +111,7 @@ class AttackConfig:
         if self.devices is not None:
             check_positive_int("devices", self.devices)
         check_precision(self.precision)
-        if self.block is not None:
-            check_positive_int("block", self.block)
+        check_positive_int("block", self.block)
         check_choice("distance", self.distance, DISTANCES)
         check_choice("label strategy", self.labels, LABEL_STRATEGIES)
         check_choice("second-order mode", self.second_order, SECOND_ORDER_MODES)
@@ -149,13 +148,6 @@ class AttackConfig:
             raise DLGInputError(
                 "dtype 'float64' needs jax.config.update('jax_enable_x64', True) at start-up (CLI: --float64)"
             )
-
-    @property
-    def steps_per_call(self) -> int:
-        """Iterations per compiled call: ``block``, else 1 for least-squares solvers and 100 for the others."""
-        if self.block is not None:
-            return self.block
-        return 1 if self.solver.least_squares else 100
 
 
 @dataclasses.dataclass
@@ -480,7 +472,7 @@ def _plan(model, params, target_grads, batch_size, config, fixed_labels, bn_stat
                 f"needs {format_bytes(need)} ({residuals} residuals x {unknowns} unknowns, and J^T J); raise "
                 f"--memory-budget or use the matrix-free --solver lm-cg")
 
-    steps = min(config.steps_per_call, config.iterations)
+    steps = min(config.block, config.iterations)
 
     def step_bytes(n: int) -> int:  # one device's share of the attack step over n problems per device
         with matmul_precision(config.precision):
@@ -608,7 +600,7 @@ def _solve(plan: _Plan, progress) -> AttackResult:
     snapshot_iterations = (np.unique(np.round(np.linspace(0, config.iterations, config.snapshots)).astype(int))
                            if config.snapshots else np.zeros((0,), int))
     regroup_at = set(range(config.group_every, config.iterations, config.group_every)) if config.group_consistency else set()
-    schedule = sorted(set(_block_schedule(config.iterations, config.steps_per_call, snapshot_iterations)) | regroup_at)
+    schedule = sorted(set(_block_schedule(config.iterations, config.block, snapshot_iterations)) | regroup_at)
     snapshot = to_uint8 if plan.model.modality == "image" else np.array
     outputs = []
     compile_seconds = run_seconds = 0.0

@@ -71,7 +71,7 @@ def test_a_failing_restart_is_frozen_and_does_not_poison_the_others(lenet, two_t
     np.testing.assert_allclose(mixed.images[1], clean.images[1], rtol=1e-3, atol=1e-4)
 
 
-@pytest.mark.parametrize("solver", ["lbfgs", "optax-lbfgs", "jaxopt-lbfgs", "adam"])
+@pytest.mark.parametrize("solver", ["lbfgs", "optax-lbfgs", "jaxopt-lbfgs", "adam", "lm-cg"])
 def test_every_solver_reduces_the_objective_under_vmap(lenet, two_targets, solver):
     model, params = lenet
     _, _, grads = two_targets

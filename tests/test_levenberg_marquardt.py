@@ -121,3 +121,27 @@ def test_recovers_a_digits_batch_of_two_from_its_gradient():
     assert result.converged[0, 0] and result.iterations[0, 0] < 20
     error = np.mean((np.clip(result.best_images[0], 0, 1) - images[0]) ** 2, axis=(1, 2, 3))
     assert np.all(10 * np.log10(1.0 / error) >= 30.0)
+
+
+def test_projected_steps_stay_in_the_box_and_never_raise_the_cost():
+    """With a projection (here ``c <= 0.3``, the unconstrained fit has ``c ~ 0.5``) every iterate is
+    feasible, the cost never rises, and the run settles on the bound."""
+    jax.config.update("jax_enable_x64", True)
+    try:
+        def project(dummy):
+            return {"z": dummy["z"].at[2].set(jnp.minimum(dummy["z"][2], 0.3))}
+
+        init, step, _ = make_levenberg_marquardt(_residual, damping=1e-3, project=project)
+        context = (jnp.asarray(TIMES), jnp.asarray(OBSERVED))
+        dummy = {"z": jnp.asarray([5.0, -4.0, -1.0])}
+        state = init(dummy, context)
+        step = jax.jit(step)
+        costs = [float(state.cost)]
+        for _ in range(30):
+            dummy, state, _ = step(dummy, state, context)
+            assert float(dummy["z"][2]) <= 0.3
+            costs.append(float(state.cost))
+        assert np.all(np.diff(costs) <= 0) and costs[-1] < 0.1 * costs[0]
+        assert float(dummy["z"][2]) == pytest.approx(0.3)
+    finally:
+        jax.config.update("jax_enable_x64", False)

@@ -167,8 +167,11 @@ def attack_config_from_args(args, **overrides):
     if "solver" in overrides or (args.solver is None and not solver_options):
         return config
     if args.solver is not None and args.solver != config.solver.name:
-        return dataclasses.replace(config, solver=SolverConfig(args.solver, **solver_options))
-    return dataclasses.replace(config, solver=dataclasses.replace(config.solver, **solver_options))
+        solver = SolverConfig(args.solver, **solver_options)
+    else:
+        solver = dataclasses.replace(config.solver, **solver_options)
+    # A least-squares iteration costs a Jacobian: check for convergence after every one.
+    return dataclasses.replace(config, solver=solver, **({"block": 1} if solver.least_squares else {}))
 
 
 def run(args) -> int:
