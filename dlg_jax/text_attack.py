@@ -501,7 +501,7 @@ def _attack_group(group, originals, texts, out, model, config, restrict, refine,
         k = int(min(bag_ids.sum(), CANDIDATES))
         groups = [[(b, l) for l in range(length) if free[b, l]] for b in range(size)]
         groups.append([(b, l) for b in range(size) for l in masked])  # labels change slots
-        variants = [(refine, restrict)] if not compare else [(False, False), (True, True)]
+        variants = sorted({(refine, restrict), *([(False, False), (True, True)] if compare else [])})
         decodings = {}
         for refined, restricted in variants:
             suffix = "+bag" if restricted else ""

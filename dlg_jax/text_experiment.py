@@ -153,17 +153,17 @@ def main(argv=None) -> int:
     studies = args.study or list(STUDIES)
     started = time.perf_counter()
     rows = []
-    for name in studies:
+    for name in studies:  # the files are rewritten after every study, so a long run keeps what it has
         rows += run_study(name, args.restarts, args.iterations, points=args.point)
-    results = {"config": {"restarts": args.restarts, "iterations": args.iterations, "seed": 0, "studies": studies},
-               "command": "python -m dlg_jax.text_experiment " + " ".join(sys.argv[1:] if argv is None else argv),
-               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               "load_average_at_end": os.getloadavg(), "wall_seconds": time.perf_counter() - started,
-               "environment": environment(),
-               "rows": rows}
-    table = markdown_table(rows)
-    atomic_write_json(os.path.join(out, args.name + ".json"), results)
-    atomic_write_bytes(os.path.join(out, args.name + ".md"), table.encode())
+        results = {"config": {"restarts": args.restarts, "iterations": args.iterations, "seed": 0,
+                              "studies": studies},
+                   "command": "python -m dlg_jax.text_experiment " + " ".join(sys.argv[1:] if argv is None else argv),
+                   "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                   "load_average_at_end": os.getloadavg(), "wall_seconds": time.perf_counter() - started,
+                   "environment": environment(), "rows": rows}
+        table = markdown_table(rows)
+        atomic_write_json(os.path.join(out, args.name + ".json"), results)
+        atomic_write_bytes(os.path.join(out, args.name + ".md"), table.encode())
     print(table + f"wall {results['wall_seconds']:.0f} s")
     return 0
 

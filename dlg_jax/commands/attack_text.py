@@ -108,6 +108,7 @@ def run(args) -> int:
         "slots": scores["assignment"], "masked_positions": list(batch.masked), "bag_size": batch.bag_size,
         "label_orderings": batch.orderings, "gradient_distance": chosen["distance"],
         "gradient_norm2": batch.gradient_norm2,
+        "decoded_gradient_distance": batch.decodings["nearest" + ("+bag" if args.restrict_tokens else "")]["distance"],
         "scores": {key: value for key, value in scores.items() if key != "assignment"},
         "objective": batch.loss, "restart_losses": result.loss.tolist(),
         "snapshots": {int(i): [vocabulary.tokens(ids) for ids in step]
