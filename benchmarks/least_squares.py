@@ -36,7 +36,6 @@ projected trial points for Levenberg–Marquardt, clipping after each step for L
 Writes ``<out>/<name>.json`` (atomically) after every case and solver.
 """
 
-import dataclasses
 import time
 
 import jax
