@@ -53,7 +53,7 @@ def device_name() -> str:
 
 def _attack_row(name: str, targets: int, restarts: int, iterations: int, precision: str) -> dict:
     """``run_dlg`` on the first ``targets`` colour images (as ``dlg-jax attack --targets T``)."""
-    from dlg_jax.attack import AttackConfig
+    from dlg_jax.attack.engine import AttackConfig
     from dlg_jax.pipeline import run_dlg
 
     config = AttackConfig(restarts=restarts, iterations=iterations, precision=precision, snapshots=0)

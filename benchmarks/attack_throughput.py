@@ -4,7 +4,7 @@ Both sides attack the same target (colour image 0, LeNet with DLG's 100-class he
 same dummies, for the same iteration budget ``I``, with no early stopping (tolerance 0), so every
 restart does the whole budget:
 
-- JAX: :func:`dlg_jax.attack.run_attack` with ``R`` restarts for each solver; one restart-iteration is one
+- JAX: :func:`dlg_jax.attack.engine.run_attack` with ``R`` restarts for each solver; one restart-iteration is one
   solver step of one restart (``AttackResult.restart_iterations``), timed by ``run_seconds`` (compile
   time is reported on its own);
 - PyTorch (``torch-reference``): :func:`benchmarks.torch_reference.dlg_restart` (``torch.optim.LBFGS``,
@@ -51,8 +51,8 @@ QUICK_SOLVERS = ("lbfgs", "optax-lbfgs", "adam")
 def _jax_run(problem, solver: str, restarts: int, iterations: int, seed: int, chunk_size: int | None = None,
              history_size: int | None = None):
     """A warmed-up ``run_attack`` for ``solver`` (``run() -> measurements``) and its compile seconds."""
-    from dlg_jax.attack import AttackConfig, run_attack
-    from dlg_jax.solvers import SolverConfig
+    from dlg_jax.attack.engine import AttackConfig, run_attack
+    from dlg_jax.attack.solvers import SolverConfig
 
     solver_config = SolverConfig(name=solver, **({} if history_size is None else {"history_size": history_size}))
     config = AttackConfig(restarts=restarts, iterations=iterations, solver=solver_config,
@@ -174,7 +174,7 @@ def _plot(rows):
 
 
 def run(args) -> dict:
-    from dlg_jax.solvers import SOLVER_NAMES
+    from dlg_jax.attack.solvers import SOLVER_NAMES
 
     accelerator = common.is_accelerator()
     restarts = args.restarts or (ACCELERATOR_RESTARTS if accelerator else 128)
@@ -233,7 +233,7 @@ def run(args) -> dict:
 
 
 def build_parser():
-    from dlg_jax.solvers import SOLVER_NAMES
+    from dlg_jax.attack.solvers import SOLVER_NAMES
 
     parser = common.make_parser(NAME, "Restart-iterations/s of the full attack: JAX solvers vs PyTorch LBFGS.")
     parser.add_argument("--restarts", type=common.positive_int("restarts", MAX_RESTARTS), default=None,

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dlg_jax.errors import DLGInputError
+from dlg_jax.figures import subplots
 from dlg_jax.files import atomic_save_figure, atomic_write_json, prepare_output_dir
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -92,8 +93,8 @@ def torch_device(torch, name: str):
 
 def jax_precision():
     """The context every JAX program of the benchmarks is traced and compiled in:
-    :func:`dlg_jax.precision.matmul_precision` at :data:`JAX_PRECISION`."""
-    from dlg_jax.precision import matmul_precision
+    :func:`dlg_jax.attack.precision.matmul_precision` at :data:`JAX_PRECISION`."""
+    from dlg_jax.attack.precision import matmul_precision
 
     return matmul_precision(JAX_PRECISION)
 
@@ -237,9 +238,9 @@ def make_problem(model_name: str, targets: int, batch_size: int, seed: int, data
     """LeNet (DLG's, 100 classes) or a CIFAR ResNet (10 classes) with weights from ``seed`` and the
     shared gradients of ``targets`` batches of ``batch_size`` images of an embedded ``dataset``
     (image ``t * B + b``; default the colour set, 32x32x3)."""
-    from dlg_jax.data import get_dataset
+    from dlg_jax.data.datasets import get_dataset
     from dlg_jax.models import build_model
-    from dlg_jax.victim import shared_gradients
+    from dlg_jax.victim.gradients import shared_gradients
 
     classes = DLG_NUM_CLASSES if model_name == "lenet" else RESNET_NUM_CLASSES
     source = get_dataset(dataset)
@@ -256,9 +257,9 @@ def make_problem(model_name: str, targets: int, batch_size: int, seed: int, data
 
 
 def initial_dummies(seed: int, targets: int, restarts: int, batch_size: int, model) -> tuple[np.ndarray, np.ndarray]:
-    """The starting points :func:`dlg_jax.attack.run_attack` draws (joint labels), as numpy arrays:
+    """The starting points :func:`dlg_jax.attack.engine.run_attack` draws (joint labels), as numpy arrays:
     images ``[T, R, B, H, W, C]`` and label logits ``[T, R, B, K]``."""
-    from dlg_jax.attack import initial_dummy
+    from dlg_jax.attack.engine import initial_dummy
 
     draw = jax.vmap(jax.vmap(
         lambda t, r: initial_dummy(seed, t, r, batch_size, model.input_shape, model.num_classes, True, jnp.float32),
@@ -386,18 +387,10 @@ def write_results(out_dir: str, name: str, payload: dict, figure=None) -> str:
     path = os.path.join(out_dir, f"{name}.json")
     atomic_write_json(path, payload)
     if figure is not None:
-        import matplotlib.pyplot as plt
-
         atomic_save_figure(os.path.join(out_dir, f"{name}.png"), figure)
-        plt.close(figure)
     return path
 
 
 def new_figure(width: float = 6.0, height: float = 4.0, columns: int = 1):
-    """A matplotlib figure and its axes (``columns`` side by side) on the non-interactive Agg backend."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(1, columns, figsize=(width, height), dpi=120)
+    """A matplotlib figure and its axes (``columns`` side by side), made without pyplot."""
+    return subplots(1, columns, figsize=(width, height), dpi=120)

@@ -4,14 +4,14 @@ on the same DLG problems, side by side in one run.
 Each *case* is a set of victims (``--targets`` batches of ``B`` images of an embedded dataset, image
 ``t * B + b``), DLG's LeNet with ``K`` outputs and weights from ``fold_in(key(seed), 0x5EED)`` (as
 ``dlg-jax attack``), joint labels (DLG) unless the case says otherwise, ``--restarts`` restarts per target.
-Every solver gets the same victims and the same starting dummies (:func:`dlg_jax.attack.initial_dummy`)
+Every solver gets the same victims and the same starting dummies (:func:`dlg_jax.attack.engine.initial_dummy`)
 and stops a restart once ``J <= tolerance * ||dW||^2``. Reported per case and solver:
 
 - ``recovered``: targets whose best restart has every slot at PSNR >= 30 dB (slots matched to images
   by :func:`dlg_jax.metrics.evaluate`);
 - ``evaluations``: of the best restart, until it converged or the budget ran out (a Jacobian counts as
   its ``n`` JVPs; one JVP, VJP or residual ~ one objective+gradient evaluation of L-BFGS);
-- ``run_seconds`` / ``compile_seconds``: wall time of :func:`~dlg_jax.attack.run_attack` (all targets x
+- ``run_seconds`` / ``compile_seconds``: wall time of :func:`~dlg_jax.attack.engine.run_attack` (all targets x
   restarts; ``run`` excludes compilation);
 - ``exact_solutions``: for each target, how many *distinct* exact solutions its converged restarts found
   (two converged restarts are the same solution when their images agree to >= 30 dB after matching
@@ -19,7 +19,7 @@ and stops a restart once ``J <= tolerance * ||dW||^2``. Reported per case and so
   counts the zeros of the residual that the starts reach.
 
 ``jaxopt-lm`` runs ``jaxopt.LevenbergMarquardt`` (materialised Jacobian, Cholesky; no box) on the same
-residual (:func:`dlg_jax.objectives.make_residual`) and starts, one problem at a time (its update computes
+residual (:func:`dlg_jax.attack.objectives.make_residual`) and starts, one problem at a time (its update computes
 the Jacobian at the trial point whether or not the step is accepted, as ours does at the current point),
 ``--lm-iterations`` updates at most, its evaluations counted as ``n + 1`` per update, its first update's
 time counted as compilation.
@@ -82,12 +82,12 @@ def distinct_solutions(images: np.ndarray, converged: np.ndarray, truth: np.ndar
 
 
 def run_case(name: str, solver: str, args) -> dict:
-    from dlg_jax.attack import AttackConfig, run_attack
-    from dlg_jax.data import get_dataset
+    from dlg_jax.attack.engine import AttackConfig, run_attack
+    from dlg_jax.attack.solvers import SolverConfig
+    from dlg_jax.data.datasets import get_dataset
     from dlg_jax.metrics import evaluate
     from dlg_jax.models import build_model
-    from dlg_jax.solvers import SolverConfig
-    from dlg_jax.victim import shared_gradients
+    from dlg_jax.victim.gradients import shared_gradients
 
     dataset, batch, classes, init, box = CASES[name]
     source = get_dataset(dataset)
@@ -138,12 +138,12 @@ def run_jaxopt(name: str, args) -> dict:
     import jax.numpy as jnp
     from jax.flatten_util import ravel_pytree
 
-    from dlg_jax.attack import initial_dummy
-    from dlg_jax.data import get_dataset
+    from dlg_jax.attack.engine import initial_dummy
+    from dlg_jax.attack.objectives import Context, make_residual
+    from dlg_jax.data.datasets import get_dataset
     from dlg_jax.metrics import evaluate
     from dlg_jax.models import build_model
-    from dlg_jax.objectives import Context, make_residual
-    from dlg_jax.victim import shared_gradients
+    from dlg_jax.victim.gradients import shared_gradients
 
     dataset, batch, classes, init, box = CASES[name]
     if box:

@@ -4,9 +4,9 @@ One *restart-evaluation* is ``(J(z), grad_z J(z))`` for one dummy ``z = (x' [B, 
 ``J(z) = sum_l ||grad_{W_l} loss(F(x'; W), softmax(y')) - dW_l||^2``. For ``R`` restarts of one target:
 
 - ``jax-reverse_over_forward`` / ``jax-reverse``: ``jit(vmap(value_and_grad(objective)))`` over ``R``
-  with :func:`dlg_jax.objectives.make_objective` in that second-order mode;
+  with :func:`dlg_jax.attack.objectives.make_objective` in that second-order mode;
 - ``jax-chunked``: reverse-over-forward, the ``R`` restarts as ``lax.map`` over chunks of the attack's
-  default ``chunk_size`` (16), each chunk vmapped: how :func:`dlg_jax.attack.run_attack` batches them;
+  default ``chunk_size`` (16), each chunk vmapped: how :func:`dlg_jax.attack.engine.run_attack` batches them;
 - ``torch-eager``: a Python loop over the ``R`` restarts of ``autograd.grad(create_graph=True)``
   (DLG's closure);
 - ``torch-func``: ``torch.func.vmap`` over ``R`` of ``grad`` of a loss built on ``grad`` + ``functional_call``;
@@ -77,7 +77,7 @@ def _jax_program(problem, program: JaxProgram, images: np.ndarray, logits: np.nd
     ``images [R, B, H, W, C]``, ``logits [R, B, K]``, compiled; with ``program.chunk``, ``lax.map`` over
     chunks of that many restarts (``R`` padded to a multiple). Returns ``(run, compile_seconds, XLA cost
     per restart-evaluation, values [R])``."""
-    from dlg_jax.objectives import Context, Dummy, make_objective
+    from dlg_jax.attack.objectives import Context, Dummy, make_objective
 
     objective = make_objective(program.model, second_order=program.mode)
     chunk, options = program.chunk, program.options
@@ -142,7 +142,7 @@ def _sync(output):
 
 def jax_variants(problem, names) -> dict:
     """``{name: JaxProgram}`` for the JAX candidates among ``names``."""
-    from dlg_jax.attack import default_chunk_size
+    from dlg_jax.attack.engine import default_chunk_size
 
     variants = {"jax-reverse_over_forward": JaxProgram(problem.model),
                 "jax-reverse": JaxProgram(problem.model, "reverse"),

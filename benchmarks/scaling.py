@@ -18,7 +18,11 @@ On a GPU/TPU backend the default restart count is :data:`ACCELERATOR_RESTARTS`.
 """
 
 from benchmarks import common
-from benchmarks.objective_throughput import TORCH_CANDIDATES, JaxProgram, measure_objective
+from benchmarks.objective_throughput import (
+    TORCH_CANDIDATES,
+    JaxProgram,
+    measure_objective,
+)
 
 NAME = "scaling"
 MODELS = ("lenet", "resnet20")

@@ -1,7 +1,7 @@
 """Does Soteria's ranking matter against DLG? Zero the same number of rows of LeNet's representation-layer
 kernel gradient, chosen three ways, and attack each defended gradient with DLG at one budget:
 
-- ``soteria``: the ``floor(p D)`` smallest scores ``s_i`` (:func:`dlg_jax.soteria.feature_scores`), the
+- ``soteria``: the ``floor(p D)`` smallest scores ``s_i`` (:func:`dlg_jax.victim.soteria.feature_scores`), the
   defense itself;
 - ``inverted``: the ``floor(p D)`` largest scores (the other end of the ranking);
 - ``random``: ``floor(p D)`` rows drawn uniformly (seed 0).
@@ -19,12 +19,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlg_jax.attack import AttackConfig, run_attack
-from dlg_jax.data import get_dataset
+from dlg_jax.attack.engine import AttackConfig, run_attack
+from dlg_jax.data.datasets import get_dataset
 from dlg_jax.metrics import evaluate
 from dlg_jax.models import build_model, victim_params
-from dlg_jax.soteria import defended_layer, feature_scores
-from dlg_jax.victim import shared_gradients
+from dlg_jax.victim.gradients import shared_gradients
+from dlg_jax.victim.soteria import defended_layer, feature_scores
 
 CHOICES = ("soteria", "inverted", "random")
 

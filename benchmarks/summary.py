@@ -21,7 +21,13 @@ objective (1x) and full attack >= 3x the PyTorch procedure with a ``torch.compil
 import json
 import os
 
-from benchmarks import attack_throughput, common, objective_throughput, scaling, time_to_recovery
+from benchmarks import (
+    attack_throughput,
+    common,
+    objective_throughput,
+    scaling,
+    time_to_recovery,
+)
 from dlg_jax.errors import DLGInputError
 
 NAME = "summary"

@@ -6,7 +6,7 @@ joint labels, best of ``R`` restarts, both sides from the same weights and the s
 stopping a restart once its matching loss ``J <= tolerance * ||dW||^2`` (the attacker cannot see the
 PSNR; the threshold is relative to the shared gradient's squared norm, as ``AttackConfig.tolerance``):
 
-- JAX: one :func:`dlg_jax.attack.run_attack` call over all ``T x R`` problems (lockstep L-BFGS, one
+- JAX: one :func:`dlg_jax.attack.engine.run_attack` call over all ``T x R`` problems (lockstep L-BFGS, one
   evaluation per iteration) with a budget of ``steps x 20`` iterations;
 - PyTorch: DLG's own settings, ``torch.optim.LBFGS(lr=1, max_iter=20, history_size=100)`` for up to
   ``steps`` (DLG: 300) ``.step()`` calls, restarts of a target one after another, stopping at the
@@ -58,8 +58,8 @@ def _scores(problem, images: np.ndarray, labels: np.ndarray) -> dict:
 
 def _jax_run(problem, restarts: int, iterations: int, tolerance: float, seed: int, chunk_size: int | None,
              history_size: int):
-    from dlg_jax.attack import AttackConfig, run_attack
-    from dlg_jax.solvers import SolverConfig
+    from dlg_jax.attack.engine import AttackConfig, run_attack
+    from dlg_jax.attack.solvers import SolverConfig
 
     config = AttackConfig(restarts=restarts, iterations=iterations, tolerance=tolerance, snapshots=0, seed=seed,
                           chunk_size=chunk_size or AttackConfig().chunk_size,
@@ -166,7 +166,7 @@ def _plot(rows, targets: int):
 
 
 def run(args) -> dict:
-    from dlg_jax.attack import AttackConfig
+    from dlg_jax.attack.engine import AttackConfig
 
     accelerator = common.is_accelerator()
     targets = args.targets or (ACCELERATOR_TARGETS if accelerator else (4 if args.quick else 32))

@@ -40,7 +40,6 @@ F = torch.nn.functional
 
 from dlg_jax.models.torch_twin import TorchCifarResNet, TorchLeNet, to_flax, twin  # noqa: E402,F401
 
-
 # ---------------------------------------------------------------------------------------------------
 # Models and weight layout: the twins live in :mod:`dlg_jax.models.torch_twin`.
 

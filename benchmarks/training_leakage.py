@@ -1,7 +1,7 @@
 """How much a trained victim leaks: DLG and IG recovery vs the victim's training steps.
 
 For each model, batch size ``B`` and amount of training (0 steps, then steps or epochs of Adam on the
-dataset's images outside the targets' batches, :func:`dlg_jax.training.train_victim`) the victim shares
+dataset's images outside the targets' batches, :func:`dlg_jax.victim.training.train_victim`) the victim shares
 one gradient per target and both attacks run on it (:func:`dlg_jax.pipeline.run_dlg`). Reported per
 row: the victim's training accuracy, the attacks' mean PSNR and the share of targets whose every image
 reaches 30 dB (``success_rate_psnr30``), the share at 30 dB after the brightness/contrast fit
@@ -20,12 +20,12 @@ import time
 import jax
 import numpy as np
 
-from benchmarks.common import environment, write_results, RESULTS_DIR
-from dlg_jax.data import get_dataset
+from benchmarks.common import RESULTS_DIR, environment, write_results
+from dlg_jax.attack.presets import attack_preset
+from dlg_jax.data.datasets import get_dataset
 from dlg_jax.models import build_model
 from dlg_jax.pipeline import run_dlg, target_indices
-from dlg_jax.presets import attack_preset
-from dlg_jax.training import VictimTraining, train_victim
+from dlg_jax.victim.training import VictimTraining, train_victim
 
 
 def parse_training(text: str) -> dict:

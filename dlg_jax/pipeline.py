@@ -21,20 +21,24 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from dlg_jax.attack import AttackConfig, AttackResult, Progress, run_attack
-from dlg_jax.data import DataSource, get_dataset
-from dlg_jax.defenses import Defense, defended_gradients
+from dlg_jax.attack.engine import AttackConfig, AttackResult, Progress, run_attack
+from dlg_jax.attack.labels import recover_labels
+from dlg_jax.attack.precision import matmul_precision
+from dlg_jax.data.datasets import DataSource, get_dataset
 from dlg_jax.errors import DLGInputError, check_positive_int
 from dlg_jax.files import atomic_write_json, prepare_output_dir
-from dlg_jax.labels import recover_labels
 from dlg_jax.metrics import ReconstructionMetrics, evaluate
 from dlg_jax.models import Model, build_model, victim_params
 from dlg_jax.models.batchnorm import reference_statistics
-from dlg_jax.precision import matmul_precision
-from dlg_jax.checkpoints import load_checkpoint
-from dlg_jax.threat_models import ThreatModel, co_client_indices, observed_gradients
-from dlg_jax.training import VictimTraining, train_victim
-from dlg_jax.victim import shared_gradients
+from dlg_jax.models.checkpoints import load_checkpoint
+from dlg_jax.victim.defenses import Defense, defended_gradients
+from dlg_jax.victim.gradients import shared_gradients
+from dlg_jax.victim.threat_models import (
+    ThreatModel,
+    co_client_indices,
+    observed_gradients,
+)
+from dlg_jax.victim.training import VictimTraining, train_victim
 
 
 @dataclasses.dataclass
@@ -138,21 +142,21 @@ def run_dlg(
     ``model``: a registered name (:data:`~dlg_jax.models.MODEL_NAMES`, with ``model_options``) or a
     :class:`~dlg_jax.models.Model` (e.g. ``Model.from_flax``); ``params``: the victim's weights (default:
     a fresh initialisation from ``config.seed``), checked against the model's tree; ``checkpoint``: a path
-    to load them from instead (:func:`dlg_jax.checkpoints.load_checkpoint`). ``training``: train the
-    victim first (:func:`dlg_jax.training.train_victim`) on the dataset's images that are in no target's
+    to load them from instead (:func:`dlg_jax.models.checkpoints.load_checkpoint`). ``training``: train the
+    victim first (:func:`dlg_jax.victim.training.train_victim`) on the dataset's images that are in no target's
     batch (the other clients' included), reporting to ``training_progress(step, total, loss)``; the run
     then holds the trained params and ``training_loss``.
 
-    ``defense``: an optional victim-side :class:`~dlg_jax.defenses.Defense` applied to each client's
+    ``defense``: an optional victim-side :class:`~dlg_jax.victim.defenses.Defense` applied to each client's
     gradient before the attacker sees it (per-example defenses such as DP-SGD get per-example gradients).
     Labels are recovered from the (defended) gradient by ``config.labels`` unless it is ``joint``.
     ``num_classes``: the model's outputs (default: the dataset's classes; more, e.g. 100 as DLG's CIFAR-100
     LeNet, widens the final layer and with it the shared gradient). With ``config.bn_prior`` the reference
     statistics come from the dataset's other images (:func:`bn_reference`).
-    ``threat``: what the attacker sees (:class:`~dlg_jax.threat_models.ThreatModel`; default: the target's
+    ``threat``: what the attacker sees (:class:`~dlg_jax.victim.threat_models.ThreatModel`; default: the target's
     own gradient); a ``defense`` then acts in every client at its place (per-example defenses in each
     local step, the others on what a client sends). With ``K`` clients, ``K - 1`` other batches join each target's from the same dataset
-    (:func:`~dlg_jax.threat_models.co_client_indices`, from ``config.seed``); metrics score the target's.
+    (:func:`~dlg_jax.victim.threat_models.co_client_indices`, from ``config.seed``); metrics score the target's.
     """
     with matmul_precision(config.precision):  # the victim's gradient, label recovery and metrics too
         source = dataset if isinstance(dataset, DataSource) else get_dataset(
@@ -207,7 +211,10 @@ def save_run(run, out, extra: dict | None = None) -> dict:
     ``metrics.json`` into the directory ``out`` (created if needed; each file written atomically) and
     return the ``metrics.json`` payload: the model, dataset, batch size, attack config, summary, one row
     per target, the threat model, and ``extra`` (e.g. timing) on top."""
-    from dlg_jax.report import convergence_plot, reconstruction_grid  # matplotlib only when writing
+    from dlg_jax.figures import (  # matplotlib only when writing
+        convergence_plot,
+        reconstruction_grid,
+    )
 
     out = prepare_output_dir(out)
     attack, metrics = run.result, run.metrics

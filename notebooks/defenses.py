@@ -33,8 +33,8 @@ import numpy as np
 import optax
 
 from dlg_jax import AttackConfig, build_model, get_dataset, run_dlg, shared_gradients
-from dlg_jax.defenses import make_defense
-from dlg_jax.training import TrainConfig, train
+from dlg_jax.victim.defenses import make_defense
+from dlg_jax.victim.training import TrainConfig, train
 
 SMALL = os.environ.get("DLG_NOTEBOOK_SMALL") == "1"
 ITERATIONS = 20 if SMALL else 1500
@@ -94,7 +94,7 @@ plt.show()
 # %% [markdown]
 # ## Utility: a model trained with each defense
 #
-# `dlg_jax.training.train` trains LeNet on 80% of the colour images with
+# `dlg_jax.victim.training.train` trains LeNet on 80% of the colour images with
 # `optax.chain(defense.transform, optax.sgd(...))`, i.e. the defense sees every training gradient,
 # and reports the accuracy on the held-out 20% (mean over independent runs).
 

@@ -34,9 +34,16 @@ import jax
 import matplotlib.pyplot as plt
 import numpy as np
 
-from dlg_jax import AttackConfig, build_model, evaluate, get_dataset, run_dlg, shared_gradients
-from dlg_jax.labels import recover_labels
-from dlg_jax.presets import attack_preset
+from dlg_jax import (
+    AttackConfig,
+    build_model,
+    evaluate,
+    get_dataset,
+    run_dlg,
+    shared_gradients,
+)
+from dlg_jax.attack.labels import recover_labels
+from dlg_jax.attack.presets import attack_preset
 
 SMALL = os.environ.get("DLG_NOTEBOOK_SMALL") == "1"
 ITERATIONS = 20 if SMALL else 1000

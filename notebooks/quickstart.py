@@ -30,7 +30,14 @@ import jax
 import matplotlib.pyplot as plt
 import numpy as np
 
-from dlg_jax import AttackConfig, build_model, evaluate, get_dataset, run_attack, shared_gradients
+from dlg_jax import (
+    AttackConfig,
+    build_model,
+    evaluate,
+    get_dataset,
+    run_attack,
+    shared_gradients,
+)
 
 SMALL = os.environ.get("DLG_NOTEBOOK_SMALL") == "1"
 ITERATIONS = 20 if SMALL else 2000      # L-BFGS iterations per restart (DLG needs 1000-3000)

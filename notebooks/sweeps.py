@@ -17,7 +17,7 @@
 # `dlg-jax sweep GRID.toml --store DIR` runs every point of a grid (the product of its axes); each
 # point is one vmapped attack over its targets × restarts and writes one Parquet part with a row per
 # target. This notebook runs a small grid from Python with the same machinery
-# (`dlg_jax.grid`, `dlg_jax.sweep`, `dlg_jax.store`), resumes it, and queries the store.
+# (`dlg_jax.experiments.grid`, `dlg_jax.experiments.sweep`, `dlg_jax.experiments.store`), resumes it, and queries the store.
 #
 # Full settings take a few minutes on 2 CPU cores; `DLG_NOTEBOOK_SMALL=1` runs a few iterations.
 
@@ -30,10 +30,10 @@ import matplotlib.pyplot as plt
 import pyarrow.compute as pc
 from IPython.display import Markdown, display
 
-from dlg_jax.grid import load_grid
-from dlg_jax.store import Store
-from dlg_jax.sweep import run_grid
-from dlg_jax.sweep_report import group, markdown
+from dlg_jax.experiments.grid import load_grid
+from dlg_jax.experiments.report import group, markdown
+from dlg_jax.experiments.store import Store
+from dlg_jax.experiments.sweep import run_grid
 
 SMALL = os.environ.get("DLG_NOTEBOOK_SMALL") == "1"
 ITERATIONS = 20 if SMALL else 1000

@@ -32,8 +32,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import Markdown, display
 
-from dlg_jax import vocabulary
-from dlg_jax.text_attack import attack_sentences, text_attack_config
+from dlg_jax.data import vocabulary
+from dlg_jax.text import attack_sentences, text_attack_config
 
 SMALL = os.environ.get("DLG_NOTEBOOK_SMALL") == "1"
 MODEL = "bert-tiny" if SMALL else "bert-small"

@@ -31,7 +31,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from dlg_jax import AttackConfig, Model, get_dataset, run_dlg
-from dlg_jax.training import VictimTraining, train_victim
+from dlg_jax.victim.training import VictimTraining, train_victim
 
 SMALL = os.environ.get("DLG_NOTEBOOK_SMALL") == "1"
 TRAIN_STEPS = 5 if SMALL else 300

@@ -6,9 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from dlg_jax.data import get_dataset
+from dlg_jax.data.datasets import get_dataset
 from dlg_jax.models import build_model
-from dlg_jax.victim import shared_gradients
+from dlg_jax.victim.gradients import shared_gradients
 
 # The CLI turns on JAX's persistent compilation cache under ~/.cache; tests that want it pass a folder.
 os.environ.setdefault("DLG_JAX_COMPILATION_CACHE", "off")

@@ -5,11 +5,11 @@ import dataclasses
 import jax
 import numpy as np
 import pytest
-
 from conftest import psnr, recovery_chunk
-from dlg_jax.attack import AttackConfig, run_attack
+
+from dlg_jax.attack.engine import AttackConfig, run_attack
+from dlg_jax.attack.solvers import SolverConfig
 from dlg_jax.errors import DLGInputError
-from dlg_jax.solvers import SolverConfig
 
 QUICK = AttackConfig(restarts=3, iterations=40, block=20, snapshots=3, chunk_size=6)
 
@@ -83,7 +83,7 @@ def test_every_solver_reduces_the_objective_under_vmap(lenet, two_targets, solve
 
 
 def test_batch_of_two_reconstructs_jointly(colour, lenet):
-    from dlg_jax.victim import shared_gradients
+    from dlg_jax.victim.gradients import shared_gradients
 
     model, params = lenet
     images, labels = colour.examples([2, 3])
@@ -111,7 +111,7 @@ def test_snapshots_say_which_iteration_they_show_when_the_run_stops_early(lenet,
                                                                             monkeypatch):
     """A loose tolerance stops every restart long before the budget: the later snapshots show the final
     image, and say so (its iteration), and the figure leaves out the columns that repeat it."""
-    from dlg_jax import report
+    from dlg_jax import figures as report
 
     model, params = lenet
     images, _, grads = two_targets

@@ -5,15 +5,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dlg_jax.attack import AttackConfig, initial_dummy, run_attack, slot_restricted
+from dlg_jax.attack.engine import (
+    AttackConfig,
+    initial_dummy,
+    run_attack,
+    slot_restricted,
+)
+from dlg_jax.attack.objectives import Context, make_objective
+from dlg_jax.attack.solvers import SolverConfig
 from dlg_jax.cli import build_parser
-from dlg_jax.commands.attack import attack_config_from_args
-from dlg_jax.data import get_dataset
+from dlg_jax.cli.attack import attack_config_from_args
+from dlg_jax.data.datasets import get_dataset
 from dlg_jax.errors import DLGInputError
 from dlg_jax.models import build_model
-from dlg_jax.objectives import Context, make_objective
-from dlg_jax.solvers import SolverConfig
-from dlg_jax.victim import one_hot, shared_gradients
+from dlg_jax.victim.gradients import one_hot, shared_gradients
 
 
 @pytest.fixture(scope="module")

@@ -78,9 +78,9 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     ("box", (0.0, float("inf")), "box bound must be a finite number, got inf"),
 ])
 def test_attack_config_refuses_non_finite_numbers(field, value, message):
-    from dlg_jax.attack import AttackConfig
+    from dlg_jax.attack.engine import AttackConfig
+    from dlg_jax.attack.solvers import SolverConfig
     from dlg_jax.errors import DLGInputError
-    from dlg_jax.solvers import SolverConfig
 
     with pytest.raises(DLGInputError, match=message):
         AttackConfig(**{field: value})
@@ -99,8 +99,8 @@ def test_error_quotes_a_long_value_by_its_start_and_length():
 
 
 def test_progress_bar_rate_is_the_attacks_own_from_the_first_update(capsys):
-    from dlg_jax.attack import Progress
-    from dlg_jax.commands.options import ProgressBar
+    from dlg_jax.attack.engine import Progress
+    from dlg_jax.cli.options import ProgressBar
 
     bar = ProgressBar(True)
     bar(Progress(chunk=0, chunks=2, iteration=100, iterations=300, best_loss=1.0, converged=0, failed=0,

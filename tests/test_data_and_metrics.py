@@ -1,7 +1,12 @@
 import numpy as np
 import pytest
 
-from dlg_jax.data import EMBEDDED_NAMES, build_embedded_arrays, get_dataset, _embedded_arrays
+from dlg_jax.data.datasets import (
+    EMBEDDED_NAMES,
+    _embedded_arrays,
+    build_embedded_arrays,
+    get_dataset,
+)
 from dlg_jax.errors import DLGInputError
 from dlg_jax.metrics import evaluate
 

@@ -8,17 +8,23 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
 from conftest import recovery_chunk
-from dlg_jax.attack import AttackConfig, run_attack
+
+from dlg_jax.attack.engine import AttackConfig, run_attack
 from dlg_jax.cli import main
-from dlg_jax.defenses import (apply_defense, compose, defended_gradients, make_defense, per_example_gradients,
-                              with_key)
 from dlg_jax.errors import DLGInputError
-from dlg_jax.store import Store
+from dlg_jax.experiments.store import Store
 from dlg_jax.metrics import evaluate
-from dlg_jax.training import TrainConfig, split_indices, train
-from dlg_jax.victim import shared_gradients
+from dlg_jax.victim.defenses import (
+    apply_defense,
+    compose,
+    defended_gradients,
+    make_defense,
+    per_example_gradients,
+    with_key,
+)
+from dlg_jax.victim.gradients import shared_gradients
+from dlg_jax.victim.training import TrainConfig, split_indices, train
 
 
 def _tree(key, shapes=((400, 250), (7,), (3, 5, 5))):

@@ -10,15 +10,15 @@ import numpy as np
 import optax
 import pytest
 
-from dlg_jax.attack import AttackConfig
+from dlg_jax.attack.engine import AttackConfig
+from dlg_jax.attack.presets import attack_preset, ig_decay_steps
+from dlg_jax.attack.solvers import SolverConfig, make_solver
 from dlg_jax.cli import build_parser, main
-from dlg_jax.commands.attack import attack_config_from_args
-from dlg_jax.data import get_dataset
+from dlg_jax.cli.attack import attack_config_from_args
+from dlg_jax.data.datasets import get_dataset
 from dlg_jax.errors import DLGInputError
 from dlg_jax.metrics import evaluate
 from dlg_jax.pipeline import run_dlg
-from dlg_jax.presets import attack_preset, ig_decay_steps
-from dlg_jax.solvers import SolverConfig, make_solver
 
 
 def test_presets():

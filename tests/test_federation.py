@@ -7,8 +7,8 @@ import pytest
 pytest.importorskip("flwr")
 
 from dlg_jax import AttackConfig, build_model, evaluate, get_dataset, run_attack  # noqa: E402
-from dlg_jax.federation import observed_gradient, run_federation  # noqa: E402
-from dlg_jax.victim import shared_gradient  # noqa: E402
+from dlg_jax.victim.federation import observed_gradient, run_federation  # noqa: E402
+from dlg_jax.victim.gradients import shared_gradient  # noqa: E402
 
 
 def test_flower_fedsgd_server_records_gradients_and_the_attack_recovers_a_client():
@@ -34,7 +34,7 @@ def test_flower_fedsgd_server_records_gradients_and_the_attack_recovers_a_client
 
 
 def test_flower_fedavg_server_records_local_steps_weights_and_matches_the_threat_model():
-    from dlg_jax.threat_models import ThreatModel, observed_gradients
+    from dlg_jax.victim.threat_models import ThreatModel, observed_gradients
 
     source = get_dataset("digits")
     model = build_model("lenet", source.input_shape, source.num_classes)

@@ -8,14 +8,24 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dlg_jax.attack import AttackConfig, group_means, run_attack
+from dlg_jax.attack.engine import AttackConfig, group_means, run_attack
+from dlg_jax.attack.objectives import (
+    Context,
+    Dummy,
+    bn_statistics_prior,
+    make_objective,
+)
+from dlg_jax.attack.solvers import SolverConfig
 from dlg_jax.cli import main
 from dlg_jax.errors import DLGInputError
 from dlg_jax.models import Model, build_model
-from dlg_jax.models.batchnorm import BATCH_NORM_EPS, BatchStatNorm, batchnorm_statistics, reference_statistics
-from dlg_jax.objectives import Context, Dummy, bn_statistics_prior, make_objective
-from dlg_jax.solvers import SolverConfig
-from dlg_jax.victim import one_hot, shared_gradients
+from dlg_jax.models.batchnorm import (
+    BATCH_NORM_EPS,
+    BatchStatNorm,
+    batchnorm_statistics,
+    reference_statistics,
+)
+from dlg_jax.victim.gradients import one_hot, shared_gradients
 
 SHAPE, CLASSES = (6, 6, 1), 3
 

@@ -7,12 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dlg_jax.data import get_dataset
+from dlg_jax.attack.labels import LABEL_STRATEGIES, final_dense_path, recover_labels
+from dlg_jax.data.datasets import get_dataset
 from dlg_jax.errors import DLGInputError
-from dlg_jax.labels import LABEL_STRATEGIES, final_dense_path, recover_labels
 from dlg_jax.models import Model, build_model
 from dlg_jax.pipeline import run_dlg
-from dlg_jax.victim import shared_gradients
+from dlg_jax.victim.gradients import shared_gradients
 
 
 def _victim(dataset: str, indices, model_name: str = "lenet", seed: int = 0):
@@ -131,7 +131,7 @@ def test_models_without_a_usable_final_layer_are_refused():
 
 
 def test_pipeline_refuses_analytic_labels_for_batches():
-    from dlg_jax.attack import AttackConfig
+    from dlg_jax.attack.engine import AttackConfig
 
     with pytest.raises(DLGInputError, match="'analytic' .* got batch size 2"):
         run_dlg("lenet", "digits", indices=[3], batch_size=2, config=AttackConfig(labels="analytic"))

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dlg_jax.levenberg_marquardt import make_levenberg_marquardt
+from dlg_jax.attack.levenberg_marquardt import make_levenberg_marquardt
 
 TIMES = np.linspace(0.0, 2.0, 9)
 OBSERVED = 2.0 * np.exp(-1.3 * TIMES) + 0.5 + 0.01 * np.sin(7.0 * TIMES)  # a small nonzero residual at the optimum
@@ -103,11 +103,11 @@ def test_recovers_a_digits_batch_of_two_from_its_gradient():
     """DLG's LeNet, digits B = 2, labels fixed (as iDLG / the count rule give them), DLG's N(0, 1) start:
     Levenberg–Marquardt reaches both images (>= 30 dB; runs give ~100 dB after 7 iterations) within 20
     iterations through the attack engine."""
-    from dlg_jax.attack import AttackConfig, run_attack
-    from dlg_jax.data import get_dataset
+    from dlg_jax.attack.engine import AttackConfig, run_attack
+    from dlg_jax.attack.solvers import SolverConfig
+    from dlg_jax.data.datasets import get_dataset
     from dlg_jax.models import build_model
-    from dlg_jax.solvers import SolverConfig
-    from dlg_jax.victim import shared_gradients
+    from dlg_jax.victim.gradients import shared_gradients
 
     digits = get_dataset("digits")
     model = build_model("lenet", digits.input_shape, digits.num_classes)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dlg_jax.lockstep_lbfgs import _direction, make_lockstep_lbfgs
+from dlg_jax.attack.lockstep_lbfgs import _direction, make_lockstep_lbfgs
 
 
 def _two_loop(grad, s_pairs, y_pairs):

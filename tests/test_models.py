@@ -109,7 +109,7 @@ def test_dlg_resnet_is_stride_free_batch_normalised_and_dlg_initialised():
 
 def _relative_gradient_change(model, params, images, labels):
     """``|g(x0) - g(x1)| / |g(x0)|`` for the single-image gradients of two different images."""
-    from dlg_jax.victim import shared_gradients
+    from dlg_jax.victim.gradients import shared_gradients
 
     grads = shared_gradients(model, params, images[:, None], labels[:, None])
     flat = np.concatenate([np.asarray(leaf).reshape(2, -1) for leaf in jax.tree.leaves(grads)], axis=1)
@@ -120,7 +120,7 @@ def test_sigmoid_resnet_gradient_forgets_its_input_unless_batch_normalised_at_un
     # measured on these 16x16 crops: He-init sigmoid ResNet-20 8.9e-8 (the image is all but invisible in the
     # gradient), DLG's ResNet-20 (batch norm with U(-0.5, 0.5) scales, no strides) 2.5e-7, batch norm with
     # unit scale (He init) 9.4e-3 (on 32x32 images: 1.2e-7, 5e-6, 0.04; LeNet 0.25)
-    from dlg_jax.data import get_dataset
+    from dlg_jax.data.datasets import get_dataset
 
     images, labels = get_dataset("colour").examples([0, 1])
     images, labels = images[:, :16, :16], np.array([3, 3])  # a crop keeps the stride-free net cheap
@@ -136,7 +136,7 @@ def test_batch_normalised_resnet_gradient_cannot_see_brightness_or_contrast():
     # batch norm from the batch's own statistics after a bias-free first convolution removes a x + b:
     # measured here 2x scale 3e-6 (exact up to BN's eps), +0.3 shift 5e-3 (zero-padding border), another
     # image 2.7e-2; LeNet sees all three (~0.1-0.2). metrics.affine_aligned_mse forgives exactly this.
-    from dlg_jax.data import get_dataset
+    from dlg_jax.data.datasets import get_dataset
 
     images, labels = get_dataset("colour").examples([0, 1])
     images, labels = images[:, :16, :16], np.array([3, 3])

@@ -11,12 +11,12 @@ import jax
 import numpy as np
 import pytest
 
-from dlg_jax.attack import AttackConfig, lower_attack_step
+from dlg_jax.attack.engine import AttackConfig, lower_attack_step
+from dlg_jax.attack.precision import matmul_precision
 from dlg_jax.cli import main
 from dlg_jax.errors import DLGInputError
 from dlg_jax.models import build_model
-from dlg_jax.precision import matmul_precision
-from dlg_jax.victim import _shared_gradients
+from dlg_jax.victim.gradients import _shared_gradients
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONTRACTIONS = re.compile(r"stablehlo\.(dot_general|dot|convolution)\b")
@@ -70,7 +70,7 @@ SHARDED = textwrap.dedent("""
     import dataclasses, json, sys
     import jax, numpy as np
     from dlg_jax import build_model, get_dataset, shared_gradients
-    from dlg_jax.attack import AttackConfig, run_attack
+    from dlg_jax.attack.engine import AttackConfig, run_attack
     from dlg_jax.errors import DLGInputError
     data = get_dataset("digits")
     images, labels = data.examples([0, 1])

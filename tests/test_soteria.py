@@ -5,19 +5,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import recovery_chunk
-from dlg_jax.attack import AttackConfig, run_attack
+
+from dlg_jax.attack.engine import AttackConfig, run_attack
 from dlg_jax.cli import main
-from dlg_jax.data import get_dataset
-from dlg_jax.defenses import apply_defense, defended_gradients, make_defense
+from dlg_jax.data.datasets import get_dataset
 from dlg_jax.errors import DLGInputError
 from dlg_jax.metrics import evaluate
 from dlg_jax.models import build_model
 from dlg_jax.models.bert import build_text_model
-from dlg_jax.soteria import defended_layer
-from dlg_jax.training import TrainConfig, train
-from dlg_jax.victim import shared_gradients
+from dlg_jax.victim.defenses import apply_defense, defended_gradients, make_defense
+from dlg_jax.victim.gradients import shared_gradients
+from dlg_jax.victim.soteria import defended_layer
+from dlg_jax.victim.training import TrainConfig, train
 
 
 def _lenet_features(model, params, x):

@@ -18,12 +18,12 @@ import time
 import numpy as np
 import pytest
 
+from dlg_jax.attack.memory import chunk_for_budget, parse_bytes
 from dlg_jax.cli import main
 from dlg_jax.errors import DLGInputError
-from dlg_jax.grid import parse_grid
-from dlg_jax.memory import chunk_for_budget, parse_bytes
-from dlg_jax.store import Store
-from dlg_jax.sweep import RUN_COLUMNS
+from dlg_jax.experiments.grid import parse_grid
+from dlg_jax.experiments.store import Store
+from dlg_jax.experiments.sweep import RUN_COLUMNS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEEDS = 8
@@ -278,9 +278,16 @@ def test_chunk_for_budget_fits_and_verifies():
 def test_memory_budget_chunks_the_attack_without_changing_results():
     import jax
 
-    from dlg_jax import AttackConfig, SolverConfig, build_model, get_dataset, run_attack, shared_gradients
-    from dlg_jax.attack import lower_attack_step
-    from dlg_jax.memory import compiled_bytes
+    from dlg_jax import (
+        AttackConfig,
+        SolverConfig,
+        build_model,
+        get_dataset,
+        run_attack,
+        shared_gradients,
+    )
+    from dlg_jax.attack.engine import lower_attack_step
+    from dlg_jax.attack.memory import compiled_bytes
 
     data = get_dataset("digits")
     images, labels = data.examples([0, 1])
@@ -325,8 +332,8 @@ def _counting(computed):
 
 
 def test_unwritable_store_is_refused_before_any_point_is_computed(tmp_path, monkeypatch):
-    from dlg_jax import store as store_module
-    from dlg_jax.sweep import run_points
+    from dlg_jax.experiments import store as store_module
+    from dlg_jax.experiments.sweep import run_points
 
     store = Store(tmp_path / "s")
 
@@ -343,7 +350,7 @@ def test_unwritable_store_is_refused_before_any_point_is_computed(tmp_path, monk
 
 
 def test_a_computed_point_the_store_cannot_take_is_kept(tmp_path, monkeypatch):
-    from dlg_jax.sweep import run_points
+    from dlg_jax.experiments.sweep import run_points
 
     store = Store(tmp_path / "s")
     write = Store.write
@@ -367,7 +374,7 @@ def test_a_computed_point_the_store_cannot_take_is_kept(tmp_path, monkeypatch):
 
 
 def test_damaged_parts_are_set_aside_and_rerun(tmp_path, capsys):
-    from dlg_jax.sweep import run_points
+    from dlg_jax.experiments.sweep import run_points
 
     store = Store(tmp_path / "s")
     points = [_Point("a"), _Point("b"), _Point("c"), _Point("d")]

@@ -10,16 +10,25 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dlg_jax import vocabulary
-from dlg_jax.attack import run_attack
+from dlg_jax.attack.engine import run_attack
+from dlg_jax.attack.objectives import TAG_L1, tag_distance
 from dlg_jax.cli import main
+from dlg_jax.data import vocabulary
 from dlg_jax.errors import DLGInputError
 from dlg_jax.models.bert import build_text_model, init_text_weights
-from dlg_jax.objectives import TAG_L1, tag_distance
-from dlg_jax.text_attack import (attack_sentences, bag_of_tokens, discrete_distance_fn,
-                                 encode_batch, masked_positions, nearest_tokens, refine_tokens, score,
-                                 text_attack_config, text_shared_gradients)
-from dlg_jax.victim import soft_cross_entropy
+from dlg_jax.text import (
+    attack_sentences,
+    bag_of_tokens,
+    discrete_distance_fn,
+    encode_batch,
+    masked_positions,
+    nearest_tokens,
+    refine_tokens,
+    score,
+    text_attack_config,
+    text_shared_gradients,
+)
+from dlg_jax.victim.gradients import soft_cross_entropy
 
 SENTENCE = "please send the password to the office"
 

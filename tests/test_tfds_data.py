@@ -18,12 +18,13 @@ import pytest
 tfds = pytest.importorskip("tensorflow_datasets")
 from array_record.python.array_record_module import ArrayRecordWriter  # noqa: E402
 from PIL import Image  # noqa: E402
-from tensorflow_datasets.core import naming, splits as splits_lib  # noqa: E402
+from tensorflow_datasets.core import naming  # noqa: E402
+from tensorflow_datasets.core import splits as splits_lib
 from tensorflow_datasets.proto import tf_example_pb2  # noqa: E402
 
-from dlg_jax import tfds_data  # noqa: E402
 from dlg_jax.cli import main  # noqa: E402
-from dlg_jax.data import get_dataset  # noqa: E402
+from dlg_jax.data import tfds_data  # noqa: E402
+from dlg_jax.data.datasets import get_dataset  # noqa: E402
 
 NAMES = tfds_data.TFDS_NAMES
 SPLIT_SIZES = {"mnist": {"train": 6, "test": 4}, "cifar10": {"train": 6, "test": 4},

@@ -10,10 +10,15 @@ import pytest
 
 from dlg_jax.cli import main
 from dlg_jax.errors import DLGInputError
-from dlg_jax.experiments import Budget, save_experiment, threat_experiment
+from dlg_jax.experiments.studies import Budget, save_experiment, threat_experiment
 from dlg_jax.pipeline import run_dlg
-from dlg_jax.threat_models import ThreatModel, client_shares, co_client_indices, observed_gradients
-from dlg_jax.victim import shared_gradient, shared_gradients
+from dlg_jax.victim.gradients import shared_gradient, shared_gradients
+from dlg_jax.victim.threat_models import (
+    ThreatModel,
+    client_shares,
+    co_client_indices,
+    observed_gradients,
+)
 
 
 def _clients(colour, starts, batch):
@@ -113,7 +118,7 @@ def _defended_by_loop(defense, model, params, images, labels, steps, lr, key):
     """The aggregate (mean) of ``K`` defended clients by plain Python loops over clients and local steps,
     with the documented keys: client ``k`` ``c = fold_in(fold_in(key, 0), k)``, step ``s`` ``fold_in(c, s)``,
     its send ``fold_in(c, S)``; per-example gradients one example at a time."""
-    from dlg_jax.defenses import with_key
+    from dlg_jax.victim.defenses import with_key
 
     def defend(grads, key, weights, x):
         transform = optax.with_extra_args_support(defense.transform)
@@ -142,7 +147,7 @@ def _defended_by_loop(defense, model, params, images, labels, steps, lr, key):
 @pytest.mark.parametrize("name,strength", [("dp", 0.5), ("gaussian", 1e-4), ("prune", 0.5), ("precision", "int8"),
                                            ("soteria", 0.5)])
 def test_every_defense_composes_with_k_clients_and_local_steps_as_a_plain_loop(colour, lenet, name, strength):
-    from dlg_jax.defenses import make_defense
+    from dlg_jax.victim.defenses import make_defense
 
     model, params = lenet
     images, labels = _clients(colour, [0, 10, 20, 30], 2)  # K = 4 clients of B = 2
@@ -157,8 +162,8 @@ def test_every_defense_composes_with_k_clients_and_local_steps_as_a_plain_loop(c
 
 
 def test_run_dlg_with_a_defense_and_four_clients_of_two_local_steps(lenet):
-    from dlg_jax.attack import AttackConfig
-    from dlg_jax.defenses import make_defense
+    from dlg_jax.attack.engine import AttackConfig
+    from dlg_jax.victim.defenses import make_defense
 
     run = run_dlg(defense=make_defense("dp", 0.1), threat=ThreatModel(clients=4, local_steps=2),
                   config=AttackConfig(restarts=1, iterations=20, chunk_size=1), batch_size=2, indices=[0])

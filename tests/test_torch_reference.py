@@ -10,9 +10,16 @@ import pytest
 
 pytest.importorskip("torch")
 
-from benchmarks import attack_throughput, common, objective_throughput, scaling, summary, time_to_recovery  # noqa: E402
+from benchmarks import (  # noqa: E402
+    attack_throughput,
+    common,
+    objective_throughput,
+    scaling,
+    summary,
+    time_to_recovery,
+)
 from benchmarks import torch_reference as tr  # noqa: E402
-from dlg_jax.objectives import Context, Dummy, make_objective  # noqa: E402
+from dlg_jax.attack.objectives import Context, Dummy, make_objective  # noqa: E402
 
 torch = tr.torch
 

@@ -5,10 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dlg_jax.attack.objectives import Context, Dummy, make_objective
 from dlg_jax.errors import DLGInputError
 from dlg_jax.models import build_model
-from dlg_jax.objectives import Context, Dummy, make_objective
-from dlg_jax.victim import check_shared_gradients, shared_gradient, shared_gradients
+from dlg_jax.victim.gradients import (
+    check_shared_gradients,
+    shared_gradient,
+    shared_gradients,
+)
 
 
 def test_lenet_gradient_matches_finite_differences(colour):

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from dlg_jax import DLGInputError, Model, build_model, get_dataset
-from dlg_jax.checkpoints import load_checkpoint, save_checkpoint
 from dlg_jax.cli import main
-from dlg_jax.training import VictimTraining, train_victim
+from dlg_jax.models.checkpoints import load_checkpoint, save_checkpoint
+from dlg_jax.victim.training import VictimTraining, train_victim
 
 SMALL = ["--iterations", "20", "--restarts", "1", "--quiet", "--dataset", "digits"]
 
@@ -105,7 +105,11 @@ def test_checkpoints_round_trip_and_bad_ones_get_one_line(tmp_path, digits_lenet
 @pytest.mark.parametrize("name", ["lenet", "resnet20"])
 def test_pytorch_state_dict_converts_both_ways(tmp_path, name):
     torch = pytest.importorskip("torch")
-    from dlg_jax.models.torch_twin import empty_twin, params_from_state_dict, state_dict_from_params
+    from dlg_jax.models.torch_twin import (
+        empty_twin,
+        params_from_state_dict,
+        state_dict_from_params,
+    )
 
     model = build_model(name, (32, 32, 3), 10)
     params = model.init(jax.random.key(0))

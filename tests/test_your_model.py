@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 
 import dlg_jax
-from dlg_jax import AttackConfig, DLGInputError, Model, run_attack, run_dlg, save_run, shared_gradients
+from dlg_jax import (
+    AttackConfig,
+    DLGInputError,
+    Model,
+    run_attack,
+    run_dlg,
+    save_run,
+    shared_gradients,
+)
 
 EPS = 1e-5
 

@@ -18,7 +18,13 @@ from dlg_jax.errors import DLGInputError, check_choice
 from dlg_jax.models.layers import CONV_IMPLEMENTATIONS, Conv2D
 from dlg_jax.models.lenet import LeNet
 from dlg_jax.models.mlp import MLP
-from dlg_jax.models.resnet import ACTIVATIONS, NORMS, RESNET_INITS, CifarResNet, dlg_resnet
+from dlg_jax.models.resnet import (
+    ACTIVATIONS,
+    NORMS,
+    RESNET_INITS,
+    CifarResNet,
+    dlg_resnet,
+)
 
 MODEL_NAMES = ("lenet", "resnet20", "resnet32", "resnet56", "mlp")
 

@@ -13,7 +13,7 @@ statistics are over the ``H * W`` positions of the one image.
 
 Each layer also *sows* its input statistics ``(mu [C], var [C])`` into the flax collection
 ``"intermediates"`` (a no-op unless the collection is mutable): :func:`batchnorm_statistics` reads them
-for GradInversion's BN prior (:mod:`dlg_jax.objectives`), and :func:`reference_statistics` averages them
+for GradInversion's BN prior (:mod:`dlg_jax.attack.objectives`), and :func:`reference_statistics` averages them
 over a reference set of images, standing in for the running statistics a trained model would store.
 """
 

@@ -4,7 +4,7 @@ The attacked input of a text model is the sequence of *word embeddings* ``x [B, 
 the word-embedding table ``W_emb [V, E]`` picked by the token ids), so that the same gradient-matching
 engine that optimises images optimises continuous dummy embeddings. The word-embedding table is
 therefore kept apart from the encoder's parameters (:func:`init_text_weights` returns both); the
-victim's lookup ``x = W_emb[ids]`` happens outside the module (:mod:`dlg_jax.text_attack`).
+victim's lookup ``x = W_emb[ids]`` happens outside the module (:mod:`dlg_jax.text`).
 
 ``BertMLM(x)`` for ``x [B, L, E]`` with ``L <= max_length``:
 
@@ -21,7 +21,7 @@ kernels LeCun normal, biases 0, LayerNorm scale 1 and offset 0.
 
 The masked positions are part of the model (static): the logits are computed at those ``M`` positions
 only, as BERT's loss uses them only. The victim's loss on soft targets ``t [B, M, V]`` is then
-:func:`dlg_jax.victim.soft_cross_entropy`, the mean over ``B`` and ``M`` of the cross-entropy: BERT's
+:func:`dlg_jax.victim.gradients.soft_cross_entropy`, the mean over ``B`` and ``M`` of the cross-entropy: BERT's
 MLM loss.
 """
 

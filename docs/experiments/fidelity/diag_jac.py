@@ -3,9 +3,9 @@
 PYTHONPATH=. python docs/experiments/fidelity/diag_jac.py digits:2:10 colour:2:10   (dataset:B:classes)"""
 import sys, json, numpy as np, jax, jax.numpy as jnp
 jax.config.update("jax_enable_x64", True)
-from dlg_jax.data import get_dataset
+from dlg_jax.data.datasets import get_dataset
 from dlg_jax.models import build_model
-from dlg_jax.victim import shared_gradient
+from dlg_jax.victim.gradients import shared_gradient
 from jax.flatten_util import ravel_pytree
 for spec in sys.argv[1:]:
     ds, B, K = spec.split(":"); B = int(B); K = int(K)

@@ -1,9 +1,9 @@
 """Input-sensitivity and saturation of sigmoid ResNet variants (issue 11). PYTHONPATH=. python docs/experiments/fidelity/diag_resnet.py"""
 import sys, json, numpy as np, jax, jax.numpy as jnp, flax.linen as nn
 import dlg_jax.models.resnet as RN
-from dlg_jax.data import get_dataset
+from dlg_jax.data.datasets import get_dataset
 from dlg_jax.models import build_model
-from dlg_jax.victim import shared_gradient
+from dlg_jax.victim.gradients import shared_gradient
 ds = sys.argv[1] if len(sys.argv) > 1 else "colour"
 src = get_dataset(ds)
 x, y = src.examples(np.arange(4))

@@ -8,13 +8,13 @@ import numpy as np, jax, jax.numpy as jnp
 opts = dict(a.split("=", 1) for a in sys.argv[1:])
 if opts.get("dtype") == "float64":
     jax.config.update("jax_enable_x64", True)
-import dlg_jax.attack as A
-from dlg_jax.attack import AttackConfig, run_attack
-from dlg_jax.data import get_dataset
+import dlg_jax.attack.engine as A
+from dlg_jax.attack.engine import AttackConfig, run_attack
+from dlg_jax.data.datasets import get_dataset
 from dlg_jax.models import build_model
-from dlg_jax.victim import shared_gradients
+from dlg_jax.victim.gradients import shared_gradients
 from dlg_jax.metrics import evaluate
-from dlg_jax.solvers import SolverConfig
+from dlg_jax.attack.solvers import SolverConfig
 
 ds = opts.get("data", "colour"); B = int(opts.get("B", 2)); K = int(opts.get("K", 0)); T = int(opts.get("T", 2))
 R = int(opts.get("R", 4)); I = int(opts.get("I", 1500)); labels = opts.get("labels", "joint")
@@ -22,7 +22,7 @@ init = opts.get("init", "randn"); dtype = opts.get("dtype", "float32"); seed = i
 noise = float(opts.get("near", -1)); bu = opts.get("bu", None)
 src = get_dataset(ds)
 K = K or src.num_classes
-from dlg_jax.experiments import parse_model
+from dlg_jax.experiments.studies import parse_model
 mname, mopts = parse_model(opts.get("model", "lenet"))
 net = build_model(mname, src.input_shape, K, **mopts)
 params = net.init(jax.random.fold_in(jax.random.key(seed), 0x5EED), dtype=np.dtype(dtype))

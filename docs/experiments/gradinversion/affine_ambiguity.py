@@ -16,14 +16,14 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from dlg_jax.attack import AttackConfig  # noqa: E402
-from dlg_jax.data import get_dataset  # noqa: E402
+from dlg_jax.attack.engine import AttackConfig  # noqa: E402
+from dlg_jax.data.datasets import get_dataset  # noqa: E402
 from dlg_jax.metrics import evaluate  # noqa: E402
 from dlg_jax.models import build_model  # noqa: E402
 from dlg_jax.models.batchnorm import batchnorm_statistics  # noqa: E402
-from dlg_jax.objectives import Context, Dummy, bn_statistics_prior, make_objective  # noqa: E402
+from dlg_jax.attack.objectives import Context, Dummy, bn_statistics_prior, make_objective  # noqa: E402
 from dlg_jax.pipeline import bn_reference  # noqa: E402
-from dlg_jax.victim import one_hot, shared_gradients  # noqa: E402
+from dlg_jax.victim.gradients import one_hot, shared_gradients  # noqa: E402
 
 source = get_dataset("digits")
 model = build_model("resnet20", source.input_shape, source.num_classes, activation="sigmoid", norm="batch")

@@ -1,0 +1,7 @@
+"""The ``dlg-jax`` command line: :mod:`~dlg_jax.cli.main` builds the parser from one module per subcommand
+(``attack``, ``attack-text``, ``data``, ``defend``, ``experiment``, ``sweep``, ``report``); :mod:`~dlg_jax.cli.options`
+holds what they share (typed option values, the progress bar, the environment record)."""
+
+from dlg_jax.cli.main import build_parser, main
+
+__all__ = ["build_parser", "main"]

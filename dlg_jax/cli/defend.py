@@ -1,0 +1,217 @@
+"""``dlg-jax defend``: defenses against gradient leakage and the privacy-utility trade-off.
+
+    dlg-jax defend sweep     attack x defense x strength -> store/, defense_sweep.png, summary.md
+    dlg-jax defend tradeoff  the sweep, plus a model trained with each defense -> training-store/, tradeoff.png
+
+The sweep is a grid (:func:`dlg_jax.experiments.grid.expand`) run by the one sweep loop (:mod:`dlg_jax.experiments.sweep`) into
+results stores under ``--out`` (:mod:`dlg_jax.experiments.store`), so both are resumable: points already stored are
+reused, not rerun, and ``dlg-jax report OUT/store`` reads the same rows.
+"""
+
+import argparse
+import itertools
+import json
+import os
+import sys
+
+from dlg_jax.cli.attack import add_attack_options
+from dlg_jax.cli.options import ProgressBar, positive_float, positive_int
+
+# Budgets when neither the option nor --quick is given, and with --quick (a smoke run of a few minutes).
+STANDARD = {"restarts": 4, "iterations": 2000, "targets": 4, "train_steps": 500, "train_runs": 3,
+            "defense": "gaussian,laplacian,prune,precision,dp,soteria"}
+QUICK = {"restarts": 2, "iterations": 1500, "targets": 2, "train_steps": 100, "train_runs": 2,
+         "defense": "gaussian,prune,precision"}
+QUICK_STRENGTHS = {"gaussian": (1e-4, 1e-1), "laplacian": (1e-4, 1e-1), "prune": (0.1, 0.3),
+                   "precision": ("float16", "int8"), "dp": (0.1,), "soteria": (0.2, 0.6)}
+
+
+def _add_options(parser: argparse.ArgumentParser, tradeoff: bool) -> None:
+    add_attack_options(parser)
+    parser.set_defaults(restarts=None, iterations=None)
+    parser.add_argument("--attacks", default="dlg", help="attack presets, comma-separated (default: dlg)")
+    parser.add_argument("--defense", default=None,
+                        help="defenses, comma-separated, from gaussian, laplacian, prune, precision, dp, soteria "
+                             f"(default: {STANDARD['defense']}; --quick: {QUICK['defense']})")
+    parser.add_argument("--strengths", default=None,
+                        help="strengths for every listed defense, comma-separated: a variance (noise), a "
+                             "ratio (prune), a format (precision: float16, bfloat16, int8, ...), a noise "
+                             "multiplier (dp), a fraction of representation features pruned (soteria, 0 to <1) "
+                             "(default: each defense's own list)")
+    parser.add_argument("--prune-scope", default=None, help="prune per tensor or global (default: tensor)")
+    parser.add_argument("--dp-clip", type=positive_float, default=None, help="DP per-example clipping norm C (default: 1)")
+    parser.add_argument("--targets", type=positive_int, default=None,
+                        help=f"attack the first N batches of the dataset (default: {STANDARD['targets']})")
+    parser.add_argument("--out", default="defend-out", help="output directory (default: defend-out)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"small budget unless given: {QUICK['restarts']} restarts, {QUICK['iterations']} "
+                             f"iterations, {QUICK['targets']} targets, 2 strengths per defense"
+                             + (f", {QUICK['train_steps']} training steps" if tradeoff else ""))
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    if tradeoff:
+        parser.add_argument("--train-model", default=None, help="model to train (default: --model)")
+        parser.add_argument("--train-norm", default="group", choices=("none", "group"),
+                            help="normalisation of a trained resnet (default: group)")
+        parser.add_argument("--train-steps", type=positive_int, default=None,
+                            help=f"SGD steps (default: {STANDARD['train_steps']})")
+        parser.add_argument("--train-batch-size", type=positive_int, default=16,
+                            help="training minibatch (default: 16)")
+        parser.add_argument("--train-lr", type=positive_float, default=0.01, help="SGD learning rate (default: 0.01)")
+        parser.add_argument("--train-runs", type=positive_int, default=None,
+                            help=f"independent trainings averaged (default: {STANDARD['train_runs']})")
+    parser.set_defaults(handler=run, tradeoff=tradeoff)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("defend", help="defenses: attack sweeps and the privacy-utility trade-off",
+                                   description=__doc__.split("\n\n")[0])
+    modes = parser.add_subparsers(dest="mode", required=True)
+    _add_options(modes.add_parser("sweep", help="attack quality vs defense strength",
+                                  description="Attack the first --targets batches under every defense and "
+                                              "strength; write store/, defense_sweep.png, summary.md."),
+                 tradeoff=False)
+    _add_options(modes.add_parser("tradeoff", help="the sweep plus test accuracy of models trained with each defense",
+                                  description="Run the sweep, train a model with each defense on every step's "
+                                              "gradient, write training-store/, tradeoff.png, summary.md."),
+                 tradeoff=True)
+
+
+def _resolve(args, name: str):
+    """An option's value: given on the command line, else the --quick budget, else the standard one."""
+    value = getattr(args, name, None)
+    return value if value is not None else (QUICK if args.quick else STANDARD)[name]
+
+
+def _parse_strength(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+class _SettingBars:
+    """One progress bar per attacked setting."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.bar = enabled, ProgressBar(enabled)
+
+    def __call__(self, progress) -> None:
+        self.bar(progress)
+
+    def next(self) -> None:
+        self.bar.close()
+        self.bar = ProgressBar(self.enabled)
+
+
+def _defense_entries(args, defenses: list[str]) -> list:
+    """The grid's ``defense`` axis: the undefended baseline, then each defense at its strengths."""
+    options = {"prune": {} if args.prune_scope is None else {"scope": args.prune_scope},
+               "dp": {} if args.dp_clip is None else {"clip": args.dp_clip}}
+    entries = ["none"]
+    for defense in dict.fromkeys(d for d in defenses if d != "none"):
+        entry = {"name": defense, **options.get(defense, {})}
+        if args.strengths is not None:
+            entry["strength"] = [_parse_strength(s) for s in _split(args.strengths)]
+        elif args.quick:
+            entry["strength"] = list(QUICK_STRENGTHS.get(defense, ()))
+        entries.append(entry)
+    return entries
+
+
+def run(args) -> int:
+    import jax
+
+    from dlg_jax.attack.compile_cache import enable_compilation_cache
+    from dlg_jax.experiments.defense_report import (
+        join_tradeoff,
+        sweep_plot,
+        sweep_table,
+        tradeoff_plot,
+        tradeoff_table,
+    )
+    from dlg_jax.experiments.grid import expand
+    from dlg_jax.experiments.store import Store
+    from dlg_jax.experiments.sweep import (
+        TrainingPoint,
+        point_summaries,
+        run_grid,
+        run_points,
+        training_rows,
+    )
+    from dlg_jax.files import atomic_write_bytes, prepare_output_dir
+    from dlg_jax.victim.defenses import format_strength
+    from dlg_jax.victim.training import TrainConfig
+
+    if args.float64:
+        jax.config.update("jax_enable_x64", True)
+    if not args.no_compilation_cache:
+        enable_compilation_cache()
+    args.restarts, args.iterations = _resolve(args, "restarts"), _resolve(args, "iterations")
+    budget = {name: getattr(args, name) for name in ("restarts", "iterations", "tolerance", "chunk_size", "solver",
+                                                      "history_size", "learning_rate")
+              if getattr(args, name) is not None}
+    dataset = {"name": args.dataset, **{k: v for k, v in (("split", args.split), ("data_dir", args.data_dir),
+                                                         ("image_size", args.image_size)) if v is not None}}
+    model = {"name": args.model, **({"activation": args.activation} if args.activation else {})}
+    axes = {"attack": _split(args.attacks), "defense": _defense_entries(args, _split(_resolve(args, "defense"))),
+            "model": model, "dataset": dataset, "batch_size": args.batch_size, "targets": _resolve(args, "targets"),
+            "seed": args.seed, "dtype": "float64" if args.float64 else "float32", "precision": args.precision,
+            **({"devices": args.devices} if args.devices is not None else {})}
+    points = sorted(expand(axes, budget).points, key=lambda p: p.defense != "none")  # undefended baselines first
+    train_config = None
+    if args.tradeoff:
+        train_config = TrainConfig(model=args.train_model or args.model, dataset=args.dataset, norm=args.train_norm,
+                                   steps=_resolve(args, "train_steps"), batch_size=args.train_batch_size,
+                                   learning_rate=args.train_lr, runs=_resolve(args, "train_runs"), seed=args.seed)
+    out = prepare_output_dir(args.out)
+    store = Store(os.path.join(out, "store"))
+    bars = _SettingBars(not args.quiet)
+    counter = itertools.count(1)
+
+    def report(point, rows):
+        bars.next()
+        psnr = sum(r["psnr"] for r in rows) / len(rows) if rows else None
+        print(f"[{next(counter)}/{len(points)}] {point.attack} {point.defense} {format_strength(point.strength)}: "
+              + ("in the store" if rows is None else
+                 f"PSNR {psnr:.1f} dB, labels {sum(r['label_accuracy'] for r in rows) / len(rows):.0%} "
+                 f"({rows[0]['point_wall_seconds']:.0f} s)"), file=sys.stderr)
+
+    try:
+        run_grid(points, store, resume=True, progress=bars, on_point=report)
+    finally:
+        bars.bar.close()
+    order = {p.id: i for i, p in enumerate(points)}
+    rows = point_summaries(sorted((r for r in store.rows() if r["point_id"] in order),
+                                  key=lambda r: (order[r["point_id"]], r["target"])))
+    sweep_plot(os.path.join(out, "defense_sweep.png"), rows,
+               title=f"{args.model} on {args.dataset}: attack quality vs defense strength "
+                     f"({_resolve(args, 'targets')} targets, {args.restarts} restarts, {args.iterations} iterations)")
+    summary = ["## Defense sweep", "", sweep_table(rows), ""]
+    print(sweep_table(rows))
+    if args.tradeoff:
+        training = list({(p.defense, p.strength, p.defense_options): TrainingPoint(
+            p.defense, p.strength, p.defense_options, train_config) for p in points}.values())
+
+        def trained(point, rows):
+            print(f"trained with {point.defense} {format_strength(point.strength)}: "
+                  + ("in the store" if rows is None else
+                     f"test accuracy {rows[0]['test_accuracy_mean']:.1%} ({rows[0]['seconds']:.0f} s)"), file=sys.stderr)
+
+        training_store = Store(os.path.join(out, "training-store"))
+        run_points(training_store, training, training_rows, on_point=trained)
+        wanted = {p.id for p in training}
+        training_results = [{**row, "setting": json.loads(row["point"])} for row in training_store.rows()
+                            if row["point_id"] in wanted]
+        joined = join_tradeoff(rows, training_results)
+        tradeoff_plot(os.path.join(out, "tradeoff.png"), joined,
+                      title=f"Privacy-utility trade-off: {train_config.model} trained on {args.dataset} "
+                            f"({train_config.steps} steps), {args.model} attacked")
+        summary += ["## Privacy-utility trade-off", "", tradeoff_table(joined), ""]
+        print()
+        print(tradeoff_table(joined))
+    atomic_write_bytes(os.path.join(out, "summary.md"), "\n".join(summary).encode())
+    return 0

@@ -1,0 +1,145 @@
+"""``dlg-jax experiment``: the label, batch and attack-comparison experiments (:mod:`dlg_jax.experiments.studies`).
+
+    dlg-jax experiment labels  [--quick]   DLG vs iDLG label accuracy per embedded dataset
+    dlg-jax experiment batch   [--quick]   batch recovery per B, method and dataset
+    dlg-jax experiment compare [--quick]   PSNR of DLG vs Inverting Gradients, LeNet and ResNets
+    dlg-jax experiment threat  [--quick]   DLG's PSNR vs K aggregated clients and FedAvg local steps S
+    dlg-jax experiment resolution [--quick] DLG and IG success vs image size 16 to 128 (faces, colour)
+    dlg-jax experiment all     [--quick]   all of them in turn
+
+Each writes ``<name>.json``, ``<name>.png`` and ``<name>.md`` to ``--out`` and prints the table.
+"""
+
+import sys
+
+from dlg_jax.cli.options import (
+    ProgressBar,
+    environment,
+    nonnegative_float,
+    positive_float,
+    positive_int,
+)
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _int_csv(text: str) -> list[int]:
+    return [positive_int(part) for part in _csv(text)]
+
+
+def register(subparsers):
+    from dlg_jax.experiments.studies import (
+        BATCH_METHODS,
+        EXPERIMENT_NAMES,
+        METHODS,
+        QUICK,
+        STANDARD,
+    )
+
+    def budget_text(name):
+        def text(budget):
+            return f"{budget.targets}x{budget.restarts}x{budget.iterations}"
+        if name == "compare":
+            return ", ".join(f"{k} {text(STANDARD[name][k])} (quick {text(QUICK[name][k])})" for k in STANDARD[name])
+        return f"{text(STANDARD[name])} (quick {text(QUICK[name])})"
+
+    parser = subparsers.add_parser(
+        "experiment", help="reproduce the DLG / iDLG / Inverting Gradients result shapes",
+        description="Run an experiment and write <name>.json, <name>.png and <name>.md to --out. Budgets "
+                    "(targets x restarts x iterations): " + "; ".join(f"{n}: {budget_text(n)}" for n in EXPERIMENT_NAMES))
+    parser.add_argument("name", choices=(*EXPERIMENT_NAMES, "all"), help="which experiment")
+    parser.add_argument("--quick", action="store_true", help="the small smoke-test budget (a few minutes)")
+    parser.add_argument("--targets", type=positive_int, default=None, help="override the targets per setting")
+    parser.add_argument("--restarts", type=positive_int, default=None, help="override the restarts per target")
+    parser.add_argument("--iterations", type=positive_int, default=None, help="override the iterations per restart")
+    parser.add_argument("--datasets", type=_csv, default=None,
+                        help="comma-separated datasets (labels default: digits,colour,faces; batch: colour,digits; "
+                             "resolution: faces,colour; compare, threat: the first, default colour)")
+    parser.add_argument("--batch-sizes", type=_int_csv, default=None, help="batch: comma-separated (default: 1,2,4,8; --quick: 1,2)")
+    parser.add_argument("--methods", type=_csv, default=None,
+                        help=f"batch, compare, threat, resolution: comma-separated attack methods of "
+                             f"{', '.join(METHODS)} (default: batch {','.join(BATCH_METHODS)}, --quick "
+                             "dlg,dlg-count-uniform; compare, resolution dlg,ig; threat dlg)")
+    parser.add_argument("--models", type=_csv, default=None,
+                        help="batch, compare: comma-separated name[-token...], tokens relu, sigmoid, bn, nostride, "
+                             "dlginit, dlg (DLG's ResNet) (default: batch lenet; compare "
+                             "lenet,resnet20-sigmoid,resnet20-relu)")
+    parser.add_argument("--clients", type=_int_csv, default=None,
+                        help="threat: comma-separated numbers of clients K, one step each (default: 1,2,4,8)")
+    parser.add_argument("--local-steps", type=_int_csv, default=None,
+                        help="threat: comma-separated FedAvg local steps S of one client (default: 1,2,5,10)")
+    parser.add_argument("--aggregate", default="mean", choices=("mean", "sum"),
+                        help="threat: how the K clients' gradients are combined (default: mean)")
+    parser.add_argument("--sizes", type=_int_csv, default=None,
+                        help="resolution: comma-separated image sizes S (S x S; embedded sets: 8 to 256; "
+                             "default: 16,32,64,128)")
+    parser.add_argument("--local-lr", type=positive_float, default=0.1,
+                        help="threat: the FedAvg client's SGD learning rate (default: 0.1)")
+    parser.add_argument("--float64", action="store_true", help="run in double precision")
+    parser.add_argument("--tolerance", type=nonnegative_float, default=None,
+                        help="batch: a restart converges (and stops) at objective <= this x |dW|^2 (default: 1e-8)")
+    parser.add_argument("--chunk-size", type=positive_int, default=None,
+                        help="problems (target x restart) per vmapped batch (default: 16; on a GPU: all of them)")
+    parser.add_argument("--classes", type=positive_int, default=None,
+                        help="batch: LeNet's number of outputs (default: the dataset's; DLG's CIFAR-100 code: 100)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the model weights and the dummies")
+    parser.add_argument("--out", default="experiments-out", help="output directory (default: experiments-out)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
+    parser.set_defaults(handler=run)
+
+
+class _RunBars:
+    """A status line and a fresh progress bar for every attack run of an experiment."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.bar = enabled, ProgressBar(False)
+
+    def log(self, message: str) -> None:
+        self.bar.close()
+        if self.enabled:
+            print(message, file=sys.stderr, flush=True)
+        self.bar = ProgressBar(self.enabled)
+
+    def __call__(self, progress) -> None:
+        self.bar(progress)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run(args) -> int:
+    from dlg_jax.experiments.studies import (
+        EXPERIMENT_NAMES,
+        markdown_table,
+        run_experiment,
+        save_experiment,
+    )
+    from dlg_jax.files import prepare_output_dir
+
+    prepare_output_dir(args.out)
+    if args.float64:
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+    bars = _RunBars(not args.quiet)
+    names = EXPERIMENT_NAMES if args.name == "all" else (args.name,)
+    try:
+        for name in names:
+            result = run_experiment(name, quick=args.quick, targets=args.targets, restarts=args.restarts,
+                                    iterations=args.iterations, datasets=args.datasets,
+                                    batch_sizes=args.batch_sizes, methods=args.methods, models=args.models,
+                                    seed=args.seed, dtype="float64" if args.float64 else "float32",
+                                    num_classes=args.classes, tolerance=args.tolerance,
+                                    chunk_size=args.chunk_size, clients=args.clients,
+                                    local_steps=args.local_steps, aggregate=args.aggregate,
+                                    local_lr=args.local_lr, sizes=args.sizes,
+                                    log=bars.log, progress=bars)
+            bars.close()
+            paths = save_experiment(result, args.out, {"environment": environment()})
+            print(f"## {name} ({result.payload['wall_seconds']:.0f} s) -> {', '.join(paths)}\n")
+            print(markdown_table(result))
+    finally:
+        bars.close()
+    return 0

@@ -1,0 +1,30 @@
+"""``dlg-jax report STORE``: tables and plots of a results store (success rate vs batch size, defense
+strength and model; throughput per device) -> report.md and four PNGs in --out."""
+
+import os
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("report", help="tables and plots of a results store",
+                                   description=__doc__.split("\n\n")[0])
+    parser.add_argument("store", help="results store directory (written by dlg-jax sweep)")
+    parser.add_argument("--out", default=None, help="output directory (default: STORE/report)")
+    parser.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from dlg_jax.errors import DLGInputError
+    from dlg_jax.experiments.report import write_report
+    from dlg_jax.experiments.store import Store
+    from dlg_jax.files import prepare_output_dir
+
+    store = Store(args.store, create=False)
+    rows = store.rows()
+    if not rows:
+        raise DLGInputError(f"store {store.path!r} holds no finished points yet")
+    if "psnr" not in rows[0]:
+        raise DLGInputError(f"store {store.path!r} holds no attack rows (a training store?)")
+    out = prepare_output_dir(args.out or os.path.join(store.path, "report"))
+    print(write_report(rows, out, f"Results store {store.path}"))
+    print(f"report: {os.path.join(out, 'report.md')} and figures in {out}")
+    return 0

@@ -1,0 +1,310 @@
+"""Experiment grids: a TOML file (or a dict) expanded into the points of a sweep.
+
+A grid file has two tables (both optional; every key has a default)::
+
+    name = "batch-size study"            # optional description
+
+    [budget]                             # what every point may spend
+    targets = 2                          # attack the first N batches of the dataset
+    restarts = 4
+    iterations = 1000
+
+    [axes]                               # lists: the grid is their product (the first key varies slowest)
+    attack = ["dlg", "ig"]
+    model = ["lenet", {name = "resnet20", activation = "sigmoid"}]
+    dataset = ["digits", {name = "mnist", data_dir = "~/tfds"}]
+    batch_size = [1, 2, 4]
+    labels = ["joint", "analytic"]
+    defense = ["none", "prune", {name = "gaussian", strength = [1e-6, 1e-4]}]
+    seed = [0, 1]
+
+A key of ``[axes]`` given a single value (not a list) is one value at every point. ``[budget]`` keys
+(:data:`BUDGET_KEYS`) may also be axes (``iterations = [300, 3000]``). A ``defense`` entry is a name (with
+all its :data:`~dlg_jax.victim.defenses.DEFAULT_STRENGTHS`) or a table ``{name, strength = x or [x, ...],
+options...}``; ``model`` and ``dataset`` entries are a name or a table ``{name, options...}``.
+
+A :class:`Point` is everything that determines one attack's numbers; its :attr:`Point.id` (a hash of
+:meth:`Point.key`) is its identity in the results store. Bad input raises
+:class:`~dlg_jax.errors.DLGInputError` naming the file, the line and the key.
+"""
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+import os
+import re
+import tomllib
+from typing import Any
+
+from dlg_jax.attack.engine import AttackConfig
+from dlg_jax.attack.memory import parse_bytes
+from dlg_jax.attack.presets import PRESET_NAMES, attack_preset
+from dlg_jax.attack.solvers import SolverConfig
+from dlg_jax.errors import DLGInputError, check_choice, quote
+from dlg_jax.models import MODEL_NAMES
+from dlg_jax.victim.defenses import DEFAULT_STRENGTHS, make_defense
+
+POINT_KEYS = ("attack", "model", "dataset", "batch_size", "defense", "targets")
+SOLVER_KEYS = ("solver", "history_size", "learning_rate")
+# AttackConfig fields a grid may set (precision and any later scalar field join automatically).
+CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(AttackConfig)
+                    if f.name not in ("solver", "layer_weights", "box", "snapshots"))
+BUDGET_KEYS = ("targets", "restarts", "iterations", "tolerance", "chunk_size", "devices", "block", "memory_budget",
+               *SOLVER_KEYS)
+AXIS_KEYS = tuple(dict.fromkeys((*POINT_KEYS, *CONFIG_KEYS, *SOLVER_KEYS)))
+TOP_KEYS = ("name", "budget", "axes")
+MODEL_OPTIONS = ("activation",)
+DATA_OPTIONS = ("split", "data_dir", "image_size")
+DEFAULTS = {"attack": "dlg", "model": "lenet", "dataset": "colour", "batch_size": 1, "defense": "none",
+            "targets": 1}
+# Fields that choose how a point runs, not what it computes: left out of its identity.
+EXECUTION_FIELDS = ("memory_budget",)
+
+_INT_KEYS = {"batch_size", "targets", "restarts", "iterations", "chunk_size", "devices", "block", "history_size"}
+_NUMBER_KEYS = {"tolerance", "tv_weight", "learning_rate"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    """One point of a grid: the attack ``config`` on the first ``targets`` batches of ``batch_size``
+    images of ``dataset``, seen through ``defense`` at ``strength`` by ``model``."""
+
+    attack: str
+    model: str
+    dataset: str
+    batch_size: int
+    targets: int
+    defense: str
+    strength: Any
+    config: AttackConfig
+    model_options: tuple[tuple[str, Any], ...] = ()
+    data_options: tuple[tuple[str, Any], ...] = ()
+    defense_options: tuple[tuple[str, Any], ...] = ()
+
+    def key(self) -> dict:
+        """Everything that determines this point's numbers, as plain JSON data (sorted keys)."""
+        config = {k: v for k, v in dataclasses.asdict(self.config).items() if k not in EXECUTION_FIELDS}
+        return json.loads(json.dumps({
+            "attack": self.attack, "model": self.model, "model_options": dict(self.model_options),
+            "dataset": self.dataset, "data_options": dict(self.data_options), "batch_size": self.batch_size,
+            "targets": self.targets, "defense": self.defense, "strength": self.strength,
+            "defense_options": dict(self.defense_options), "config": config,
+        }, sort_keys=True))
+
+    @property
+    def id(self) -> str:
+        """:func:`key_id` of :meth:`key`: equal points have equal ids on every machine."""
+        return key_id(self.key())
+
+    @property
+    def expected_rows(self) -> int:
+        """Rows of a finished point: one per target."""
+        return self.targets
+
+
+def key_id(key: dict) -> str:
+    """16 hex digits of the SHA-256 of ``key`` as JSON with sorted keys."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    name: str
+    points: tuple[Point, ...]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Where a key sits in the file (tomllib reports no positions for valid TOML).
+
+_HEADER = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+_KEY = re.compile(r"""^\s*("[^"]*"|'[^']*'|[A-Za-z0-9_.\-" ]+?)\s*=""")
+
+
+def key_lines(text: str) -> dict[tuple[str, str], int]:
+    """``{(table, key): line}`` (1-based) for every ``key = ...`` line of a TOML text; top-level keys
+    have table ``""``; dotted keys (``budget.restarts = 2``) count as ``("budget", "restarts")``."""
+    lines, table = {}, ""
+    for number, line in enumerate(text.splitlines(), 1):
+        header = _HEADER.match(line)
+        if header:
+            table = header.group(1).replace('"', "").replace("'", "").replace(" ", "")
+            parent, _, name = table.rpartition(".")
+            lines.setdefault((table, ""), number)
+            lines.setdefault((parent, name), number)
+            continue
+        key = _KEY.match(line)
+        if key:
+            parts = [p.strip().strip("\"'") for p in key.group(1).split(".")]
+            path = [p for p in (table.split(".") if table else [])] + parts
+            lines.setdefault((".".join(path[:-1]), path[-1]), number)
+    return lines
+
+
+class _Where:
+    """Turns a (table, key) into ``"grid file F line N: table.key"`` for error messages."""
+
+    def __init__(self, source: str, lines: dict):
+        self.source, self.lines = source, lines
+
+    def __call__(self, table: str, key: str = "") -> str:
+        line = self.lines.get((table, key)) or self.lines.get((table, ""))
+        name = ".".join(p for p in (table, key) if p)
+        at = f" line {line}" if line else ""
+        return f"{self.source}{at}: {name}" if name else f"{self.source}{at}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Values.
+
+def _check_type(key: str, value) -> Any:
+    """``value`` of key ``key`` if its type is right (bool is never a number), else DLGInputError."""
+    if key in _INT_KEYS or key == "seed":
+        if isinstance(value, bool) or not isinstance(value, int) or (key != "seed" and value < 1):
+            raise DLGInputError(f"must be an integer{'' if key == 'seed' else ' >= 1'}, got {value!r}")
+    elif key in _NUMBER_KEYS:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise DLGInputError(f"must be a finite number, got {quote(value)}")
+        return float(value)
+    elif key == "memory_budget":
+        return parse_bytes(value)
+    elif key not in ("model", "dataset", "defense") and not isinstance(value, str):
+        raise DLGInputError(f"must be a string, got {value!r}")
+    return value
+
+
+def _named(key: str, value, names, options: tuple[str, ...]) -> tuple[str, tuple]:
+    """A ``"name"`` or ``{name = ..., option = ...}`` entry as ``(name, sorted options)``."""
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, dict) or "name" not in value:
+        raise DLGInputError(f"must be a name or a table {{name = ..., ...}}, got {value!r}")
+    check_choice(key, value["name"], names)
+    unknown = sorted(set(value) - {"name", *options})
+    if unknown:
+        raise DLGInputError(f"unknown option {unknown[0]!r} of {key} {value['name']!r}; allowed: "
+                            f"{', '.join(options) or 'none'}")
+    return value["name"], tuple(sorted((k, v) for k, v in value.items() if k != "name"))
+
+
+def _defenses(value) -> list[tuple[str, Any, tuple]]:
+    """A ``defense`` entry as its settings ``(name, strength, options)``, each checked by building it."""
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, dict) or "name" not in value:
+        raise DLGInputError(f"must be a defense name or a table {{name = ..., strength = ...}}, got {value!r}")
+    options = {k: v for k, v in value.items() if k not in ("name", "strength")}
+    strengths = value.get("strength", DEFAULT_STRENGTHS.get(value["name"], (None,)))
+    settings = []
+    for strength in strengths if isinstance(strengths, list | tuple) else [strengths]:
+        built = make_defense(value["name"], strength, **options)
+        settings.append((built.name, built.strength, built.options))
+    return settings
+
+
+def _values(key: str, value) -> list:
+    """The list of values of axis ``key`` given as ``value`` (a list, or one value), each checked."""
+    entries = value if isinstance(value, list) else [value]
+    if not entries:
+        raise DLGInputError("is an empty list; give at least one value")
+    out = []
+    for entry in entries:
+        if key == "defense":
+            out.extend(_defenses(entry))
+        elif key == "model":
+            out.append(_named("model", entry, MODEL_NAMES, MODEL_OPTIONS))
+        elif key == "dataset":
+            from dlg_jax.data.datasets import dataset_names
+
+            out.append(_named("dataset", entry, dataset_names(), DATA_OPTIONS))
+        else:
+            entry = _check_type(key, entry)
+            if key == "attack":
+                check_choice("attack", entry, PRESET_NAMES)
+            elif key in CONFIG_KEYS:
+                AttackConfig(**{key: entry})  # the field's own checks
+            elif key in SOLVER_KEYS:
+                SolverConfig(**{("name" if key == "solver" else key): entry})
+            out.append(entry)
+    return list(dict.fromkeys(out))
+
+
+def point_config(attack: str, values: dict) -> AttackConfig:
+    """The :class:`AttackConfig` of preset ``attack`` with the config and solver keys of ``values``
+    on top (a new ``solver`` name starts from that solver's defaults), without snapshots."""
+    config = attack_preset(attack, snapshots=0, **{k: v for k, v in values.items() if k in CONFIG_KEYS})
+    solver = {("name" if k == "solver" else k): v for k, v in values.items() if k in SOLVER_KEYS}
+    if solver.get("name", config.solver.name) != config.solver.name:
+        return dataclasses.replace(config, solver=SolverConfig(**solver))
+    return dataclasses.replace(config, solver=dataclasses.replace(config.solver, **solver)) if solver else config
+
+
+def expand(axes: dict, budget: dict | None = None, *, name: str = "", where=None) -> Grid:
+    """The grid of ``axes`` (``{key: value or [values]}``) with ``budget`` (``{key: value}``) at every
+    point; ``where(table, key)`` names a key in error messages. Every point is built (so checked)."""
+    where = where or (lambda table, key="": f"{table}.{key}" if key else table)
+    budget = dict(budget or {})
+    for key in budget:
+        if key not in BUDGET_KEYS:
+            raise DLGInputError(f"{where('budget', key)}: unknown key {key!r}; allowed: {', '.join(BUDGET_KEYS)}")
+        if key in axes:
+            raise DLGInputError(f"{where('axes', key)}: {key!r} is given in [budget] too; give it once")
+    lists = {}
+    for key, value in {**{k: [v] for k, v in budget.items()}, **axes}.items():
+        table = "budget" if key in budget else "axes"
+        if key not in AXIS_KEYS:
+            raise DLGInputError(f"{where(table, key)}: unknown key {key!r}; allowed: {', '.join(AXIS_KEYS)}")
+        try:
+            lists[key] = _values(key, value)
+        except DLGInputError as error:
+            raise DLGInputError(f"{where(table, key)}: {error}") from None
+    for key, default in DEFAULTS.items():
+        lists.setdefault(key, _values(key, default))
+    keys = list(lists)
+    points = []
+    for combination in itertools.product(*(lists[k] for k in keys)):
+        values = dict(zip(keys, combination))
+        (model, model_options), (dataset, data_options) = values["model"], values["dataset"]
+        defense, strength, defense_options = values["defense"]
+        try:
+            config = point_config(values["attack"], values)
+        except DLGInputError as error:
+            raise DLGInputError(f"{where('axes')}: {error}") from None
+        points.append(Point(values["attack"], model, dataset, values["batch_size"], values["targets"], defense,
+                            strength, config, model_options, data_options, defense_options))
+    unique = list({p.id: p for p in points}.values())
+    return Grid(name, tuple(unique))
+
+
+def parse_grid(text: str, source: str = "grid") -> Grid:
+    """The :class:`Grid` of a TOML text (see the module docstring); ``source`` names it in errors."""
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise DLGInputError(f"{source}: not valid TOML: {error}") from None
+    where = _Where(source, key_lines(text))
+    for key, value in document.items():
+        if key not in TOP_KEYS:
+            raise DLGInputError(f"{where('', key)}: unknown key {key!r}; allowed: {', '.join(TOP_KEYS)}")
+        expected = str if key == "name" else dict
+        if not isinstance(value, expected):
+            raise DLGInputError(f"{where('', key)}: must be {'a string' if key == 'name' else 'a table'}, "
+                                f"got {value!r}")
+    return expand(document.get("axes", {}), document.get("budget", {}), name=document.get("name", ""),
+                  where=where)
+
+
+def load_grid(path: str | os.PathLike) -> Grid:
+    """The :class:`Grid` of the TOML file at ``path``."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        raise DLGInputError(f"cannot read grid file {path!r}: {error.strerror}") from None
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        raise DLGInputError(f"grid file {path!r} is not UTF-8 text") from None
+    return parse_grid(text, f"grid file {path}")
