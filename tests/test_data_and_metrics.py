@@ -8,7 +8,7 @@ from dlg_jax.data.datasets import (
     get_dataset,
 )
 from dlg_jax.errors import DLGInputError
-from dlg_jax.metrics import evaluate
+from dlg_jax.metrics import evaluate, wilson_interval
 
 
 @pytest.mark.parametrize("name,size,shape,classes", [("colour", 100, (32, 32, 3), 10),
@@ -92,3 +92,13 @@ def test_affine_psnr_forgives_brightness_and_contrast_only():
     # noise is not forgiven: the fit can only shrink it (a < 1), never remove it
     assert scores.slot_affine_psnr[0, 1] == pytest.approx(scores.slot_psnr[0, 1], abs=1.5)
     assert scores.summary()["affine_success_rate_psnr30"] == 0.0
+
+
+def test_wilson_interval_of_a_success_rate():
+    # by hand: 0 of n gives [0, z^2 / (n + z^2)]; n of n mirrors it; 5 of 10 is the textbook [0.2366, 0.7634]
+    assert wilson_interval(0, 4) == pytest.approx((0.0, 1.96 ** 2 / (4 + 1.96 ** 2)))
+    assert wilson_interval(4, 4) == pytest.approx((4 / (4 + 1.96 ** 2), 1.0))
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    low, high = wilson_interval(30, 100)
+    assert low < 0.3 < high and high - low < wilson_interval(3, 10)[1] - wilson_interval(3, 10)[0]

@@ -225,7 +225,7 @@ TINY = ["--iterations", "20", "--restarts", "1", "--targets", "2", "--quiet"]
 
 def test_cli_sweep_writes_rows_plot_and_resumes(tmp_path, capsys):
     out = tmp_path / "sweep"
-    argv = ["defend", "sweep", *TINY, "--defense", "gaussian,prune", "--strengths", "0.5", "--out", str(out)]
+    argv = ["defend", "sweep", *TINY, "--defense", "gaussian", "prune", "--strengths", "0.5", "--out", str(out)]
     assert main(argv) == 0
     rows = Store(out / "store").rows()  # one row per (point, target)
     assert sorted((r["defense"], r["defense_strength"], r["target"]) for r in rows) == [
@@ -242,7 +242,7 @@ def test_cli_sweep_writes_rows_plot_and_resumes(tmp_path, capsys):
 
 def test_cli_tradeoff_trains_with_each_defense(tmp_path, capsys):
     out = tmp_path / "tradeoff"
-    assert main(["defend", "tradeoff", *TINY, "--defense", "precision,dp", "--strengths", "int4",
+    assert main(["defend", "tradeoff", *TINY, "--defense", "precision", "dp", "--strengths", "int4",
                  "--train-steps", "5", "--train-runs", "1", "--out", str(out)]) == 2  # int4 is no DP multiplier
     assert "DP noise multiplier must be a finite number" in capsys.readouterr().err
     assert main(["defend", "tradeoff", *TINY, "--defense", "precision", "--strengths", "int4",

@@ -157,12 +157,12 @@ def test_experiment_command_writes_json_plots_and_tables(tmp_path, capsys):
 @pytest.mark.parametrize("argv,message", [
     (["labels", "--datasets", "imagenet"], "unknown dataset 'imagenet'"),
     (["labels", "--datasets", "colour", "--targets", "101"], "index 100 is outside dataset 'colour'"),
-    (["batch", "--batch-sizes", "2,0"], "expected an integer >= 1, got '0'"),
+    (["batch", "--batch-sizes", "2", "0"], "expected an integer >= 1, got '0'"),
     (["compare", "--models", "vgg"], "unknown model 'vgg'"),
-    (["batch", "--methods", "dlg,gan"], "unknown attack method 'gan'"),
+    (["batch", "--methods", "dlg", "gan"], "unknown attack method 'gan'"),
     (["compare", "--models", "resnet20-tanh"], "unknown model option 'tanh'"),
     (["fastest"], "invalid choice: 'fastest'"),
-    (["resolution", "--sizes", "16,300"], "image size for an embedded dataset must be an integer from 8 to 256, got 300"),
+    (["resolution", "--sizes", "16", "300"], "image size for an embedded dataset must be an integer from 8 to 256, got 300"),
 ])
 def test_experiment_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     assert main(["experiment", *argv, "--quiet", "--out", str(tmp_path / "out")]) == 2

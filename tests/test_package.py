@@ -5,6 +5,7 @@ import importlib
 import pkgutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -30,3 +31,11 @@ def test_importing_every_module_keeps_the_users_matplotlib_backend():
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "svg"
     assert len(modules) > 30
+
+
+def test_the_documented_synopsis_is_the_parsers():
+    from dlg_jax.cli.synopsis import with_synopsis
+
+    path = Path(__file__).parents[1] / "docs" / "cli.md"
+    text = path.read_text(encoding="utf-8")
+    assert with_synopsis(text) == text, "docs/cli.md is stale: run python -m dlg_jax.cli.synopsis docs/cli.md"

@@ -7,13 +7,13 @@ import time
 from dlg_jax.cli.options import (
     ProgressBar,
     TrainingBar,
-    environment,
     nonnegative_float,
     nonnegative_int,
     positive_float,
     positive_int,
     wrote,
 )
+from dlg_jax.environment import environment
 
 
 def add_attack_options(parser: argparse.ArgumentParser) -> None:

@@ -5,7 +5,8 @@ import argparse
 import os
 import time
 
-from dlg_jax.cli.options import ProgressBar, environment, positive_int, wrote
+from dlg_jax.cli.options import ProgressBar, positive_int, wrote
+from dlg_jax.environment import environment
 from dlg_jax.errors import DLGInputError
 
 

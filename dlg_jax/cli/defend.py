@@ -15,13 +15,13 @@ import os
 import sys
 
 from dlg_jax.cli.attack import add_attack_options
-from dlg_jax.cli.options import ProgressBar, positive_float, positive_int
+from dlg_jax.cli.options import ProgressBar, plain, positive_float, positive_int
 
 # Budgets when neither the option nor --quick is given, and with --quick (a smoke run of a few minutes).
 STANDARD = {"restarts": 4, "iterations": 2000, "targets": 4, "train_steps": 500, "train_runs": 3,
-            "defense": "gaussian,laplacian,prune,precision,dp,soteria"}
+            "defense": ["gaussian", "laplacian", "prune", "precision", "dp", "soteria"]}
 QUICK = {"restarts": 2, "iterations": 1500, "targets": 2, "train_steps": 100, "train_runs": 2,
-         "defense": "gaussian,prune,precision"}
+         "defense": ["gaussian", "prune", "precision"]}
 QUICK_STRENGTHS = {"gaussian": (1e-4, 1e-1), "laplacian": (1e-4, 1e-1), "prune": (0.1, 0.3),
                    "precision": ("float16", "int8"), "dp": (0.1,), "soteria": (0.2, 0.6)}
 
@@ -29,12 +29,12 @@ QUICK_STRENGTHS = {"gaussian": (1e-4, 1e-1), "laplacian": (1e-4, 1e-1), "prune":
 def _add_options(parser: argparse.ArgumentParser, tradeoff: bool) -> None:
     add_attack_options(parser)
     parser.set_defaults(restarts=None, iterations=None)
-    parser.add_argument("--attacks", default="dlg", help="attack presets, comma-separated (default: dlg)")
-    parser.add_argument("--defense", default=None,
-                        help="defenses, comma-separated, from gaussian, laplacian, prune, precision, dp, soteria "
-                             f"(default: {STANDARD['defense']}; --quick: {QUICK['defense']})")
-    parser.add_argument("--strengths", default=None,
-                        help="strengths for every listed defense, comma-separated: a variance (noise), a "
+    parser.add_argument("--attacks", nargs="+", default=["dlg"], help="attack presets, one or more (default: dlg)")
+    parser.add_argument("--defense", nargs="+", default=None,
+                        help="defenses, one or more of gaussian, laplacian, prune, precision, dp, soteria "
+                             f"(default: {' '.join(STANDARD['defense'])}; --quick: {' '.join(QUICK['defense'])})")
+    parser.add_argument("--strengths", nargs="+", default=None,
+                        help="strengths for every listed defense, one or more: a variance (noise), a "
                              "ratio (prune), a format (precision: float16, bfloat16, int8, ...), a noise "
                              "multiplier (dp), a fraction of representation features pruned (soteria, 0 to <1) "
                              "(default: each defense's own list)")
@@ -64,7 +64,7 @@ def _add_options(parser: argparse.ArgumentParser, tradeoff: bool) -> None:
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("defend", help="defenses: attack sweeps and the privacy-utility trade-off",
-                                   description=__doc__.split("\n\n")[0])
+                                   description=plain(__doc__.split("\n\n")[0]))
     modes = parser.add_subparsers(dest="mode", required=True)
     _add_options(modes.add_parser("sweep", help="attack quality vs defense strength",
                                   description="Attack the first --targets batches under every defense and "
@@ -89,10 +89,6 @@ def _parse_strength(text: str):
         return text
 
 
-def _split(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
 class _SettingBars:
     """One progress bar per attacked setting."""
 
@@ -115,7 +111,7 @@ def _defense_entries(args, defenses: list[str]) -> list:
     for defense in dict.fromkeys(d for d in defenses if d != "none"):
         entry = {"name": defense, **options.get(defense, {})}
         if args.strengths is not None:
-            entry["strength"] = [_parse_strength(s) for s in _split(args.strengths)]
+            entry["strength"] = [_parse_strength(s) for s in args.strengths]
         elif args.quick:
             entry["strength"] = list(QUICK_STRENGTHS.get(defense, ()))
         entries.append(entry)
@@ -157,7 +153,7 @@ def run(args) -> int:
     dataset = {"name": args.dataset, **{k: v for k, v in (("split", args.split), ("data_dir", args.data_dir),
                                                          ("image_size", args.image_size)) if v is not None}}
     model = {"name": args.model, **({"activation": args.activation} if args.activation else {})}
-    axes = {"attack": _split(args.attacks), "defense": _defense_entries(args, _split(_resolve(args, "defense"))),
+    axes = {"attack": args.attacks, "defense": _defense_entries(args, _resolve(args, "defense")),
             "model": model, "dataset": dataset, "batch_size": args.batch_size, "targets": _resolve(args, "targets"),
             "seed": args.seed, "dtype": "float64" if args.float64 else "float32", "precision": args.precision,
             **({"devices": args.devices} if args.devices is not None else {})}

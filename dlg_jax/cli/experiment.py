@@ -14,19 +14,11 @@ import sys
 
 from dlg_jax.cli.options import (
     ProgressBar,
-    environment,
     nonnegative_float,
     positive_float,
     positive_int,
 )
-
-
-def _csv(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def _int_csv(text: str) -> list[int]:
-    return [positive_int(part) for part in _csv(text)]
+from dlg_jax.environment import environment
 
 
 def register(subparsers):
@@ -54,27 +46,27 @@ def register(subparsers):
     parser.add_argument("--targets", type=positive_int, default=None, help="override the targets per setting")
     parser.add_argument("--restarts", type=positive_int, default=None, help="override the restarts per target")
     parser.add_argument("--iterations", type=positive_int, default=None, help="override the iterations per restart")
-    parser.add_argument("--datasets", type=_csv, default=None,
-                        help="comma-separated datasets (labels default: digits,colour,faces; batch: colour,digits; "
-                             "resolution: faces,colour; compare, threat: the first, default colour)")
-    parser.add_argument("--batch-sizes", type=_int_csv, default=None, help="batch: comma-separated (default: 1,2,4,8; --quick: 1,2)")
-    parser.add_argument("--methods", type=_csv, default=None,
-                        help=f"batch, compare, threat, resolution: comma-separated attack methods of "
-                             f"{', '.join(METHODS)} (default: batch {','.join(BATCH_METHODS)}, --quick "
-                             "dlg,dlg-count-uniform; compare, resolution dlg,ig; threat dlg)")
-    parser.add_argument("--models", type=_csv, default=None,
-                        help="batch, compare: comma-separated name[-token...], tokens relu, sigmoid, bn, nostride, "
+    parser.add_argument("--datasets", nargs="+", default=None,
+                        help="datasets, one or more (labels default: digits colour faces; batch: colour digits; "
+                             "resolution: faces colour; compare, threat: the first, default colour)")
+    parser.add_argument("--batch-sizes", nargs="+", type=positive_int, default=None,
+                        help="batch: one or more (default: 1 2 4 8; --quick: 1 2)")
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help=f"batch, compare, threat, resolution: attack methods, one or more of "
+                             f"{', '.join(METHODS)} (default: batch {' '.join(BATCH_METHODS)}, --quick "
+                             "dlg dlg-count-uniform; compare, resolution dlg ig; threat dlg)")
+    parser.add_argument("--models", nargs="+", default=None,
+                        help="batch, compare: one or more name[-token...], tokens relu, sigmoid, bn, nostride, "
                              "dlginit, dlg (DLG's ResNet) (default: batch lenet; compare "
-                             "lenet,resnet20-sigmoid,resnet20-relu)")
-    parser.add_argument("--clients", type=_int_csv, default=None,
-                        help="threat: comma-separated numbers of clients K, one step each (default: 1,2,4,8)")
-    parser.add_argument("--local-steps", type=_int_csv, default=None,
-                        help="threat: comma-separated FedAvg local steps S of one client (default: 1,2,5,10)")
+                             "lenet resnet20-sigmoid resnet20-relu)")
+    parser.add_argument("--clients", nargs="+", type=positive_int, default=None,
+                        help="threat: numbers of clients K, one step each (default: 1 2 4 8)")
+    parser.add_argument("--local-steps", nargs="+", type=positive_int, default=None,
+                        help="threat: FedAvg local steps S of one client (default: 1 2 5 10)")
     parser.add_argument("--aggregate", default="mean", choices=("mean", "sum"),
                         help="threat: how the K clients' gradients are combined (default: mean)")
-    parser.add_argument("--sizes", type=_int_csv, default=None,
-                        help="resolution: comma-separated image sizes S (S x S; embedded sets: 8 to 256; "
-                             "default: 16,32,64,128)")
+    parser.add_argument("--sizes", nargs="+", type=positive_int, default=None,
+                        help="resolution: image sizes S (S x S; embedded sets: 8 to 256; default: 16 32 64 128)")
     parser.add_argument("--local-lr", type=positive_float, default=0.1,
                         help="threat: the FedAvg client's SGD learning rate (default: 0.1)")
     parser.add_argument("--float64", action="store_true", help="run in double precision")
@@ -112,7 +104,7 @@ class _RunBars:
 def run(args) -> int:
     from dlg_jax.experiments.studies import (
         EXPERIMENT_NAMES,
-        markdown_table,
+        experiment_table,
         run_experiment,
         save_experiment,
     )
@@ -139,7 +131,7 @@ def run(args) -> int:
             bars.close()
             paths = save_experiment(result, args.out, {"environment": environment()})
             print(f"## {name} ({result.payload['wall_seconds']:.0f} s) -> {', '.join(paths)}\n")
-            print(markdown_table(result))
+            print(experiment_table(result))
     finally:
         bars.close()
     return 0

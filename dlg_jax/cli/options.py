@@ -1,10 +1,9 @@
 """What every command shares: typed option parsers (one line on bad input, never NaN or inf), the
-progress bar and the description of the machine a result was computed on."""
+progress bar, the help text."""
 
 import argparse
 import math
-import os
-import platform
+import re
 import sys
 
 from dlg_jax.errors import DLGInputError, check_number, check_positive_int
@@ -105,15 +104,12 @@ class TrainingBar:
             self.bar.close()
 
 
-def environment() -> dict:
-    """Versions and machine of this process (recorded beside every result)."""
-    import jax
-
-    return {"jax": jax.__version__, "backend": jax.default_backend(), "devices": len(jax.devices()),
-            "device_kind": jax.devices()[0].device_kind,
-            "python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()}
-
-
 def wrote(paths) -> None:
     """Tell the user which files a command wrote (one line)."""
     print(f"wrote: {', '.join(map(str, paths))}")
+
+
+def plain(docstring_text: str) -> str:
+    """Help text from a docstring: reStructuredText roles and literals (``:mod:`x```, ````x````) as plain words."""
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", docstring_text)
+    return text.replace("``", "")

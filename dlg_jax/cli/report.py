@@ -3,10 +3,12 @@ strength and model; throughput per device) -> report.md and four PNGs in --out."
 
 import os
 
+from dlg_jax.cli.options import plain
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("report", help="tables and plots of a results store",
-                                   description=__doc__.split("\n\n")[0])
+                                   description=plain(__doc__.split("\n\n")[0]))
     parser.add_argument("store", help="results store directory (written by dlg-jax sweep)")
     parser.add_argument("--out", default=None, help="output directory (default: STORE/report)")
     parser.set_defaults(handler=run)

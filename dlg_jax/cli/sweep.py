@@ -11,12 +11,12 @@ import os
 import sys
 import time
 
-from dlg_jax.cli.options import nonnegative_float, positive_float, positive_int
+from dlg_jax.cli.options import nonnegative_float, plain, positive_float, positive_int
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("sweep", help="run an experiment grid (TOML) into a results store",
-                                   description=__doc__.split("\n\n")[0])
+                                   description=plain(__doc__.split("\n\n")[0]))
     parser.add_argument("grid", help="the grid file (TOML; see docs/sweeps.md)")
     parser.add_argument("--store", required=True, help="results store directory (created if absent)")
     parser.add_argument("--resume", action="store_true", help="skip the points already in the store")

@@ -14,8 +14,10 @@ rows (:func:`dlg_jax.experiments.sweep.training_rows`) with their ``setting``.
 
 import numpy as np
 
+from dlg_jax.experiments.tables import markdown_table
 from dlg_jax.figures import subplots
 from dlg_jax.files import atomic_save_figure
+from dlg_jax.metrics import SUCCESS_PSNR
 from dlg_jax.victim.defenses import FLOAT_PRECISIONS, INT_PRECISIONS, format_strength
 
 # (panel title, defenses drawn in it, x scale)
@@ -90,7 +92,7 @@ def sweep_plot(path, rows: list[dict], *, title: str | None = None) -> None:
             if categories:
                 axis.set_xticks(range(len(categories)), [str(c) for c in categories], rotation=30, fontsize=7)
             axis.grid(alpha=0.3)
-        top.axhline(30.0, color="0.6", lw=0.6)
+        top.axhline(SUCCESS_PSNR, color="0.6", lw=0.6)
         top.set_title(panel_title, fontsize=9)
         top.legend(fontsize=6)
         bottom.set_xlabel(panel_title, fontsize=8)
@@ -147,7 +149,7 @@ def tradeoff_plot(path, joined: list[dict], *, title: str | None = None) -> None
             for p in points:
                 axis.annotate(format_strength(p["strength"]), (p["test_accuracy"], p["psnr"]), fontsize=6,
                               xytext=(3, 3), textcoords="offset points", color=_COLOURS.get(defense))
-    axis.axhline(30.0, color="0.6", lw=0.6)
+    axis.axhline(SUCCESS_PSNR, color="0.6", lw=0.6)
     axis.set_xlabel("test accuracy of the model trained with the defense (utility, higher is better)")
     axis.set_ylabel("attack PSNR dB (privacy, lower is better)")
     axis.set_title(title or "Privacy-utility trade-off", fontsize=10)
@@ -159,24 +161,20 @@ def tradeoff_plot(path, joined: list[dict], *, title: str | None = None) -> None
 
 def sweep_table(rows: list[dict]) -> str:
     """Markdown table: attack, defense, strength, PSNR (mean and min..max), SSIM, MSE, label accuracy."""
-    lines = ["| attack | defense | strength | PSNR dB (min..max) | SSIM | MSE | label acc |",
-             "|---|---|---|---|---|---|---|"]
+    lines = []
     for row in rows:
         s = _setting(row)
         psnr = np.asarray(row["psnr"])
         options = "".join(f" {k}={v}" for k, v in s["defense_options"].items())
-        lines.append(f"| {s['attack']} | {s['defense']}{options} | {format_strength(s['strength'])} | "
-                     f"{psnr.mean():.1f} ({psnr.min():.1f}..{psnr.max():.1f}) | {row['ssim_mean']:.3f} | "
-                     f"{row['mse_mean']:.2e} | {row['label_accuracy']:.0%} |")
-    return "\n".join(lines)
+        lines.append([s["attack"], f"{s['defense']}{options}", format_strength(s["strength"]),
+                      f"{psnr.mean():.1f} ({psnr.min():.1f}..{psnr.max():.1f})", f"{row['ssim_mean']:.3f}",
+                      f"{row['mse_mean']:.2e}", f"{row['label_accuracy']:.0%}"])
+    return markdown_table(["attack", "defense", "strength", "PSNR dB (min..max)", "SSIM", "MSE", "label acc"], lines)
 
 
 def tradeoff_table(joined: list[dict]) -> str:
     """Markdown table: attack, defense, strength, test accuracy (mean +- std over runs), attack PSNR, SSIM."""
-    lines = ["| attack | defense | strength | test accuracy | attack PSNR dB | attack SSIM |",
-             "|---|---|---|---|---|---|"]
-    for j in joined:
-        options = "".join(f" {k}={v}" for k, v in j["options"].items())
-        lines.append(f"| {j['attack']} | {j['defense']}{options} | {format_strength(j['strength'])} | "
-                     f"{j['test_accuracy']:.1%} ± {j['test_accuracy_std']:.1%} | {j['psnr']:.1f} | {j['ssim']:.3f} |")
-    return "\n".join(lines)
+    lines = [[j["attack"], j["defense"] + "".join(f" {k}={v}" for k, v in j["options"].items()),
+              format_strength(j["strength"]), f"{j['test_accuracy']:.1%} ± {j['test_accuracy_std']:.1%}",
+              f"{j['psnr']:.1f}", f"{j['ssim']:.3f}"] for j in joined]
+    return markdown_table(["attack", "defense", "strength", "test accuracy", "attack PSNR dB", "attack SSIM"], lines)

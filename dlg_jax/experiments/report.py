@@ -9,6 +9,9 @@ throughput per device is the restart-iterations of its points divided by their r
 - success rate vs defense strength (one panel per defense, one line per attack),
 - success rate vs model (bars per attack),
 - throughput per device (bars per device and model).
+
+Rates carry 95% Wilson intervals (error bars in the figures, brackets in the tables): a study often has
+only a few targets per group.
 """
 
 import os
@@ -16,23 +19,29 @@ from collections import defaultdict
 
 import numpy as np
 
+from dlg_jax.experiments.tables import markdown_table
 from dlg_jax.figures import subplots
 from dlg_jax.files import atomic_save_figure, atomic_write_bytes
+from dlg_jax.metrics import SUCCESS_PSNR, wilson_interval
 
 FIGURES = ("success_vs_batch_size.png", "success_vs_defense.png", "success_vs_model.png", "throughput.png")
 
 
 def group(rows: list[dict], keys: tuple[str, ...]) -> list[dict]:
     """Success statistics of ``rows`` grouped by the columns ``keys`` (sorted by them): ``points``,
-    ``targets``, ``success_rate``, ``psnr_mean``, ``ssim_mean``, ``label_accuracy``."""
+    ``targets``, ``success_rate`` with its 95% Wilson interval ``success_low``, ``success_high``
+    (:func:`dlg_jax.metrics.wilson_interval`), ``psnr_mean``, ``ssim_mean``, ``label_accuracy``."""
     groups = defaultdict(list)
     for row in rows:
         groups[tuple(row[k] for k in keys)].append(row)
     out = []
     for values in sorted(groups, key=lambda v: tuple((x is None, str(type(x)), x) for x in v)):
         members = groups[values]
+        successes = sum(bool(r["success"]) for r in members)
+        low, high = wilson_interval(successes, len(members))
         out.append({**dict(zip(keys, values)), "points": len({r["point_id"] for r in members}),
-                    "targets": len(members), "success_rate": float(np.mean([r["success"] for r in members])),
+                    "targets": len(members), "success_rate": successes / len(members),
+                    "success_low": low, "success_high": high,
                     "psnr_mean": float(np.mean([r["psnr"] for r in members])),
                     "ssim_mean": float(np.mean([r["ssim"] for r in members])),
                     "label_accuracy": float(np.mean([r["label_accuracy"] for r in members]))})
@@ -57,17 +66,19 @@ def throughput(rows: list[dict]) -> list[dict]:
 
 
 def markdown(entries: list[dict], columns: tuple[str, ...]) -> str:
-    """A markdown table of ``entries`` (dicts) with ``columns``; rates as percentages."""
-    def cell(name, value):
-        if name in ("success_rate", "label_accuracy"):
+    """A markdown table of ``entries`` (dicts) with ``columns``; rates as percentages, a success rate with
+    its 95% Wilson interval."""
+    def cell(name, entry):
+        value = entry[name]
+        if name == "success_rate" and "success_low" in entry:
+            return f"{value:.0%} ({entry['success_low']:.0%}–{entry['success_high']:.0%})"
+        if name == "label_accuracy":
             return f"{value:.0%}"
         if isinstance(value, float):
             return f"{value:.3g}" if name != "psnr_mean" else f"{value:.1f}"
         return str(value)
 
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(c, e[c]) for c in columns) + " |" for e in entries]
-    return "\n".join(lines)
+    return markdown_table(columns, [[cell(c, entry) for c in columns] for entry in entries])
 
 
 _STATS = ("points", "targets", "success_rate", "psnr_mean", "ssim_mean", "label_accuracy")
@@ -92,9 +103,11 @@ def _lines(axis, entries, x_key, line_keys, x_values=None) -> None:
     for line in dict.fromkeys(tuple(e[k] for k in line_keys) for e in entries):
         chosen = [e for e in entries if tuple(e[k] for k in line_keys) == line]
         x = [x_values.index(e[x_key]) for e in chosen] if x_values else [e[x_key] for e in chosen]
-        axis.plot(x, [e["success_rate"] for e in chosen], marker="o", label=" ".join(map(str, line)))
+        rates = np.array([e["success_rate"] for e in chosen])
+        below_above = np.array([rates - [e["success_low"] for e in chosen], [e["success_high"] for e in chosen] - rates])
+        axis.errorbar(x, rates, yerr=below_above, marker="o", capsize=3, label=" ".join(map(str, line)))
     axis.set_ylim(-0.05, 1.05)
-    axis.set_ylabel("success rate (PSNR >= 30 dB)")
+    axis.set_ylabel(f"success rate (PSNR >= {SUCCESS_PSNR:.0f} dB)")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7)
 
@@ -134,11 +147,15 @@ def figures(rows: list[dict], out: str) -> list[str]:
     models, attacks = sorted({e["model"] for e in entries}), sorted({e["attack"] for e in entries})
     width = 0.8 / len(attacks)
     for a, attack in enumerate(attacks):
-        rates = {e["model"]: e["success_rate"] for e in entries if e["attack"] == attack}
-        axis.bar(np.arange(len(models)) + a * width, [rates.get(m, 0.0) for m in models], width, label=attack)
+        chosen = {e["model"]: e for e in entries if e["attack"] == attack}
+        rates = np.array([chosen[m]["success_rate"] if m in chosen else np.nan for m in models])
+        below_above = np.array([[rates[i] - chosen[m]["success_low"] if m in chosen else 0.0 for i, m in enumerate(models)],
+                                [chosen[m]["success_high"] - rates[i] if m in chosen else 0.0 for i, m in enumerate(models)]])
+        axis.bar(np.arange(len(models)) + a * width, np.nan_to_num(rates), width, yerr=below_above, capsize=3,
+                 label=attack)
     axis.set_xticks(np.arange(len(models)) + 0.4 - width / 2, models)
     axis.set_ylim(0, 1.05)
-    axis.set_ylabel("success rate (PSNR >= 30 dB)")
+    axis.set_ylabel(f"success rate (PSNR >= {SUCCESS_PSNR:.0f} dB)")
     axis.set_title("Success rate vs model", fontsize=10)
     axis.legend(fontsize=7)
     _save(figure, paths[2])

@@ -38,6 +38,7 @@ from dlg_jax.attack.labels import recover_labels
 from dlg_jax.attack.presets import PRESET_NAMES, attack_preset
 from dlg_jax.data.datasets import get_dataset
 from dlg_jax.errors import check_choice, check_positive_int
+from dlg_jax.experiments.tables import markdown_table
 from dlg_jax.figures import subplots
 from dlg_jax.files import (
     atomic_save_figure,
@@ -45,7 +46,7 @@ from dlg_jax.files import (
     atomic_write_json,
     prepare_output_dir,
 )
-from dlg_jax.metrics import evaluate
+from dlg_jax.metrics import SUCCESS_PSNR, evaluate
 from dlg_jax.models import MODEL_NAMES, dlg_resnet
 from dlg_jax.pipeline import DLGRun, run_dlg
 from dlg_jax.victim.gradients import shared_gradients
@@ -55,7 +56,6 @@ EXPERIMENT_NAMES = ("labels", "batch", "compare", "threat", "resolution")
 EMBEDDED = ("digits", "colour", "faces")
 COMPARE_MODELS = ("lenet", "resnet20-sigmoid", "resnet20-relu")
 CURVE_POINTS = 200
-RECOVERED_PSNR = 30.0
 GI_BN_PRIOR = 0.01             # ig-gi's weights (cosine distance ~ 0..1; R_bn ~ 30 at a random dummy on
 GI_GROUP_CONSISTENCY = 0.1     # resnet20-sigmoid-bn/digits, 0.5 at the private batch)
 
@@ -197,7 +197,7 @@ def _relative_curve(run: DLGRun) -> tuple[list[float], list[int]]:
     return np.median(relative[:, points], axis=0).tolist(), points.tolist()
 
 
-def recovery(run: DLGRun, psnr: float = RECOVERED_PSNR) -> dict:
+def recovery(run: DLGRun, psnr: float = SUCCESS_PSNR) -> dict:
     """Per-target recovery of a batch attack: ``full [T]`` (the lowest-objective restart has every slot
     >= ``psnr`` dB after the optimal assignment), ``oracle [T]`` (some restart has; the attacker cannot
     tell which without the private images), ``iterations [T]`` (the best restart's iterations: where it
@@ -272,7 +272,7 @@ def batch_experiment(batch_sizes: Sequence[int] = (1, 2, 4, 8), budget: Budget =
     return ExperimentResult("batch", {"experiment": "batch", "models": list(models), "datasets": list(datasets),
                                       "methods": {m: {"preset": METHODS[m][0], **METHODS[m][1]} for m in methods},
                                       "budget": dataclasses.asdict(budget), "dtype": run.result.images.dtype.name,
-                                      "settings": settings or {}, "seed": seed, "recovered_psnr": RECOVERED_PSNR, "rows": rows})
+                                      "settings": settings or {}, "seed": seed, "recovered_psnr": SUCCESS_PSNR, "rows": rows})
 
 
 def compare_experiment(models: Sequence[str] = COMPARE_MODELS, budgets: dict[str, Budget] = STANDARD["compare"], *,
@@ -464,7 +464,7 @@ def run_experiment(name: str, *, quick: bool = False, targets: int | None = None
     return result
 
 
-def markdown_table(result: ExperimentResult) -> str:
+def experiment_table(result: ExperimentResult) -> str:
     """The experiment's rows as a markdown table (what ``<name>.md`` and the docs show)."""
     rows = result.payload["rows"]
     if result.name == "labels":
@@ -534,9 +534,7 @@ def markdown_table(result: ExperimentResult) -> str:
             for model, b in result.payload["budget"].items()) + (
             ". Up to a x + b: PSNR after the least-squares brightness/contrast fit (dlg_jax.metrics), the two "
             "numbers a batch-normalised network's gradient does not carry; recovered: >= 30 dB.")
-    text = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    text += ["| " + " | ".join(str(cell) for cell in line) + " |" for line in lines]
-    return "\n".join(text) + "\n\n" + note + "\n"
+    return markdown_table(header, lines) + "\n\n" + note + "\n"
 
 
 def _batch_models(payload: dict) -> list[str]:
@@ -599,7 +597,7 @@ def plot_experiment(result: ExperimentResult):
             for method in result.payload["methods"]:
                 chosen = [r for r in rows if (r["dataset"], r["method"]) == (dataset, method)]
                 axis.plot([r["size"] for r in chosen], [r["psnr_mean"] for r in chosen], "o-", label=method)
-            axis.axhline(RECOVERED_PSNR, color="k", lw=0.8, ls="--")
+            axis.axhline(SUCCESS_PSNR, color="k", lw=0.8, ls="--")
             axis.set_xscale("log", base=2)
             axis.set_xlabel("image size S (S x S)")
             axis.set_title(f"LeNet, {dataset}", fontsize=9)
@@ -619,7 +617,7 @@ def plot_experiment(result: ExperimentResult):
                     axis.scatter([r[key]] * len(r["psnr"]), r["psnr"], color="0.6", s=12)
                 axis.plot([r[key] for r in chosen], [r["psnr_mean"] for r in chosen], "o-",
                           label=f"{method}, mean over targets")
-            axis.axhline(RECOVERED_PSNR, color="k", lw=0.8, ls="--")
+            axis.axhline(SUCCESS_PSNR, color="k", lw=0.8, ls="--")
             values = sorted({r[key] for r in rows if r[other] == 1})
             if values:
                 axis.set_xscale("log", base=2)
@@ -664,11 +662,11 @@ def save_experiment(result: ExperimentResult, out: str | os.PathLike, extra: dic
     atomic_write_json(paths[0], {**result.payload, **(extra or {})})
     figure = plot_experiment(result)
     atomic_save_figure(paths[1], figure)
-    atomic_write_bytes(paths[2], markdown_table(result).encode())
+    atomic_write_bytes(paths[2], experiment_table(result).encode())
     return paths
 
 
 __all__ = ["EXPERIMENT_NAMES", "METHODS", "Budget", "recovery", "ExperimentResult", "STANDARD", "QUICK", "run_experiment",
            "label_experiment", "batch_experiment", "compare_experiment", "threat_experiment", "resolution_experiment",
-           "markdown_table",
+           "experiment_table",
            "plot_experiment", "save_experiment", "parse_model"]

@@ -17,16 +17,17 @@ import dataclasses
 import functools
 import json
 import os
-import platform
 import time
 from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from dlg_jax.attack.engine import Progress
+from dlg_jax.environment import environment
 from dlg_jax.errors import DLGInputError
 from dlg_jax.experiments.grid import Point, key_id
 from dlg_jax.experiments.store import Store
+from dlg_jax.metrics import SUCCESS_PSNR
 from dlg_jax.pipeline import run_dlg
 from dlg_jax.victim.defenses import format_strength, make_defense
 from dlg_jax.victim.training import TrainConfig, train
@@ -42,21 +43,13 @@ def _json(value) -> str:
     return json.dumps(value, sort_keys=True, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v))
 
 
-def environment() -> dict:
-    """Versions, device and host of this process (the columns of :data:`RUN_COLUMNS` that describe it)."""
-    import importlib.metadata
-
-    import jax
-    import jaxlib
-
-    try:
-        version = importlib.metadata.version("dlg-jax")
-    except importlib.metadata.PackageNotFoundError:
-        version = "unknown"
-    device = jax.devices()[0]
-    return {"dlg_jax_version": version, "jax_version": jax.__version__, "jaxlib_version": jaxlib.__version__,
-            "backend": jax.default_backend(), "device": f"{device.platform}:{device.device_kind}",
-            "device_count": len(jax.devices()), "host": platform.node()}
+def run_environment() -> dict:
+    """The columns of :data:`RUN_COLUMNS` that describe this process (from :func:`dlg_jax.environment.environment`)."""
+    env = environment()
+    return {"dlg_jax_version": env["versions"]["dlg-jax"] or "unknown", "jax_version": env["versions"]["jax"],
+            "jaxlib_version": env["versions"]["jaxlib"], "backend": env["backend"],
+            "device": f"{env['devices'][0].split(':')[0]}:{env['device_kind']}",
+            "device_count": len(env["devices"]), "host": env["host"]}
 
 
 def attack_rows(point: Point, progress: Callable[[Progress], None] | None = None) -> list[dict]:
@@ -84,7 +77,7 @@ def attack_rows(point: Point, progress: Callable[[Progress], None] | None = None
         "point_run_seconds": result.run_seconds, "point_restart_iterations": int(result.restart_iterations),
         "restart_iterations_per_second": result.restart_iterations / max(result.run_seconds, 1e-9),
         "chunk_memory_budget": config.memory_budget, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        **environment(),
+        **run_environment(),
     }
     rows = []
     for t in range(point.targets):
@@ -94,7 +87,7 @@ def attack_rows(point: Point, progress: Callable[[Progress], None] | None = None
             "true_labels": np.asarray(run.labels[t]).tolist(), "recovered_labels": result.best_labels[t].tolist(),
             "psnr": float(metrics.psnr[t]), "ssim": float(metrics.ssim[t]), "mse": float(metrics.mse[t]),
             "label_accuracy": float(metrics.label_accuracy[t]),
-            "success": bool(metrics.slot_psnr[t].min() >= 30.0), "slot_psnr": metrics.slot_psnr[t].tolist(),
+            "success": bool(metrics.slot_psnr[t].min() >= SUCCESS_PSNR), "slot_psnr": metrics.slot_psnr[t].tolist(),
             "duplicates": int(metrics.duplicates[t]), "best_restart": best, "best_loss": float(result.loss[t, best]),
             "restart_losses": result.loss[t].astype(float).tolist(),
             "restart_iterations": result.iterations[t].astype(int).tolist(),

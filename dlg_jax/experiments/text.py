@@ -20,6 +20,8 @@ import argparse
 import os
 import time
 
+from dlg_jax.experiments.tables import markdown_table
+
 SENTENCES = (
     "please send me the report today",
     "we will visit our family soon",
@@ -120,24 +122,22 @@ def run_study(name: str, restarts: int, iterations: int, seed: int = 0, points=N
     return rows
 
 
-def markdown_table(rows: list[dict]) -> str:
+def text_table(rows: list[dict]) -> str:
     """Per point: token accuracy / exact match / ROUGE-L of four decodings, duplicates, wall time."""
     shown = DECODINGS
-    lines = ["| study | point | L | B | " + " | ".join(shown) + " | duplicates | wall s |",
-             "|---|---|---|---|" + "---|" * len(shown) + "---|---|"]
-    for row in rows:
-        cells = [f"{row[d]['token_accuracy']:.0%} / {row[d]['exact_match']:.0%} / {row[d]['rougeL']:.2f}"
-                 for d in shown]
-        lines.append(f"| {row['study']} | {row['point']} | {row['length']} | {row['batch_size']} | "
-                     + " | ".join(cells) + f" | {row['refined+bag']['duplicates']} | {row['seconds']:.0f} |")
-    return "\n".join(lines) + "\n"
+    header = ["study", "point", "L", "B", *shown, "duplicates", "wall s"]
+    lines = [[row["study"], row["point"], row["length"], row["batch_size"],
+              *(f"{row[d]['token_accuracy']:.0%} / {row[d]['exact_match']:.0%} / {row[d]['rougeL']:.2f}"
+                for d in shown),
+              row["refined+bag"]["duplicates"], f"{row['seconds']:.0f}"] for row in rows]
+    return markdown_table(header, lines) + "\n"
 
 
 def main(argv=None) -> int:
     import datetime
     import sys
 
-    from dlg_jax.cli.options import environment
+    from dlg_jax.environment import environment
     from dlg_jax.files import atomic_write_bytes, atomic_write_json, prepare_output_dir
 
     parser = argparse.ArgumentParser(prog="python -m dlg_jax.experiments.text", description=__doc__.split("\n")[0])
@@ -161,7 +161,7 @@ def main(argv=None) -> int:
                    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                    "load_average_at_end": os.getloadavg(), "wall_seconds": time.perf_counter() - started,
                    "environment": environment(), "rows": rows}
-        table = markdown_table(rows)
+        table = text_table(rows)
         atomic_write_json(os.path.join(out, args.name + ".json"), results)
         atomic_write_bytes(os.path.join(out, args.name + ".md"), table.encode())
     print(table + f"wall {results['wall_seconds']:.0f} s")
