@@ -181,6 +181,15 @@ labels = "analytic"
     assert len(parse_grid("[axes]\ndefense = 'prune'").points) == 5  # every default pruning ratio
 
 
+def test_a_point_is_what_it_computes_not_how_it_runs():
+    # chunks, devices, memory budget and host checks change no number: a stored point is found again
+    base = parse_grid("[budget]\niterations = 50").points[0]
+    for how in ("chunk_size = 3", "devices = 1", "memory_budget = '64MiB'", "block = 7"):
+        assert parse_grid(f"[budget]\niterations = 50\n{how}").points[0].id == base.id, how
+    for what in ("tolerance = 1e-6", "restarts = 3", "history_size = 50"):
+        assert parse_grid(f"[budget]\niterations = 50\n{what}").points[0].id != base.id, what
+
+
 @pytest.mark.parametrize("text,message", [
     ("[budget]\nrestarts = 2\nrestart = 3\n", "grid line 3: budget.restart: unknown key 'restart'"),
     ("[axes]\nseed = [0]\nbatch_size = [1, 'two']\n", "grid line 3: axes.batch_size: must be an integer >= 1, got 'two'"),

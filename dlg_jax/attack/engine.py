@@ -62,6 +62,13 @@ BATCH_UPDATES = ("joint", "cyclic")
 DUMMY_INITS = ("randn", "uniform")
 
 
+# AttackConfig fields that choose how an attack runs, not what it solves: where the problems go (chunks,
+# devices, a memory budget), how often the host checks in (block: converged restarts are frozen, so a later
+# check changes no number) and what is kept for figures (snapshots). Results agree across them up to
+# rounding, so a stored point is the same point whatever they were.
+RUN_FIELDS = ("chunk_size", "devices", "memory_budget", "block", "snapshots")
+
+
 @dataclasses.dataclass(frozen=True)
 class AttackConfig:
     """Everything that defines an attack run (validated on construction).

@@ -38,7 +38,7 @@ import re
 import tomllib
 from typing import Any
 
-from dlg_jax.attack.engine import AttackConfig
+from dlg_jax.attack.engine import RUN_FIELDS, AttackConfig
 from dlg_jax.attack.memory import parse_bytes
 from dlg_jax.attack.presets import PRESET_NAMES, attack_preset
 from dlg_jax.attack.solvers import SolverConfig
@@ -59,8 +59,6 @@ MODEL_OPTIONS = ("activation",)
 DATA_OPTIONS = ("split", "data_dir", "image_size")
 DEFAULTS = {"attack": "dlg", "model": "lenet", "dataset": "colour", "batch_size": 1, "defense": "none",
             "targets": 1}
-# Fields that choose how a point runs, not what it computes: left out of its identity.
-EXECUTION_FIELDS = ("memory_budget",)
 
 _INT_KEYS = {"batch_size", "targets", "restarts", "iterations", "chunk_size", "devices", "block", "history_size"}
 _NUMBER_KEYS = {"tolerance", "tv_weight", "learning_rate"}
@@ -85,7 +83,7 @@ class Point:
 
     def key(self) -> dict:
         """Everything that determines this point's numbers, as plain JSON data (sorted keys)."""
-        config = {k: v for k, v in dataclasses.asdict(self.config).items() if k not in EXECUTION_FIELDS}
+        config = {k: v for k, v in dataclasses.asdict(self.config).items() if k not in RUN_FIELDS}
         return json.loads(json.dumps({
             "attack": self.attack, "model": self.model, "model_options": dict(self.model_options),
             "dataset": self.dataset, "data_options": dict(self.data_options), "batch_size": self.batch_size,
