@@ -325,6 +325,17 @@ def test_cli_memory_budget_too_small_is_one_line_exit_2(tmp_path, capsys):
     assert Store(tmp_path / "s").finished() == set()
 
 
+@pytest.mark.parametrize("command", [["attack"], ["experiment", "batch"], ["defend", "sweep"], ["defend", "tradeoff"],
+                                     ["sweep", "grid.toml", "--store", "store"]])
+def test_every_attacking_command_takes_a_memory_budget(command, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main([*command, "--memory-budget", "lots"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("dlg-jax: error: argument --memory-budget: memory budget must be a size such as 8GB, 512MiB or a "
+                   "byte count, got 'lots'\n")
+    assert os.listdir(tmp_path) == []
+
+
 # ---------------------------------------------------------------------------------------------------
 # Stores that cannot be written, and damaged parts.
 

@@ -7,6 +7,7 @@ import time
 from dlg_jax.cli.options import (
     ProgressBar,
     TrainingBar,
+    add_memory_budget,
     nonnegative_float,
     nonnegative_int,
     positive_float,
@@ -119,9 +120,7 @@ def _register_common_attack(subparsers):
     parser.add_argument("--classes", type=positive_int, default=None,
                         help="the model's outputs K, at least the dataset's classes (default: the dataset's; "
                              "DLG's CIFAR LeNet has 100)")
-    parser.add_argument("--memory-budget", default=None,
-                        help="bytes per device for one chunk of problems, e.g. 2GB, 512MiB (default: no limit; "
-                             "chunks of --chunk-size)")
+    add_memory_budget(parser)
     victim = parser.add_argument_group(
         "victim weights", "the attacked model's weights (default: freshly initialised from --seed)")
     victim.add_argument("--checkpoint", default=None,
@@ -193,10 +192,7 @@ def run(args) -> int:
 
     threat = ThreatModel(clients=args.clients, aggregate=args.aggregate, local_steps=args.local_steps,
                          local_lr=args.local_lr)
-    from dlg_jax.attack.memory import parse_bytes
-
-    budget = None if args.memory_budget is None else parse_bytes(args.memory_budget)
-    config = attack_config_from_args(args, **({} if budget is None else {"memory_budget": budget}))
+    config = attack_config_from_args(args, **({} if args.memory_budget is None else {"memory_budget": args.memory_budget}))
     training = None
     if args.train_steps is not None or args.train_epochs is not None:
         training = VictimTraining(steps=args.train_steps, epochs=args.train_epochs, batch_size=args.train_batch_size,

@@ -15,7 +15,7 @@ import os
 import sys
 
 from dlg_jax.cli.attack import add_attack_options
-from dlg_jax.cli.options import ProgressBar, plain, positive_float, positive_int
+from dlg_jax.cli.options import ProgressBar, add_memory_budget, plain, positive_float, positive_int
 
 # Budgets when neither the option nor --quick is given, and with --quick (a smoke run of a few minutes).
 STANDARD = {"restarts": 4, "iterations": 2000, "targets": 4, "train_steps": 500, "train_runs": 3,
@@ -39,6 +39,7 @@ def _add_options(parser: argparse.ArgumentParser, tradeoff: bool) -> None:
                              "multiplier (dp), a fraction of representation features pruned (soteria, 0 to <1) "
                              "(default: each defense's own list)")
     parser.add_argument("--prune-scope", default=None, help="prune per tensor or global (default: tensor)")
+    add_memory_budget(parser)
     parser.add_argument("--dp-clip", type=positive_float, default=None, help="DP per-example clipping norm C (default: 1)")
     parser.add_argument("--targets", type=positive_int, default=None,
                         help=f"attack the first N batches of the dataset (default: {STANDARD['targets']})")
@@ -177,7 +178,7 @@ def run(args) -> int:
                  f"({rows[0]['point_wall_seconds']:.0f} s)"), file=sys.stderr)
 
     try:
-        run_grid(points, store, resume=True, progress=bars, on_point=report)
+        run_grid(points, store, resume=True, memory_budget=args.memory_budget, progress=bars, on_point=report)
     finally:
         bars.bar.close()
     order = {p.id: i for i, p in enumerate(points)}

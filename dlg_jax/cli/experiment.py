@@ -14,6 +14,7 @@ import sys
 
 from dlg_jax.cli.options import (
     ProgressBar,
+    add_memory_budget,
     nonnegative_float,
     positive_float,
     positive_int,
@@ -74,6 +75,7 @@ def register(subparsers):
                         help="batch: a restart converges (and stops) at objective <= this x |dW|^2 (default: 1e-8)")
     parser.add_argument("--chunk-size", type=positive_int, default=None,
                         help="problems (target x restart) per vmapped batch (default: 16; on a GPU: all of them)")
+    add_memory_budget(parser)
     parser.add_argument("--classes", type=positive_int, default=None,
                         help="batch: LeNet's number of outputs (default: the dataset's; DLG's CIFAR-100 code: 100)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the model weights and the dummies")
@@ -124,7 +126,8 @@ def run(args) -> int:
                                     batch_sizes=args.batch_sizes, methods=args.methods, models=args.models,
                                     seed=args.seed, dtype="float64" if args.float64 else "float32",
                                     num_classes=args.classes, tolerance=args.tolerance,
-                                    chunk_size=args.chunk_size, clients=args.clients,
+                                    chunk_size=args.chunk_size, memory_budget=args.memory_budget,
+                                    clients=args.clients,
                                     local_steps=args.local_steps, aggregate=args.aggregate,
                                     local_lr=args.local_lr, sizes=args.sizes,
                                     log=bars.log, progress=bars)

@@ -109,6 +109,22 @@ def wrote(paths) -> None:
     print(f"wrote: {', '.join(map(str, paths))}")
 
 
+def add_memory_budget(parser: argparse.ArgumentParser) -> None:
+    """``--memory-budget``: bytes per device for one attack step; every attack a command runs picks its chunk
+    of (target, restart) problems so that the compiled step fits (:mod:`dlg_jax.attack.memory`)."""
+    from dlg_jax.attack.memory import parse_bytes
+
+    def byte_size(text: str) -> int:
+        try:
+            return parse_bytes(text)
+        except DLGInputError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    parser.add_argument("--memory-budget", type=byte_size, default=None,
+                        help="bytes per device for one chunk of problems, e.g. 2GB, 512MiB (default: no limit; "
+                             "chunks of --chunk-size)")
+
+
 def plain(docstring_text: str) -> str:
     """Help text from a docstring: reStructuredText roles and literals (``:mod:`x```, ````x````) as plain words."""
     text = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", docstring_text)

@@ -11,7 +11,7 @@ import os
 import sys
 import time
 
-from dlg_jax.cli.options import nonnegative_float, plain, positive_float, positive_int
+from dlg_jax.cli.options import add_memory_budget, nonnegative_float, plain, positive_float, positive_int
 
 
 def register(subparsers) -> None:
@@ -22,8 +22,7 @@ def register(subparsers) -> None:
     parser.add_argument("--resume", action="store_true", help="skip the points already in the store")
     parser.add_argument("--executor", default="local", choices=("local", "ray"),
                         help="local: this process; ray: one task per point on a Ray cluster (default: local)")
-    parser.add_argument("--memory-budget", default=None,
-                        help="bytes per attack step, e.g. 8GB or 512MiB: chunk targets x restarts to fit it")
+    add_memory_budget(parser)
     parser.add_argument("--ray-address", default=None,
                         help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray instance)")
     parser.add_argument("--ray-num-cpus", type=positive_int, default=None, help="CPUs of a local Ray instance")
@@ -47,7 +46,6 @@ def point_label(point) -> str:
 
 def run(args) -> int:
     from dlg_jax.attack.compile_cache import enable_compilation_cache
-    from dlg_jax.attack.memory import parse_bytes
     from dlg_jax.cli.options import ProgressBar
     from dlg_jax.experiments.executors import make_executor
     from dlg_jax.experiments.grid import load_grid
@@ -55,7 +53,6 @@ def run(args) -> int:
     from dlg_jax.experiments.sweep import check_resume, run_grid
 
     grid = load_grid(args.grid)
-    budget = None if args.memory_budget is None else parse_bytes(args.memory_budget)
     store = Store(args.store)
     cache = (None if args.compile_cache == "none"
              else enable_compilation_cache(args.compile_cache or os.path.join(store.path, ".compile-cache")))
@@ -85,7 +82,7 @@ def run(args) -> int:
     executor = None
     try:
         executor = make_executor(args.executor, **options)
-        ran = run_grid(points, store, resume=args.resume, executor=executor, memory_budget=budget,
+        ran = run_grid(points, store, resume=args.resume, executor=executor, memory_budget=args.memory_budget,
                        progress=(lambda progress: bar(progress)) if local else None, on_point=report)
     finally:
         bar.close()

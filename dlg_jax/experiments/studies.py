@@ -420,7 +420,7 @@ def run_experiment(name: str, *, quick: bool = False, targets: int | None = None
                    batch_sizes: Sequence[int] | None = None, methods: Sequence[str] | None = None,
                    models: Sequence[str] | None = None, seed: int = 0, dtype: str = "float32",
                    num_classes: int | None = None, tolerance: float | None = None, chunk_size: int | None = None,
-                   clients: Sequence[int] | None = None, local_steps: Sequence[int] | None = None,
+                   memory_budget: int | None = None, clients: Sequence[int] | None = None, local_steps: Sequence[int] | None = None,
                    aggregate: str = "mean", local_lr: float = 0.1, sizes: Sequence[int] | None = None,
                    log: Log | None = None, progress: Callable[[Progress], None] | None = None) -> ExperimentResult:
     """Experiment ``name`` with the ``QUICK`` or ``STANDARD`` budget, ``targets`` / ``restarts`` /
@@ -428,10 +428,11 @@ def run_experiment(name: str, *, quick: bool = False, targets: int | None = None
     its first), ``batch_sizes`` (batch), ``methods`` (batch, compare: :data:`METHODS`) and ``models``
     (batch: default LeNet; compare), ``clients`` and ``local_steps`` (threat: :data:`THREAT_GRID`, with ``aggregate`` and
     ``local_lr``), ``sizes`` (resolution: :data:`RESOLUTION_GRID`) select the settings; ``num_classes``
-    widens LeNet's classifier (batch); ``dtype``, ``tolerance`` and ``chunk_size`` go into every attack's
-    config (compare keeps tolerance 0). Adds ``wall_seconds`` to the payload."""
+    widens LeNet's classifier (batch); ``dtype``, ``tolerance``, ``chunk_size`` and ``memory_budget`` go into every
+    attack's config (compare keeps tolerance 0). Adds ``wall_seconds`` to the payload."""
     check_choice("experiment", name, EXPERIMENT_NAMES)
-    settings = {k: v for k, v in dict(dtype=dtype, tolerance=tolerance, chunk_size=chunk_size).items() if v is not None}
+    settings = {k: v for k, v in dict(dtype=dtype, tolerance=tolerance, chunk_size=chunk_size,
+                                      memory_budget=memory_budget).items() if v is not None}
     budgets = QUICK if quick else STANDARD
     override = dict(targets=targets, restarts=restarts, iterations=iterations)
     started = time.perf_counter()
