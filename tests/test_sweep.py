@@ -181,6 +181,34 @@ labels = "analytic"
     assert len(parse_grid("[axes]\ndefense = 'prune'").points) == 5  # every default pruning ratio
 
 
+def test_threat_model_axes_compose_with_defenses_and_keep_one_step_points_as_they_were():
+    grid = parse_grid("[axes]\ndefense = ['none', {name = 'dp', strength = 0.1}]\nclients = [1, 4]\nlocal_steps = [1, 2]")
+    assert len(grid.points) == 2 * 2 * 2
+    assert {dict(p.threat).get("clients", 1) * 10 + dict(p.threat).get("local_steps", 1) for p in grid.points} == {
+        11, 12, 41, 42}
+    one_step = next(p for p in grid.points if not p.threat and p.defense == "none")
+    assert one_step.id == parse_grid("[axes]\ndefense = 'none'").points[0].id  # stored points are found again
+    with pytest.raises(DLGInputError, match="axes.clients: must be an integer >= 1, got 0"):
+        parse_grid("[axes]\nclients = [0]")
+    with pytest.raises(DLGInputError, match="aggregate"):
+        parse_grid("[axes]\naggregate = 'median'")
+
+
+def test_a_threat_model_point_attacks_what_the_federation_sends():
+    from dlg_jax.experiments.sweep import attack_rows
+    from dlg_jax.pipeline import run_dlg
+    from dlg_jax.victim.defenses import make_defense
+    from dlg_jax.victim.threat_models import ThreatModel
+
+    point = parse_grid("[budget]\niterations = 3\nrestarts = 2\n[axes]\nmodel = 'mlp'\ndataset = 'digits'\n"
+                       "defense = {name = 'gaussian', strength = 1e-4}\nclients = 2\nlocal_steps = 2").points[0]
+    rows = attack_rows(point)
+    assert (rows[0]["clients"], rows[0]["local_steps"], rows[0]["aggregate"]) == (2, 2, "mean")
+    direct = run_dlg("mlp", "digits", targets=1, batch_size=1, config=point.config,
+                     defense=make_defense("gaussian", 1e-4), threat=ThreatModel(clients=2, local_steps=2))
+    assert rows[0]["restart_losses"] == direct.result.loss[0].astype(float).tolist()
+
+
 def test_a_point_is_what_it_computes_not_how_it_runs():
     # chunks, devices, memory budget and host checks change no number: a stored point is found again
     base = parse_grid("[budget]\niterations = 50").points[0]

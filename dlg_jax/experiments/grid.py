@@ -16,12 +16,16 @@ A grid file has two tables (both optional; every key has a default)::
     batch_size = [1, 2, 4]
     labels = ["joint", "analytic"]
     defense = ["none", "prune", {name = "gaussian", strength = [1e-6, 1e-4]}]
+    clients = [1, 4]                     # threat model: K clients, FedAvg's S local steps
+    local_steps = [1, 2]
     seed = [0, 1]
 
 A key of ``[axes]`` given a single value (not a list) is one value at every point. ``[budget]`` keys
 (:data:`BUDGET_KEYS`) may also be axes (``iterations = [300, 3000]``). A ``defense`` entry is a name (with
 all its :data:`~dlg_jax.victim.defenses.DEFAULT_STRENGTHS`) or a table ``{name, strength = x or [x, ...],
-options...}``; ``model`` and ``dataset`` entries are a name or a table ``{name, options...}``.
+options...}``; ``model`` and ``dataset`` entries are a name or a table ``{name, options...}``. The threat
+model's keys (:data:`THREAT_KEYS`: ``clients``, ``aggregate``, ``local_steps``, ``local_lr``) compose with
+every defense as :func:`dlg_jax.pipeline.run_dlg` composes them.
 
 A :class:`Point` is everything that determines one attack's numbers; its :attr:`Point.id` (a hash of
 :meth:`Point.key`) is its identity in the results store. Bad input raises
@@ -45,29 +49,34 @@ from dlg_jax.attack.solvers import SolverConfig
 from dlg_jax.errors import DLGInputError, check_choice, quote
 from dlg_jax.models import MODEL_NAMES
 from dlg_jax.victim.defenses import DEFAULT_STRENGTHS, make_defense
+from dlg_jax.victim.threat_models import ThreatModel
 
 POINT_KEYS = ("attack", "model", "dataset", "batch_size", "defense", "targets")
 SOLVER_KEYS = ("solver", "history_size", "learning_rate")
+# ThreatModel fields: K clients and FedAvg's S local steps (dlg_jax.victim.threat_models)
+THREAT_KEYS = ("clients", "aggregate", "local_steps", "local_lr")
 # AttackConfig fields a grid may set (precision and any later scalar field join automatically).
 CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(AttackConfig)
                     if f.name not in ("solver", "layer_weights", "box", "snapshots"))
 BUDGET_KEYS = ("targets", "restarts", "iterations", "tolerance", "chunk_size", "devices", "block", "memory_budget",
                *SOLVER_KEYS)
-AXIS_KEYS = tuple(dict.fromkeys((*POINT_KEYS, *CONFIG_KEYS, *SOLVER_KEYS)))
+AXIS_KEYS = tuple(dict.fromkeys((*POINT_KEYS, *CONFIG_KEYS, *SOLVER_KEYS, *THREAT_KEYS)))
 TOP_KEYS = ("name", "budget", "axes")
 MODEL_OPTIONS = ("activation",)
 DATA_OPTIONS = ("split", "data_dir", "image_size")
 DEFAULTS = {"attack": "dlg", "model": "lenet", "dataset": "colour", "batch_size": 1, "defense": "none",
             "targets": 1}
 
-_INT_KEYS = {"batch_size", "targets", "restarts", "iterations", "chunk_size", "devices", "block", "history_size"}
-_NUMBER_KEYS = {"tolerance", "tv_weight", "learning_rate"}
+_INT_KEYS = {"batch_size", "targets", "restarts", "iterations", "chunk_size", "devices", "block", "history_size",
+             "clients", "local_steps"}
+_NUMBER_KEYS = {"tolerance", "tv_weight", "learning_rate", "local_lr"}
 
 
 @dataclasses.dataclass(frozen=True)
 class Point:
     """One point of a grid: the attack ``config`` on the first ``targets`` batches of ``batch_size``
-    images of ``dataset``, seen through ``defense`` at ``strength`` by ``model``."""
+    images of ``dataset``, seen through ``defense`` at ``strength`` by ``model``; ``threat``: the
+    :class:`~dlg_jax.victim.threat_models.ThreatModel` fields that differ from one client's one step."""
 
     attack: str
     model: str
@@ -80,6 +89,7 @@ class Point:
     model_options: tuple[tuple[str, Any], ...] = ()
     data_options: tuple[tuple[str, Any], ...] = ()
     defense_options: tuple[tuple[str, Any], ...] = ()
+    threat: tuple[tuple[str, Any], ...] = ()
 
     def key(self) -> dict:
         """Everything that determines this point's numbers, as plain JSON data (sorted keys)."""
@@ -89,6 +99,7 @@ class Point:
             "dataset": self.dataset, "data_options": dict(self.data_options), "batch_size": self.batch_size,
             "targets": self.targets, "defense": self.defense, "strength": self.strength,
             "defense_options": dict(self.defense_options), "config": config,
+            **({"threat": dict(self.threat)} if self.threat else {}),  # absent for one client's step
         }, sort_keys=True))
 
     @property
@@ -224,6 +235,8 @@ def _values(key: str, value) -> list:
                 AttackConfig(**{key: entry})  # the field's own checks
             elif key in SOLVER_KEYS:
                 SolverConfig(**{("name" if key == "solver" else key): entry})
+            elif key in THREAT_KEYS:
+                ThreatModel(**{key: entry})
             out.append(entry)
     return list(dict.fromkeys(out))
 
@@ -269,8 +282,10 @@ def expand(axes: dict, budget: dict | None = None, *, name: str = "", where=None
             config = point_config(values["attack"], values)
         except DLGInputError as error:
             raise DLGInputError(f"{where('axes')}: {error}") from None
+        one_step = ThreatModel()
+        threat = tuple((k, values[k]) for k in THREAT_KEYS if k in values and values[k] != getattr(one_step, k))
         points.append(Point(values["attack"], model, dataset, values["batch_size"], values["targets"], defense,
-                            strength, config, model_options, data_options, defense_options))
+                            strength, config, model_options, data_options, defense_options, threat))
     unique = list({p.id: p for p in points}.values())
     return Grid(name, tuple(unique))
 

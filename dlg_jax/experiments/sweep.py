@@ -30,6 +30,7 @@ from dlg_jax.experiments.store import Store
 from dlg_jax.metrics import SUCCESS_PSNR
 from dlg_jax.pipeline import run_dlg
 from dlg_jax.victim.defenses import format_strength, make_defense
+from dlg_jax.victim.threat_models import ThreatModel
 from dlg_jax.victim.training import TrainConfig, train
 
 # Columns that describe how and where a row was computed rather than what: they differ between two
@@ -56,9 +57,10 @@ def attack_rows(point: Point, progress: Callable[[Progress], None] | None = None
     """Run one attack point; one row per target (see the module docstring)."""
     defense = make_defense(point.defense, point.strength, **dict(point.defense_options))
     config = point.config
+    threat = ThreatModel(**dict(point.threat))
     started = time.perf_counter()
     run = run_dlg(point.model, point.dataset, targets=point.targets, batch_size=point.batch_size, config=config,
-                  model_options=dict(point.model_options), defense=defense, progress=progress,
+                  model_options=dict(point.model_options), defense=defense, threat=threat, progress=progress,
                   **dict(point.data_options))
     wall = time.perf_counter() - started
     result, metrics = run.result, run.metrics
@@ -69,7 +71,9 @@ def attack_rows(point: Point, progress: Callable[[Progress], None] | None = None
         "data_options": _json(dict(point.data_options)), "batch_size": point.batch_size, "targets": point.targets,
         "labels": config.labels, "defense": point.defense, "defense_strength": format_strength(strength),
         "defense_strength_value": float(strength) if isinstance(strength, (int, float)) else None,
-        "defense_options": _json(dict(point.defense_options)), "seed": config.seed, "restarts": config.restarts,
+        "defense_options": _json(dict(point.defense_options)), "clients": threat.clients,
+        "aggregate": threat.aggregate, "local_steps": threat.local_steps, "local_lr": threat.local_lr,
+        "seed": config.seed, "restarts": config.restarts,
         "iterations_budget": config.iterations, "solver": config.solver.name, "dtype": config.dtype,
         "precision": config.precision,
         "config": _json(dataclasses.asdict(config)), "point": _json(point.key()),
