@@ -7,7 +7,6 @@ repeating work. ``--executor ray`` spreads the points over a Ray cluster; ``--me
 each attack's chunk so that its compiled step fits the budget.
 """
 
-import os
 import sys
 import time
 
@@ -29,8 +28,9 @@ def register(subparsers) -> None:
     parser.add_argument("--ray-cpus-per-point", type=positive_float, default=1.0, help="CPUs reserved per point (default: 1)")
     parser.add_argument("--ray-gpus-per-point", type=nonnegative_float, default=0.0, help="GPUs reserved per point (default: 0)")
     parser.add_argument("--compile-cache", default=None,
-                        help="JAX's persistent compilation cache, so a resumed sweep does not compile again "
-                             "(default: STORE/.compile-cache; 'none' to disable)")
+                        help="JAX's persistent compilation cache, shared with every other command and sweep, so a "
+                             "program compiles once per machine (default: $DLG_JAX_COMPILATION_CACHE, else "
+                             "~/.cache/dlg-jax/xla; 'none' to disable)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(handler=run)
 
@@ -54,8 +54,7 @@ def run(args) -> int:
 
     grid = load_grid(args.grid)
     store = Store(args.store)
-    cache = (None if args.compile_cache == "none"
-             else enable_compilation_cache(args.compile_cache or os.path.join(store.path, ".compile-cache")))
+    cache = None if args.compile_cache == "none" else enable_compilation_cache(args.compile_cache)
     points = list(grid.points)
     options = {}
     if args.executor == "ray":
