@@ -7,7 +7,8 @@
     dlg-jax experiment resolution [--quick] DLG and IG success vs image size 16 to 128 (faces, colour)
     dlg-jax experiment all     [--quick]   all of them in turn
 
-Each writes ``<name>.json``, ``<name>.png`` and ``<name>.md`` to ``--out`` and prints the table.
+Each writes ``<name>.json``, ``<name>.png`` and ``<name>.md`` to ``--out`` and prints the table;
+``dlg-jax experiment NAME --help`` lists the options that experiment reads.
 """
 
 import sys
@@ -21,15 +22,25 @@ from dlg_jax.cli.options import (
 )
 from dlg_jax.environment import environment
 
+# Which experiments read each selection option (the rest are shared by all); ``all`` takes only the shared ones.
+SELECTIONS = {
+    "datasets": ("labels", "batch", "compare", "threat", "resolution"),
+    "batch_sizes": ("batch",), "methods": ("batch", "compare", "threat", "resolution"), "models": ("batch", "compare"),
+    "classes": ("batch",), "tolerance": ("batch",), "clients": ("threat",), "local_steps": ("threat",),
+    "aggregate": ("threat",), "local_lr": ("threat",), "sizes": ("resolution",),
+}
+SUMMARIES = {
+    "labels": "DLG vs iDLG label accuracy per embedded dataset",
+    "batch": "batch recovery per batch size B, method and dataset",
+    "compare": "PSNR of DLG vs Inverting Gradients, LeNet and ResNets",
+    "threat": "DLG's PSNR vs K aggregated clients and FedAvg local steps S",
+    "resolution": "DLG and IG success vs image size 16 to 128",
+    "all": "every experiment in turn, each at its default settings",
+}
+
 
 def register(subparsers):
-    from dlg_jax.experiments.studies import (
-        BATCH_METHODS,
-        EXPERIMENT_NAMES,
-        METHODS,
-        QUICK,
-        STANDARD,
-    )
+    from dlg_jax.experiments.studies import EXPERIMENT_NAMES, QUICK, STANDARD
 
     def budget_text(name):
         def text(budget):
@@ -40,48 +51,68 @@ def register(subparsers):
 
     parser = subparsers.add_parser(
         "experiment", help="reproduce the DLG / iDLG / Inverting Gradients result shapes",
-        description="Run an experiment and write <name>.json, <name>.png and <name>.md to --out. Budgets "
-                    "(targets x restarts x iterations): " + "; ".join(f"{n}: {budget_text(n)}" for n in EXPERIMENT_NAMES))
-    parser.add_argument("name", choices=(*EXPERIMENT_NAMES, "all"), help="which experiment")
+        description="Run an experiment and write <name>.json, <name>.png and <name>.md to --out. "
+                    "dlg-jax experiment NAME --help lists its options.")
+    experiments = parser.add_subparsers(dest="name", required=True, metavar="NAME")
+    for name in (*EXPERIMENT_NAMES, "all"):
+        budget = f" Budget (targets x restarts x iterations): {budget_text(name)}." if name != "all" else ""
+        sub = experiments.add_parser(name, help=SUMMARIES[name], description=SUMMARIES[name] + "." + budget)
+        _add_options(sub, name)
+        sub.set_defaults(handler=run, **{dest: None for dest, users in SELECTIONS.items() if name not in users})
+
+
+def _add_options(parser, name: str) -> None:
+    """The shared options, then the selection options that experiment ``name`` reads."""
+    from dlg_jax.experiments.studies import BATCH_METHODS, METHODS
+
     parser.add_argument("--quick", action="store_true", help="the small smoke-test budget (a few minutes)")
     parser.add_argument("--targets", type=positive_int, default=None, help="override the targets per setting")
     parser.add_argument("--restarts", type=positive_int, default=None, help="override the restarts per target")
     parser.add_argument("--iterations", type=positive_int, default=None, help="override the iterations per restart")
-    parser.add_argument("--datasets", nargs="+", default=None,
-                        help="datasets, one or more (labels default: digits colour faces; batch: colour digits; "
-                             "resolution: faces colour; compare, threat: the first, default colour)")
-    parser.add_argument("--batch-sizes", nargs="+", type=positive_int, default=None,
-                        help="batch: one or more (default: 1 2 4 8; --quick: 1 2)")
-    parser.add_argument("--methods", nargs="+", default=None,
-                        help=f"batch, compare, threat, resolution: attack methods, one or more of "
-                             f"{', '.join(METHODS)} (default: batch {' '.join(BATCH_METHODS)}, --quick "
-                             "dlg dlg-count-uniform; compare, resolution dlg ig; threat dlg)")
-    parser.add_argument("--models", nargs="+", default=None,
-                        help="batch, compare: one or more name[-token...], tokens relu, sigmoid, bn, nostride, "
-                             "dlginit, dlg (DLG's ResNet) (default: batch lenet; compare "
-                             "lenet resnet20-sigmoid resnet20-relu)")
-    parser.add_argument("--clients", nargs="+", type=positive_int, default=None,
-                        help="threat: numbers of clients K, one step each (default: 1 2 4 8)")
-    parser.add_argument("--local-steps", nargs="+", type=positive_int, default=None,
-                        help="threat: FedAvg local steps S of one client (default: 1 2 5 10)")
-    parser.add_argument("--aggregate", default="mean", choices=("mean", "sum"),
-                        help="threat: how the K clients' gradients are combined (default: mean)")
-    parser.add_argument("--sizes", nargs="+", type=positive_int, default=None,
-                        help="resolution: image sizes S (S x S; embedded sets: 8 to 256; default: 16 32 64 128)")
-    parser.add_argument("--local-lr", type=positive_float, default=0.1,
-                        help="threat: the FedAvg client's SGD learning rate (default: 0.1)")
+    uses = {dest for dest, users in SELECTIONS.items() if name in users}
+    if "datasets" in uses:
+        defaults = {"labels": "digits colour faces", "batch": "colour digits", "resolution": "faces colour"}
+        parser.add_argument("--datasets", nargs="+", default=None,
+                            help=f"datasets, one or more (default: {defaults.get(name, 'colour')}"
+                                 + ("" if name in defaults else "; only the first is used") + ")")
+    if "batch_sizes" in uses:
+        parser.add_argument("--batch-sizes", nargs="+", type=positive_int, default=None,
+                            help="one or more (default: 1 2 4 8; --quick: 1 2)")
+    if "methods" in uses:
+        default = {"batch": " ".join(BATCH_METHODS) + "; --quick: dlg dlg-count-uniform", "threat": "dlg"}
+        parser.add_argument("--methods", nargs="+", default=None,
+                            help=f"attack methods, one or more of {', '.join(METHODS)} "
+                                 f"(default: {default.get(name, 'dlg ig')})")
+    if "models" in uses:
+        parser.add_argument("--models", nargs="+", default=None,
+                            help="one or more name[-token...], tokens relu, sigmoid, bn, nostride, dlginit, dlg "
+                                 "(DLG's ResNet) (default: " + ("lenet" if name == "batch" else
+                                                                "lenet resnet20-sigmoid resnet20-relu") + ")")
+    if "classes" in uses:
+        parser.add_argument("--classes", type=positive_int, default=None,
+                            help="LeNet's number of outputs (default: the dataset's; DLG's CIFAR-100 code: 100)")
+    if "tolerance" in uses:
+        parser.add_argument("--tolerance", type=nonnegative_float, default=None,
+                            help="a restart converges (and stops) at objective <= this x |dW|^2 (default: 1e-8)")
+    if "clients" in uses:
+        parser.add_argument("--clients", nargs="+", type=positive_int, default=None,
+                            help="numbers of clients K, one step each (default: 1 2 4 8)")
+        parser.add_argument("--local-steps", nargs="+", type=positive_int, default=None,
+                            help="FedAvg local steps S of one client (default: 1 2 5 10)")
+        parser.add_argument("--aggregate", default="mean", choices=("mean", "sum"),
+                            help="how the K clients' gradients are combined (default: mean)")
+        parser.add_argument("--local-lr", type=positive_float, default=0.1,
+                            help="the FedAvg client's SGD learning rate (default: 0.1)")
+    if "sizes" in uses:
+        parser.add_argument("--sizes", nargs="+", type=positive_int, default=None,
+                            help="image sizes S (S x S; embedded sets: 8 to 256; default: 16 32 64 128)")
     parser.add_argument("--float64", action="store_true", help="run in double precision")
-    parser.add_argument("--tolerance", type=nonnegative_float, default=None,
-                        help="batch: a restart converges (and stops) at objective <= this x |dW|^2 (default: 1e-8)")
     parser.add_argument("--chunk-size", type=positive_int, default=None,
                         help="problems (target x restart) per vmapped batch (default: 16; on a GPU: all of them)")
     add_memory_budget(parser)
-    parser.add_argument("--classes", type=positive_int, default=None,
-                        help="batch: LeNet's number of outputs (default: the dataset's; DLG's CIFAR-100 code: 100)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the model weights and the dummies")
     parser.add_argument("--out", default="experiments-out", help="output directory (default: experiments-out)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
-    parser.set_defaults(handler=run)
 
 
 class _RunBars:
@@ -128,8 +159,8 @@ def run(args) -> int:
                                     num_classes=args.classes, tolerance=args.tolerance,
                                     chunk_size=args.chunk_size, memory_budget=args.memory_budget,
                                     clients=args.clients,
-                                    local_steps=args.local_steps, aggregate=args.aggregate,
-                                    local_lr=args.local_lr, sizes=args.sizes,
+                                    local_steps=args.local_steps, aggregate=args.aggregate or "mean",
+                                    local_lr=args.local_lr or 0.1, sizes=args.sizes,
                                     log=bars.log, progress=bars)
             bars.close()
             paths = save_experiment(result, args.out, {"environment": environment()})
