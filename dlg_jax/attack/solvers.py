@@ -85,6 +85,12 @@ class Solver(NamedTuple):
     evaluations: Callable[[Any], jnp.ndarray]
 
 
+class OptaxState(NamedTuple):
+    """State of a solver built on an optax optimiser: the optimiser's state and the objective evaluations."""
+    inner: Any
+    evaluations: jnp.ndarray
+
+
 def _lockstep_lbfgs(objective, config: SolverConfig) -> Solver:
     init, step, evaluations = make_lockstep_lbfgs(objective, config.history_size)
     return Solver("lbfgs", init, step, evaluations)
@@ -98,12 +104,8 @@ def _optax_lbfgs(objective, config: SolverConfig) -> Solver:
         ),
     )
 
-    class State(NamedTuple):
-        inner: Any
-        evaluations: jnp.ndarray
-
     def init(dummy, context):
-        return State(optimizer.init(dummy), jnp.zeros((), jnp.int32))
+        return OptaxState(optimizer.init(dummy), jnp.zeros((), jnp.int32))
 
     def step(dummy, state, context):
         def value_fn(z):
@@ -113,7 +115,7 @@ def _optax_lbfgs(objective, config: SolverConfig) -> Solver:
         fresh = jnp.asarray(optax.tree.get(state.inner, "count") == 0, jnp.int32)
         updates, inner = optimizer.update(grad, state.inner, dummy, value=value, grad=grad, value_fn=value_fn)
         searched = jnp.asarray(optax.tree.get(inner, "num_linesearch_steps"), jnp.int32)
-        return optax.apply_updates(dummy, updates), State(inner, state.evaluations + fresh + searched), value
+        return optax.apply_updates(dummy, updates), OptaxState(inner, state.evaluations + fresh + searched), value
 
     return Solver("optax-lbfgs", init, step, lambda state: state.evaluations)
 
@@ -149,17 +151,13 @@ def _adam(objective, config: SolverConfig) -> Solver:
     if config.signed:
         optimizer = optax.chain(optax.scale_by_sign(), optimizer)
 
-    class State(NamedTuple):
-        inner: Any
-        evaluations: jnp.ndarray
-
     def init(dummy, context):
-        return State(optimizer.init(dummy), jnp.zeros((), jnp.int32))
+        return OptaxState(optimizer.init(dummy), jnp.zeros((), jnp.int32))
 
     def step(dummy, state, context):
         value, grad = jax.value_and_grad(objective)(dummy, context)
         updates, inner = optimizer.update(grad, state.inner, dummy)
-        return optax.apply_updates(dummy, updates), State(inner, state.evaluations + 1), value
+        return optax.apply_updates(dummy, updates), OptaxState(inner, state.evaluations + 1), value
 
     return Solver("adam", init, step, lambda state: state.evaluations)
 

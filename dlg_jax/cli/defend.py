@@ -15,7 +15,7 @@ import os
 import sys
 
 from dlg_jax.cli.attack import add_attack_options
-from dlg_jax.cli.options import ProgressBar, add_memory_budget, plain, positive_float, positive_int
+from dlg_jax.cli.options import RunBars, add_memory_budget, plain, positive_float, positive_int
 
 # Budgets when neither the option nor --quick is given, and with --quick (a smoke run of a few minutes).
 STANDARD = {"restarts": 4, "iterations": 2000, "targets": 4, "train_steps": 500, "train_runs": 3,
@@ -90,20 +90,6 @@ def _parse_strength(text: str):
         return text
 
 
-class _SettingBars:
-    """One progress bar per attacked setting."""
-
-    def __init__(self, enabled: bool):
-        self.enabled, self.bar = enabled, ProgressBar(enabled)
-
-    def __call__(self, progress) -> None:
-        self.bar(progress)
-
-    def next(self) -> None:
-        self.bar.close()
-        self.bar = ProgressBar(self.enabled)
-
-
 def _defense_entries(args, defenses: list[str]) -> list:
     """The grid's ``defense`` axis: the undefended baseline, then each defense at its strengths."""
     options = {"prune": {} if args.prune_scope is None else {"scope": args.prune_scope},
@@ -166,7 +152,8 @@ def run(args) -> int:
                                    learning_rate=args.train_lr, runs=_resolve(args, "train_runs"), seed=args.seed)
     out = prepare_output_dir(args.out)
     store = Store(os.path.join(out, "store"))
-    bars = _SettingBars(not args.quiet)
+    bars = RunBars(not args.quiet)
+    bars.next()
     counter = itertools.count(1)
 
     def report(point, rows):
@@ -180,7 +167,7 @@ def run(args) -> int:
     try:
         run_grid(points, store, resume=True, memory_budget=args.memory_budget, progress=bars, on_point=report)
     finally:
-        bars.bar.close()
+        bars.close()
     order = {p.id: i for i, p in enumerate(points)}
     rows = point_summaries(sorted((r for r in store.rows() if r["point_id"] in order),
                                   key=lambda r: (order[r["point_id"]], r["target"])))

@@ -11,10 +11,9 @@ Each writes ``<name>.json``, ``<name>.png`` and ``<name>.md`` to ``--out`` and p
 ``dlg-jax experiment NAME --help`` lists the options that experiment reads.
 """
 
-import sys
 
 from dlg_jax.cli.options import (
-    ProgressBar,
+    RunBars,
     add_memory_budget,
     nonnegative_float,
     positive_float,
@@ -115,25 +114,6 @@ def _add_options(parser, name: str) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
 
 
-class _RunBars:
-    """A status line and a fresh progress bar for every attack run of an experiment."""
-
-    def __init__(self, enabled: bool):
-        self.enabled, self.bar = enabled, ProgressBar(False)
-
-    def log(self, message: str) -> None:
-        self.bar.close()
-        if self.enabled:
-            print(message, file=sys.stderr, flush=True)
-        self.bar = ProgressBar(self.enabled)
-
-    def __call__(self, progress) -> None:
-        self.bar(progress)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
 def run(args) -> int:
     from dlg_jax.experiments.studies import (
         EXPERIMENT_NAMES,
@@ -148,7 +128,7 @@ def run(args) -> int:
         import jax
 
         jax.config.update("jax_enable_x64", True)
-    bars = _RunBars(not args.quiet)
+    bars = RunBars(not args.quiet)
     names = EXPERIMENT_NAMES if args.name == "all" else (args.name,)
     try:
         for name in names:
@@ -161,7 +141,7 @@ def run(args) -> int:
                                     clients=args.clients,
                                     local_steps=args.local_steps, aggregate=args.aggregate or "mean",
                                     local_lr=args.local_lr or 0.1, sizes=args.sizes,
-                                    log=bars.log, progress=bars)
+                                    log=bars.next, progress=bars)
             bars.close()
             paths = save_experiment(result, args.out, {"environment": environment()})
             print(f"## {name} ({result.payload['wall_seconds']:.0f} s) -> {', '.join(paths)}\n")

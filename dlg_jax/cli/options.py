@@ -83,6 +83,27 @@ class ProgressBar:
             self.bar.close()
 
 
+class RunBars:
+    """A fresh :class:`ProgressBar` for every attack of a command that runs several (an experiment's runs, a
+    sweep's settings): :meth:`next` closes the last one (after printing ``message``, if any, as a status
+    line) and opens the next; the object itself is the ``progress`` callback of the current run."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.bar = enabled, ProgressBar(False)
+
+    def next(self, message: str | None = None) -> None:
+        self.bar.close()
+        if self.enabled and message:
+            print(message, file=sys.stderr, flush=True)
+        self.bar = ProgressBar(self.enabled)
+
+    def __call__(self, progress) -> None:
+        self.bar(progress)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 class TrainingBar:
     """A tqdm bar over the victim's training steps, showing the last minibatch loss."""
 
