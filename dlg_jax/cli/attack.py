@@ -20,16 +20,16 @@ from dlg_jax.environment import environment
 def add_attack_options(parser: argparse.ArgumentParser) -> None:
     """The options shared by every command that runs attacks (model, data, solver, budget, seed)."""
     from dlg_jax.attack.compile_cache import ENVIRONMENT_VARIABLE
-    from dlg_jax.attack.engine import AttackConfig
+    from dlg_jax.attack.engine import BATCH_UPDATES, DUMMY_INITS, AttackConfig
     from dlg_jax.attack.precision import PRECISIONS
     from dlg_jax.attack.presets import attack_preset
     from dlg_jax.attack.solvers import SOLVER_NAMES
-    from dlg_jax.models import MODEL_NAMES
+    from dlg_jax.models import ACTIVATIONS, MODEL_NAMES
 
     defaults = AttackConfig()
     dlg, ig = attack_preset("dlg"), attack_preset("ig")
     parser.add_argument("--model", default="lenet", choices=MODEL_NAMES, help="network (default: lenet, DLG's)")
-    parser.add_argument("--activation", default=None, choices=("relu", "sigmoid"),
+    parser.add_argument("--activation", default=None, choices=tuple(ACTIVATIONS),
                         help="resnet/mlp activation (default: the model's own)")
     parser.add_argument("--dataset", default="colour",
                         help="embedded: colour, digits, faces; prepared tfds: mnist, cifar10, cifar100, "
@@ -71,9 +71,9 @@ def add_attack_options(parser: argparse.ArgumentParser) -> None:
                         help=f"do not use the persistent compilation cache (also: {ENVIRONMENT_VARIABLE}=off)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the model weights and the dummies")
     parser.add_argument("--float64", action="store_true", help="run in double precision")
-    parser.add_argument("--batch-update", default=None, choices=("joint", "cyclic"),
+    parser.add_argument("--batch-update", default=None, choices=BATCH_UPDATES,
                         help="joint: every slot each iteration (default); cyclic: slot i mod B at iteration i (DLG)")
-    parser.add_argument("--dummy-init", default=None, choices=("randn", "uniform"),
+    parser.add_argument("--dummy-init", default=None, choices=DUMMY_INITS,
                         help="dummy images ~ N(0, 1) (default, DLG) or ~ U(0, 1)")
     parser.add_argument("--bn-prior", type=nonnegative_float, default=None,
                         help="weight of GradInversion's batch-norm statistics prior (models with batch norm; "
@@ -87,6 +87,9 @@ def add_attack_options(parser: argparse.ArgumentParser) -> None:
 def _register_common_attack(subparsers):
     from dlg_jax.attack.labels import LABEL_STRATEGIES
     from dlg_jax.attack.presets import PRESET_NAMES
+    from dlg_jax.models import NORMS
+    from dlg_jax.victim.threat_models import AGGREGATES
+    from dlg_jax.victim.training import VICTIM_OPTIMISERS
 
     parser = subparsers.add_parser("attack", help="reconstruct private images from their shared gradient",
                                    description="Run DLG (or Inverting Gradients) on dataset images and write "
@@ -94,7 +97,7 @@ def _register_common_attack(subparsers):
     add_attack_options(parser)
     parser.add_argument("--attack", default="dlg", choices=PRESET_NAMES,
                         help="dlg (Zhu et al. 2019) or ig (Inverting Gradients, Geiping et al. 2020) (default: dlg)")
-    parser.add_argument("--norm", default=None, choices=("none", "group", "batch"),
+    parser.add_argument("--norm", default=None, choices=NORMS,
                         help="resnet normalisation (default: none); batch: batch norm from the batch's own "
                              "statistics, as a client computes its gradient in training mode")
     parser.add_argument("--labels", default=None, choices=LABEL_STRATEGIES,
@@ -110,7 +113,7 @@ def _register_common_attack(subparsers):
     threat.add_argument("--clients", type=int, default=1,
                         help="K >= 1: the attacker sees the aggregate of K clients' shares, the target's and "
                              "K-1 other batches of the dataset (default: 1)")
-    threat.add_argument("--aggregate", default="mean", choices=("mean", "sum"),
+    threat.add_argument("--aggregate", default="mean", choices=AGGREGATES,
                         help="how the K clients' shares are combined (default: mean, as FedAvg / all-reduce)")
     threat.add_argument("--local-steps", type=int, default=1,
                         help="S >= 1: FedAvg, each client runs S SGD steps on its batch and shares its weights; "
@@ -132,7 +135,7 @@ def _register_common_attack(subparsers):
                              "batches before the attack; writes victim.msgpack to --out")
     amount.add_argument("--train-epochs", type=nonnegative_int, default=None,
                         help="as --train-steps, in passes over those images")
-    victim.add_argument("--train-optimizer", default="sgd", choices=("sgd", "adam"),
+    victim.add_argument("--train-optimizer", default="sgd", choices=VICTIM_OPTIMISERS,
                         help="training optimiser (default: sgd with momentum 0.9)")
     victim.add_argument("--train-lr", type=positive_float, default=0.05, help="training learning rate (default: 0.05)")
     victim.add_argument("--train-batch-size", type=positive_int, default=32,

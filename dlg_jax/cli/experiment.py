@@ -63,6 +63,7 @@ def register(subparsers):
 def _add_options(parser, name: str) -> None:
     """The shared options, then the selection options that experiment ``name`` reads."""
     from dlg_jax.experiments.studies import BATCH_METHODS, METHODS
+    from dlg_jax.victim.threat_models import AGGREGATES
 
     parser.add_argument("--quick", action="store_true", help="the small smoke-test budget (a few minutes)")
     parser.add_argument("--targets", type=positive_int, default=None, help="override the targets per setting")
@@ -98,7 +99,7 @@ def _add_options(parser, name: str) -> None:
                             help="numbers of clients K, one step each (default: 1 2 4 8)")
         parser.add_argument("--local-steps", nargs="+", type=positive_int, default=None,
                             help="FedAvg local steps S of one client (default: 1 2 5 10)")
-        parser.add_argument("--aggregate", default="mean", choices=("mean", "sum"),
+        parser.add_argument("--aggregate", default="mean", choices=AGGREGATES,
                             help="how the K clients' gradients are combined (default: mean)")
         parser.add_argument("--local-lr", type=positive_float, default=0.1,
                             help="the FedAvg client's SGD learning rate (default: 0.1)")

@@ -14,12 +14,14 @@ from dlg_jax.cli.options import add_memory_budget, nonnegative_float, plain, pos
 
 
 def register(subparsers) -> None:
+    from dlg_jax.experiments.executors import EXECUTORS
+
     parser = subparsers.add_parser("sweep", help="run an experiment grid (TOML) into a results store",
                                    description=plain(__doc__.split("\n\n")[0]))
     parser.add_argument("grid", help="the grid file (TOML; see docs/sweeps.md)")
     parser.add_argument("--store", required=True, help="results store directory (created if absent)")
     parser.add_argument("--resume", action="store_true", help="skip the points already in the store")
-    parser.add_argument("--executor", default="local", choices=("local", "ray"),
+    parser.add_argument("--executor", default="local", choices=EXECUTORS,
                         help="local: this process; ray: one task per point on a Ray cluster (default: local)")
     add_memory_budget(parser)
     parser.add_argument("--ray-address", default=None,
