@@ -12,6 +12,14 @@ restart does the whole budget:
   on ``R`` because restarts run sequentially. One restart-iteration is one L-BFGS iteration (``n_iter``).
 - ``torch-reference-compiled``: the same procedure whose closure runs the ``torch.compile``d objective
   (compile time reported on its own).
+- ``torch-lockstep-R<R>`` / ``torch-lockstep-compiled-R<R>``: the JAX attack's own algorithm written in
+  PyTorch (:func:`benchmarks.torch_reference.lockstep_attack`: all restarts together in chunks of the
+  attack's default size, lockstep L-BFGS on the ``torch.func`` objective; eager, and the whole step through
+  ``torch.compile``), beside the JAX ``lbfgs`` attack at the same ``R``, for each ``R`` of
+  ``--lockstep-restarts`` (:data:`LOCKSTEP_RESTARTS`). ``lockstep_comparison`` (in the JSON) separates the
+  two ratios the other rows mix: *framework* (``speedup_vs_torch_lockstep``: JAX / the faster of eager and
+  compiled PyTorch, same algorithm) and *algorithm* (``torch_lockstep_vs_torch_reference``: PyTorch's
+  lockstep attack / PyTorch's one-restart-at-a-time DLG procedure, each at its faster of eager and compiled).
 
 ``attack_variants`` (in the JSON): the lockstep ``lbfgs`` with shorter histories
 (:data:`HISTORY_VARIANTS`; DLG's is 100), timed in the same alternation, with their ratio to the default
@@ -25,7 +33,8 @@ evaluate the objective once per iteration; ``optax-lbfgs`` / ``jaxopt-lbfgs`` ru
 (several evaluations per iteration); ``adam`` one. So evaluations/s and *accepted* iterations are
 recorded as well.
 
-    python -m benchmarks.attack_throughput [--quick] [--restarts 128] [--iterations 200] [--solvers ...] [--device cpu]
+    python -m benchmarks.attack_throughput [--quick] [--restarts 128] [--iterations 200] [--solvers ...]
+        [--lockstep-restarts 32,128] [--device cpu]
 """
 
 import math
@@ -38,6 +47,9 @@ from benchmarks import common
 NAME = "attack_throughput"
 TORCH_NAME = "torch-reference"
 TORCH_COMPILED_NAME = "torch-reference-compiled"
+TORCH_LOCKSTEP_NAME = "torch-lockstep"
+TORCH_LOCKSTEP_COMPILED_NAME = "torch-lockstep-compiled"
+LOCKSTEP_RESTARTS = (32, 128)
 TORCH_MAX_ITER = 20
 ACCELERATOR_RESTARTS = 1024
 HISTORY_VARIANTS = (10, 30)
@@ -126,6 +138,28 @@ def _torch_run(problem, restarts: int, iterations: int, seed: int, device, compi
     return run, time.perf_counter() - started
 
 
+def _torch_lockstep_run(problem, restarts: int, iterations: int, seed: int, device, compiled: bool, chunk_size: int):
+    """``run() -> measurements`` for :func:`benchmarks.torch_reference.lockstep_attack` on target 0 of
+    ``problem`` from the attack's dummies (``restarts`` together, chunks of ``chunk_size``, no early stop),
+    warmed up; and the warm-up's seconds (the compile time when ``compiled``)."""
+    from benchmarks import torch_reference as tr
+
+    net = _torch_net(problem, device)
+    target = tr.shared_gradient(net, problem.images[0], problem.labels[0])
+    images, logits = (a[0] for a in common.initial_dummies(seed, 1, restarts, problem.images.shape[1], problem.model))
+
+    def run(steps=iterations):
+        result = tr.lockstep_attack(net, target, images, logits, iterations=steps, tolerance=0.0,
+                                    chunk_size=chunk_size, compiled=compiled)
+        return {"seconds": result.seconds, "restart_iterations": result.restart_iterations,
+                "accepted_iterations": int(result.iterations.sum()), "evaluations": int(result.evaluations.sum()),
+                "failed": int(result.failed.sum())}
+
+    started = time.perf_counter()
+    run(2)  # warm-up (compiles the step for the chunk's shape)
+    return run, time.perf_counter() - started
+
+
 def _summarise(name: str, samples: list[dict], restarts: int, compile_seconds: float | None) -> dict:
     seconds = [s["seconds"] for s in samples]
     per_second = {key: common.median([s[key] / s["seconds"] for s in samples])
@@ -141,13 +175,25 @@ def _summarise(name: str, samples: list[dict], restarts: int, compile_seconds: f
     }
 
 
-def headline(rows: list[dict]) -> dict:
+def headline(rows: list[dict], jax_names: dict[int, str] | None = None) -> dict:
     """The default solver (lockstep ``lbfgs``) against the PyTorch reference (eager closure; keys with
-    ``_vs_torch_compile``: against the compiled closure)."""
+    ``_vs_torch_compile``: against the compiled closure), and from :func:`lockstep_comparison`
+    ``speedup_vs_torch_lockstep[_R<R>]`` and ``torch_lockstep_vs_torch_reference[_R<R>]`` (unsuffixed: at
+    the ``lbfgs`` row's ``R`` when compared there, else the largest ``R``)."""
     by_name = {r["candidate"]: r for r in rows}
+    out = {}
+    comparison = lockstep_comparison(rows, jax_names or {})
+    for entry in comparison:
+        for key in ("speedup_vs_torch_lockstep", "torch_lockstep_vs_torch_reference"):
+            out[f"{key}_R{entry['restarts']}"] = entry[key]
+    if comparison:
+        main = next((e for e in comparison if jax_names[e["restarts"]] == "lbfgs"), comparison[-1])
+        out.update(speedup_vs_torch_lockstep=main["speedup_vs_torch_lockstep"], lockstep_restarts=main["restarts"],
+                   torch_lockstep_vs_torch_reference=main["torch_lockstep_vs_torch_reference"])
     if "lbfgs" not in by_name:
-        return {}
-    jax_row, out = by_name["lbfgs"], {"restarts": by_name["lbfgs"]["restarts"]}
+        return out
+    jax_row = by_name["lbfgs"]
+    out["restarts"] = jax_row["restarts"]
     for name, suffix in ((TORCH_NAME, ""), (TORCH_COMPILED_NAME, "_vs_torch_compile")):
         if name not in by_name:
             continue
@@ -156,6 +202,25 @@ def headline(rows: list[dict]) -> dict:
                           ("accepted_iterations", "accepted_iterations_per_second"),
                           ("evaluations", "restart_evaluations_per_second")):
             out[f"speedup_{key}{suffix}"] = jax_row[rate] / torch_row[rate]
+    return out
+
+
+def lockstep_comparison(rows: list[dict], jax_names: dict[int, str]) -> list[dict]:
+    """Per ``R`` of ``jax_names`` (``R -> name of the JAX lbfgs row``): the JAX attack, PyTorch's lockstep
+    attack eager and compiled (the faster is ``torch_lockstep_best``), the framework ratio
+    ``speedup_vs_torch_lockstep`` (JAX / best PyTorch lockstep) and the algorithm ratio
+    ``torch_lockstep_vs_torch_reference`` (best PyTorch lockstep / best PyTorch one-restart-at-a-time
+    procedure), in restart-iterations/s."""
+    rate = {r["candidate"]: r["restart_iterations_per_second"] for r in rows}
+    reference = max((rate[name] for name in (TORCH_NAME, TORCH_COMPILED_NAME) if name in rate), default=None)
+    out = []
+    for restarts, jax_name in jax_names.items():
+        torch_rates = {name: rate[f"{name}-R{restarts}"] for name in (TORCH_LOCKSTEP_NAME, TORCH_LOCKSTEP_COMPILED_NAME)}
+        best = max(torch_rates, key=torch_rates.get)
+        out.append({"restarts": restarts, "jax": rate[jax_name], "torch_lockstep_eager": torch_rates[TORCH_LOCKSTEP_NAME],
+                    "torch_lockstep_compiled": torch_rates[TORCH_LOCKSTEP_COMPILED_NAME], "torch_lockstep_best": best,
+                    "speedup_vs_torch_lockstep": rate[jax_name] / torch_rates[best],
+                    "torch_lockstep_vs_torch_reference": None if reference is None else torch_rates[best] / reference})
     return out
 
 
@@ -174,6 +239,7 @@ def _plot(rows):
 
 
 def run(args) -> dict:
+    from dlg_jax.attack.engine import default_chunk_size
     from dlg_jax.attack.solvers import SOLVER_NAMES
 
     accelerator = common.is_accelerator()
@@ -195,6 +261,18 @@ def run(args) -> dict:
             name = variant_names[history] = f"lbfgs-history-{history}"
             runs[name], compile_seconds[name] = _jax_run(problem, "lbfgs", restarts, iterations, args.seed,
                                                          chunk_size, history)
+    jax_names = {}
+    lockstep_restarts = () if torch is None else (args.lockstep_restarts or LOCKSTEP_RESTARTS)
+    for lockstep in lockstep_restarts:
+        jax_names[lockstep] = "lbfgs" if lockstep == restarts and "lbfgs" in solvers else f"lbfgs-R{lockstep}"
+        if jax_names[lockstep] not in runs:
+            runs[jax_names[lockstep]], compile_seconds[jax_names[lockstep]] = _jax_run(
+                problem, "lbfgs", lockstep, iterations, args.seed, chunk_size)
+        for name, compiled in ((TORCH_LOCKSTEP_NAME, False), (TORCH_LOCKSTEP_COMPILED_NAME, True)):
+            key = f"{name}-R{lockstep}"
+            runs[key], compile_seconds[key] = _torch_lockstep_run(
+                problem, lockstep, iterations, args.seed, device, compiled, chunk_size or default_chunk_size())
+            print(f"warmed up {key} ({compile_seconds[key]:.1f} s)", flush=True)
     if torch is not None:
         for name, compiled in ((TORCH_NAME, False), (TORCH_COMPILED_NAME, True)):
             runs[name], compile_seconds[name] = _torch_run(problem, torch_restarts, iterations, args.seed,
@@ -204,8 +282,12 @@ def run(args) -> dict:
             else:
                 compile_seconds[name] = None
     samples = common.alternate(runs, repeats)
-    rows = [_summarise(name, samples[name], torch_restarts if name.startswith(TORCH_NAME) else restarts,
-                       compile_seconds.get(name)) for name in runs]
+    row_restarts = {**{name: torch_restarts for name in (TORCH_NAME, TORCH_COMPILED_NAME)},
+                    **{name: lockstep for lockstep, name in jax_names.items()},
+                    **{f"{name}-R{lockstep}": lockstep for lockstep in jax_names
+                       for name in (TORCH_LOCKSTEP_NAME, TORCH_LOCKSTEP_COMPILED_NAME)}}
+    rows = [_summarise(name, samples[name], row_restarts.get(name, restarts), compile_seconds.get(name))
+            for name in runs]
     by_name = {row["candidate"]: row for row in rows}
     attack_variants = [
         {"variant": name, "history_size": history,
@@ -222,10 +304,11 @@ def run(args) -> dict:
                    "restarts": restarts, "iterations": iterations, "torch_restarts": torch_restarts,
                    "torch_max_iter": TORCH_MAX_ITER, "repeats": repeats, "seed": args.seed,
                    "solvers": list(solvers), "chunk_size": chunk_size,
+                   "lockstep_restarts": list(lockstep_restarts),
                    "device": str(device) if device is not None else None},
         "precision": common.precision_record(torch, device),
         "environment": common.environment(torch), "rows": rows, "attack_variants": attack_variants,
-        "headline": headline(rows),
+        "lockstep_comparison": lockstep_comparison(rows, jax_names), "headline": headline(rows, jax_names),
     }
     figure = None if args.no_plot else _plot(rows)
     print(f"wrote {common.write_results(args.out, NAME, payload, figure)}")
@@ -239,7 +322,8 @@ def build_parser():
     parser.add_argument("--restarts", type=common.positive_int("restarts", MAX_RESTARTS), default=None,
                         help=f"JAX restarts R run together (default: 128; on a GPU/TPU {ACCELERATOR_RESTARTS})")
     parser.add_argument("--chunk-size", type=common.positive_int("chunk size", MAX_RESTARTS), default=None,
-                        help="JAX problems per vmapped chunk (default: AttackConfig's; on a GPU/TPU all restarts)")
+                        help="problems per batched chunk, JAX and PyTorch lockstep attacks alike (default: "
+                             "AttackConfig's; on a GPU/TPU all restarts)")
     parser.add_argument("--iterations", type=common.positive_int("iterations", MAX_ITERATIONS), default=None,
                         help="iteration budget per restart (default: 200; quick: 20)")
     parser.add_argument("--torch-restarts", type=common.positive_int("torch restarts", MAX_RESTARTS), default=None,
@@ -247,6 +331,9 @@ def build_parser():
     parser.add_argument("--solvers", type=common.name_list("solver", SOLVER_NAMES), default=None,
                         help=f"comma-separated subset of {','.join(SOLVER_NAMES)} "
                              f"(default: all; quick: {','.join(QUICK_SOLVERS)})")
+    parser.add_argument("--lockstep-restarts", type=common.int_list("lockstep restarts", MAX_RESTARTS), default=None,
+                        help="R values at which the JAX attack runs beside the same algorithm in PyTorch "
+                             f"(default: {','.join(map(str, LOCKSTEP_RESTARTS))})")
     parser.add_argument("--no-torch", action="store_true", help="JAX only")
     parser.add_argument("--no-variants", action="store_true",
                         help=f"skip the lbfgs history variants ({', '.join(map(str, HISTORY_VARIANTS))})")

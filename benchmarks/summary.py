@@ -5,7 +5,8 @@ missing (all of them with ``--rerun``), and writes ``summary.json``::
 
     {"summary": {"objective_speedup_vs_torch_eager": x, "objective_speedup_vs_torch_func": x,
                  "objective_speedup_vs_torch_compile": x, "attack_speedup_vs_torch_reference": x,
-                 "attack_speedup_vs_torch_compile": x, "time_to_recovery_speedup": x,
+                 "attack_speedup_vs_torch_compile": x, "attack_speedup_vs_torch_lockstep": x,
+                 "time_to_recovery_speedup": x,
                  "peak_fraction": x, ...},
      "targets": {metric: {"value": x, "target": t, "met": bool}}, "results": {benchmark: its JSON}}
 
@@ -14,6 +15,8 @@ Targets (issue 3): objective >= 10x torch eager and >= 3x torch.func; full attac
 reference in restart-iterations/s and in time to recovery at an equal or better success rate;
 >= 25% of the float32 matmul peak. Issue 10: objective >= ``torch.compile`` of the ``torch.func``
 objective (1x) and full attack >= 3x the PyTorch procedure with a ``torch.compile``d closure.
+``attack_speedup_vs_torch_lockstep``: the same lockstep algorithm in both frameworks (JAX / the faster of
+eager and compiled PyTorch), so the framework's share of the attack's lead alone (>= 1x).
 
     python -m benchmarks.summary [--rerun]
 """
@@ -38,6 +41,7 @@ TARGETS = {
     "objective_speedup_vs_torch_compile": 1.0,
     "attack_speedup_vs_torch_reference": 10.0,
     "attack_speedup_vs_torch_compile": 3.0,
+    "attack_speedup_vs_torch_lockstep": 1.0,
     "time_to_recovery_speedup": 10.0,
     "peak_fraction": 0.25,
 }
@@ -68,6 +72,8 @@ def summarise(results: dict) -> dict:
         "peak_fraction": objective.get("peak_fraction"),
         "attack_speedup_vs_torch_reference": attack.get("speedup_restart_iterations"),
         "attack_speedup_vs_torch_compile": attack.get("speedup_restart_iterations_vs_torch_compile"),
+        "attack_speedup_vs_torch_lockstep": attack.get("speedup_vs_torch_lockstep"),
+        "attack_torch_lockstep_vs_torch_reference": attack.get("torch_lockstep_vs_torch_reference"),
         "attack_speedup_evaluations": attack.get("speedup_evaluations"),
         "time_to_recovery_speedup": recovery.get("speedup"),
         "time_to_recovery_speedup_including_compile": recovery.get("speedup_including_compile"),

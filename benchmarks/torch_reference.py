@@ -21,6 +21,12 @@ start from the same weights and the same dummies.
   fused C++ on CPU, Triton on CUDA), PyTorch's best.
 - :func:`dlg_restart` with ``compiled=True``: the same ``torch.optim.LBFGS`` procedure whose closure
   evaluates ``J`` and its gradient with the compiled objective (one restart as a batch of one).
+- :func:`lockstep_attack`: not DLG's procedure but *our* attack's algorithm in PyTorch, to separate the
+  framework from the algorithm in speed claims: all restarts together (chunks of 16), each step one
+  evaluation of the ``torch.func`` objective over the chunk and the lockstep L-BFGS update of
+  :mod:`dlg_jax.attack.lockstep_lbfgs` (same memory, matrix-form two-loop recursion, Armijo backtracking unrolled
+  across steps, resets, curvature test) with :mod:`dlg_jax.attack.engine`'s stopping rules; ``compiled=True``
+  runs each step, objective included, through ``torch.compile``.
 
 Every function works on the device of ``net`` (:func:`twin` ``device=``).
 """
@@ -28,7 +34,7 @@ Every function works on the device of ``net`` (:func:`twin` ``device=``).
 import dataclasses
 import functools
 import time
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -38,6 +44,7 @@ torch = require_torch()
 nn = torch.nn
 F = torch.nn.functional
 
+from dlg_jax.attack.lockstep_lbfgs import ARMIJO_C1, CURVATURE_EPS, MIN_STEP  # noqa: E402
 from dlg_jax.models.torch_twin import TorchCifarResNet, TorchLeNet, to_flax, twin  # noqa: E402,F401
 
 # ---------------------------------------------------------------------------------------------------
@@ -117,6 +124,13 @@ def _batched_matching(net: nn.Module) -> Callable:
     return vmap(grad_and_value(matching, argnums=(2, 3)), in_dims=(None, None, 0, 0))
 
 
+def _named(net: nn.Module, target_grads) -> tuple[dict, dict]:
+    """``net``'s parameters (detached) and ``target_grads`` (``net.parameters()`` order) as dicts keyed by
+    parameter name: the first two arguments of :func:`_batched_matching`."""
+    params = {name: p.detach() for name, p in net.named_parameters()}
+    return params, dict(zip(params, target_grads))
+
+
 # Dynamo keys compiled code on the function's code object: every new net (and every new restart count,
 # the shapes being static) is a recompilation of the same code, more than the default limit of 8 in
 # one benchmark run.
@@ -135,8 +149,7 @@ def functional_objective(net: nn.Module, target_grads, compiled: bool = False) -
     for ``R`` restarts of one target, with ``torch.func`` (vmap over restarts of grad of a loss that
     itself takes grad w.r.t. the parameters). ``compiled``: through ``torch.compile`` (the first call
     for each new ``R`` compiles, seconds to a minute)."""
-    params = {name: p.detach() for name, p in net.named_parameters()}
-    targets = dict(zip(params, target_grads))
+    params, targets = _named(net, target_grads)
     batched = _compiled_matching(net) if compiled else _batched_matching(net)
 
     def value_and_grad(images, label_logits):
@@ -255,3 +268,234 @@ def dlg_attack(net: nn.Module, target_grads, images: np.ndarray, label_logits: n
             break
     ranking = [np.inf if r.failed else r.loss for r in results]
     return ReferenceAttack(results, int(np.argmin(ranking)))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The lockstep attack, written in PyTorch
+
+
+class LockstepState(NamedTuple):
+    """One chunk of ``R`` restarts (leading axis) under :func:`lockstep_attack`; ``n`` unknowns per restart
+    (the images, then the label logits, flattened in torch's NCHW order: L-BFGS only sees inner products,
+    so the order of the unknowns changes nothing), ``m`` memory slots.
+
+    The attack's per-problem state (:class:`dlg_jax.attack.engine._Problem`): ``images [R, B, C, H, W]``,
+    ``label_logits [R, B, K]``, ``loss [R]`` (objective at the dummy), ``failed``/``converged [R]`` bool,
+    ``iterations``/``evaluations [R]`` int64, ``threshold [R]``. The solver's
+    (:class:`dlg_jax.attack.lockstep_lbfgs.LockstepLBFGSState`, same meanings): ``value [R]``, ``grad [R, n]``,
+    ``s_memory``/``y_memory [R, m, n]`` (written in place, one row per restart), ``rho [R, m]``,
+    ``sy``/``yy [R, m, m]``, ``s_grad``/``y_grad [R, m]``, ``head [R]`` int64, ``step_size [R]``."""
+
+    images: "torch.Tensor"
+    label_logits: "torch.Tensor"
+    loss: "torch.Tensor"
+    failed: "torch.Tensor"
+    converged: "torch.Tensor"
+    iterations: "torch.Tensor"
+    evaluations: "torch.Tensor"
+    threshold: "torch.Tensor"
+    value: "torch.Tensor"
+    grad: "torch.Tensor"
+    s_memory: "torch.Tensor"
+    y_memory: "torch.Tensor"
+    rho: "torch.Tensor"
+    sy: "torch.Tensor"
+    yy: "torch.Tensor"
+    s_grad: "torch.Tensor"
+    y_grad: "torch.Tensor"
+    head: "torch.Tensor"
+    step_size: "torch.Tensor"
+
+
+def _flat(images, label_logits):
+    """``([R, B, C, H, W], [R, B, K]) -> [R, n]``."""
+    return torch.cat([images.flatten(1), label_logits.flatten(1)], dim=1)
+
+
+def _split(flat, images, label_logits):
+    """``[R, n]`` -> views ``([R, B, C, H, W], [R, B, K])`` shaped like ``images`` and ``label_logits``
+    (the state always holds such views, so that ``torch.compile``'s guards see one memory layout)."""
+    split = images[0].numel()
+    return flat[:, :split].view_as(images), flat[:, split:].view_as(label_logits)
+
+
+def _lockstep_direction(state: LockstepState):
+    """``-H grad [R, n]``: :func:`dlg_jax.attack.lockstep_lbfgs._direction` for every restart, the two-loop
+    recursion in its matrix form (pairs in age order, newest first; two unit-triangular ``m x m`` solves)."""
+    restarts, memory = state.rho.shape
+    order = (state.head[:, None] - 1 - torch.arange(memory, device=state.head.device)) % memory  # [R, m]
+    square = (restarts, memory, memory)
+    by_age = lambda matrix: matrix.gather(1, order[:, :, None].expand(square)).gather(2, order[:, None, :].expand(square))
+    rho, sy, yy = state.rho.gather(1, order), by_age(state.sy), by_age(state.yy)
+    solve = torch.linalg.solve_triangular  # the diagonal is taken as 1 (unitriangular)
+    lower = rho[:, :, None] * torch.tril(sy, -1)
+    alpha = solve(lower, (rho * state.s_grad.gather(1, order))[:, :, None], upper=False, unitriangular=True)
+    have_pair = rho[:, 0] > 0
+    gamma = 1.0 / torch.where(have_pair, rho[:, 0] * yy[:, 0, 0], 1.0)
+    first_scale = torch.clamp(1.0 / torch.clamp(state.grad.abs().sum(1), min=1e-30), max=1.0)
+    scale = torch.where(have_pair, gamma, first_scale)[:, None]
+    upper = torch.triu(sy.transpose(1, 2), 1)
+    y_r0 = scale[:, :, None] * (state.y_grad.gather(1, order)[:, :, None] - yy @ alpha)
+    beta = solve(rho[:, :, None] * upper, rho[:, :, None] * (y_r0 + upper @ alpha), upper=True, unitriangular=True)
+    # Back to slot order (the age -> slot map is its own inverse), then the two products with the memory.
+    alpha, beta = alpha[:, :, 0].gather(1, order), beta[:, :, 0].gather(1, order)
+    r = scale * (state.grad - (alpha[:, None] @ state.y_memory)[:, 0]) + ((alpha - beta)[:, None] @ state.s_memory)[:, 0]
+    return -r
+
+
+def _lockstep_step(batched, params, targets, state: LockstepState):
+    """One iteration of :func:`dlg_jax.attack.lockstep_lbfgs.make_lockstep_lbfgs`'s ``step`` for every restart
+    (one evaluation of ``J`` each, at the trial point) followed by the attack's bookkeeping of
+    :func:`dlg_jax.attack.engine._programs` (converged / failed problems frozen). Returns the new state and the
+    loss history entry ``[R]``."""
+    flat = _flat(state.images, state.label_logits)
+    direction = _lockstep_direction(state)
+    slope = torch.sum(state.grad * direction, 1)
+    descent = slope < 0
+    direction = torch.where(descent[:, None], direction, -state.grad)
+    slope = torch.where(descent, slope, -torch.sum(state.grad * state.grad, 1))
+    a = state.step_size
+    trial = flat + a[:, None] * direction
+    (grad_images, grad_logits), value = batched(params, targets, *_split(trial, state.images, state.label_logits))
+    grad = _flat(grad_images, grad_logits)
+    finite = torch.isfinite(value) & torch.isfinite(grad).all(1)
+    accept = finite & (value <= state.value + ARMIJO_C1 * a * slope)
+
+    s, y = trial - flat, grad - state.grad
+    sy = torch.sum(s * y, 1)
+    store = accept & (sy > CURVATURE_EPS * torch.linalg.vector_norm(s, dim=1) * torch.linalg.vector_norm(y, dim=1))
+    rows, head = torch.arange(len(store), device=store.device), state.head
+    keep = store[:, None]
+    state.s_memory[rows, head] = torch.where(keep, s, state.s_memory[rows, head])
+    state.y_memory[rows, head] = torch.where(keep, y, state.y_memory[rows, head])
+    rho = state.rho.clone()
+    rho[rows, head] = torch.where(store, 1.0 / torch.where(store, sy, 1.0), state.rho[rows, head])
+    s_products = state.s_memory @ torch.stack([grad, y], 2)      # [R, m, 2]: <s_i, g'>, <s_i, y>
+    y_products = state.y_memory @ torch.stack([grad, s, y], 2)   # [R, m, 3]: <y_i, g'>, <y_i, s>, <y_i, y>
+    sy_matrix, yy_matrix = state.sy.clone(), state.yy.clone()
+    sy_matrix[rows, head, :] = torch.where(keep, y_products[:, :, 1], sy_matrix[rows, head, :])
+    sy_matrix[rows, :, head] = torch.where(keep, s_products[:, :, 1], sy_matrix[rows, :, head])
+    yy_matrix[rows, head, :] = torch.where(keep, y_products[:, :, 2], yy_matrix[rows, head, :])
+    yy_matrix[rows, :, head] = torch.where(keep, y_products[:, :, 2], yy_matrix[rows, :, head])
+    s_grad = torch.where(accept[:, None], s_products[:, :, 0], state.s_grad)
+    y_grad = torch.where(accept[:, None], y_products[:, :, 0], state.y_grad)
+    head = torch.where(store, (head + 1) % rho.shape[1], head)
+
+    curvature = value - state.value - a * slope
+    shrink = torch.where(finite & (curvature > 0), -slope * a / (2.0 * curvature), 0.5)
+    next_step = torch.where(accept, 1.0, a * torch.clamp(shrink, 0.1, 0.5))
+    reset = ~accept & (next_step < MIN_STEP)
+    rho = torch.where(reset[:, None], 0.0, rho)
+    next_step = torch.where(reset, 1.0, next_step)
+    new_flat = torch.where(accept[:, None], trial, flat)
+
+    # The attack's step (dlg_jax.attack.engine._programs.run_one): the value reported is the one at the dummy.
+    reported = state.value
+    active = ~(state.failed | state.converged)
+    value_ok = torch.isfinite(reported)
+    converged = active & value_ok & (reported <= state.threshold)
+    moving = active & value_ok & ~converged
+    step_ok = moving & torch.isfinite(new_flat).all(1)
+    failed = state.failed | (active & ~value_ok) | (moving & ~step_ok)
+    new_flat = torch.where(step_ok[:, None], new_flat, flat)
+    loss = torch.where(active & value_ok, reported, state.loss)
+    images, label_logits = _split(new_flat, state.images, state.label_logits)
+    new_state = state._replace(
+        images=images, label_logits=label_logits, loss=loss, failed=failed, converged=state.converged | converged, iterations=state.iterations + step_ok.long(),
+        evaluations=state.evaluations + active.long(), value=torch.where(accept, value, state.value),
+        grad=torch.where(accept[:, None], grad, state.grad), rho=rho, sy=sy_matrix, yy=yy_matrix,
+        s_grad=s_grad, y_grad=y_grad, head=head, step_size=next_step)
+    return new_state, loss
+
+
+@functools.lru_cache(maxsize=16)
+def _lockstep_program(net: nn.Module, compiled: bool) -> Callable:
+    """``step(params, targets, state) -> (state, loss)``: :func:`_lockstep_step` with ``net``'s batched
+    objective bound; ``compiled``: through ``torch.compile``, objective included (whole graph, static
+    shapes; compiled on first use per chunk shape)."""
+    step = functools.partial(_lockstep_step, _batched_matching(net))
+    if compiled:
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, _RECOMPILE_LIMIT)
+        step = torch.compile(step, fullgraph=True, dynamic=False)
+    return step
+
+
+def lockstep_init(net: nn.Module, target_grads, images, label_logits, history_size: int,
+                  tolerance: float) -> LockstepState:
+    """The state of restarts ``images [R, B, C, H, W]``, ``label_logits [R, B, K]`` (tensors): one evaluation
+    of ``J``, empty memory, first trial step 1; converged when ``J <= tolerance * ||dW||^2`` (the attack's
+    l2 threshold), failed when ``J`` is not finite."""
+    images, label_logits = _split(_flat(images, label_logits), images, label_logits)
+    value, (grad_images, grad_logits) = functional_objective(net, target_grads)(images, label_logits)
+    grad = _flat(grad_images, grad_logits)
+    restarts, n = grad.shape
+    zeros = lambda *shape: torch.zeros(shape, dtype=value.dtype, device=value.device)
+    threshold = torch.full_like(value, tolerance) * sum(torch.sum(t * t) for t in target_grads)
+    count = lambda start: torch.full((restarts,), start, dtype=torch.int64, device=value.device)
+    # Every field its own tensor: torch.compile guards on aliasing between its inputs.
+    return LockstepState(images, label_logits, value.clone(), ~torch.isfinite(value), value <= threshold, count(0),
+                         count(1), threshold, value, grad, zeros(restarts, history_size, n),
+                         zeros(restarts, history_size, n), zeros(restarts, history_size),
+                         zeros(restarts, history_size, history_size), zeros(restarts, history_size, history_size),
+                         zeros(restarts, history_size), zeros(restarts, history_size), count(0), torch.ones_like(value))
+
+
+@dataclasses.dataclass
+class LockstepResult:
+    """All restarts of one target, as :class:`dlg_jax.attack.engine.AttackResult` keeps them for one target (numpy):
+    ``images [R, B, H, W, C]``, ``label_logits [R, B, K]``, ``loss [R]`` (``J`` at the final dummy),
+    ``failed``/``converged [R]``, ``iterations``/``evaluations [R]``, ``loss_history [R, I]``; ``seconds``:
+    the iterations' wall time, all chunks (the initial evaluations and compilation excluded);
+    ``restart_iterations``: steps run times restarts."""
+
+    images: np.ndarray
+    label_logits: np.ndarray
+    loss: np.ndarray
+    failed: np.ndarray
+    converged: np.ndarray
+    iterations: np.ndarray
+    evaluations: np.ndarray
+    loss_history: np.ndarray
+    seconds: float
+    restart_iterations: int
+
+
+def lockstep_attack(net: nn.Module, target_grads, images: np.ndarray, label_logits: np.ndarray, *,
+                    iterations: int, history_size: int = 100, tolerance: float = 1e-8, chunk_size: int = 16,
+                    block: int = 100, compiled: bool = False) -> LockstepResult:
+    """The JAX attack's algorithm in PyTorch: restarts from ``images [R, B, H, W, C]``,
+    ``label_logits [R, B, K]`` run together, ``chunk_size`` at a time (the attack's CPU default; a shorter
+    last chunk runs as it is), each chunk ``iterations`` steps of lockstep L-BFGS (:mod:`dlg_jax.attack.lockstep_lbfgs`:
+    one evaluation of ``J`` per step for every restart, backtracking unrolled across steps) on the
+    ``torch.func`` objective batched over the chunk (:func:`_batched_matching`), with the attack's stopping
+    rules (:func:`lockstep_init`; converged and failed restarts are frozen; a chunk stops at the first
+    multiple of ``block`` steps at which all its restarts are). ``compiled``: each step through
+    ``torch.compile`` (compiled on first use per net and chunk shape; warm it up before timing)."""
+    device = device_of(net)
+    step = _lockstep_program(net, compiled)
+    params, targets = _named(net, target_grads)
+    outputs, seconds, restart_iterations = [], 0.0, 0
+    for start in range(0, len(images), chunk_size):
+        state = lockstep_init(net, target_grads, to_nchw(images[start:start + chunk_size], device),
+                              to_tensor(label_logits[start:start + chunk_size], device), history_size, tolerance)
+        history = []
+        started = time.perf_counter()
+        for done in range(1, iterations + 1):
+            state, loss = step(params, targets, state)
+            history.append(loss)
+            if (done % block == 0 or done == iterations) and bool((state.failed | state.converged).all()):
+                break
+        history = torch.stack(history, 1).cpu().numpy()
+        seconds += time.perf_counter() - started
+        restart_iterations += history.size
+        outputs.append((state, history))
+    final = functional_objective(net, target_grads)
+    columns = max(h.shape[1] for _, h in outputs)  # a chunk that stopped early repeats its last value
+    pad = lambda h: np.concatenate([h, np.repeat(h[:, -1:], columns - h.shape[1], 1)], 1)
+    gather = lambda field: np.concatenate([getattr(s, field).detach().cpu().numpy() for s, _ in outputs])
+    return LockstepResult(
+        images=np.concatenate([to_nhwc(s.images) for s, _ in outputs]), label_logits=gather("label_logits"),
+        loss=np.concatenate([final(s.images, s.label_logits)[0].detach().cpu().numpy() for s, _ in outputs]),
+        failed=gather("failed"), converged=gather("converged"), iterations=gather("iterations"),
+        evaluations=gather("evaluations"), loss_history=np.concatenate([pad(h) for _, h in outputs]),
+        seconds=seconds, restart_iterations=restart_iterations)

@@ -12,6 +12,9 @@ from dlg_jax.victim.gradients import shared_gradients
 
 # The CLI turns on JAX's persistent compilation cache under ~/.cache; tests that want it pass a folder.
 os.environ.setdefault("DLG_JAX_COMPILATION_CACHE", "off")
+# What benchmarks.common.require_torch sets, here because a test module may import torch first: OpenMP
+# threads that spin while descheduled make PyTorch tens of times slower on a busy machine.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(scope="session")
