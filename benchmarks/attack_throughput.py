@@ -270,9 +270,10 @@ def run(args) -> dict:
                 problem, "lbfgs", lockstep, iterations, args.seed, chunk_size)
         for name, compiled in ((TORCH_LOCKSTEP_NAME, False), (TORCH_LOCKSTEP_COMPILED_NAME, True)):
             key = f"{name}-R{lockstep}"
-            runs[key], compile_seconds[key] = _torch_lockstep_run(
-                problem, lockstep, iterations, args.seed, device, compiled, chunk_size or default_chunk_size())
-            print(f"warmed up {key} ({compile_seconds[key]:.1f} s)", flush=True)
+            runs[key], seconds = _torch_lockstep_run(problem, lockstep, iterations, args.seed, device, compiled,
+                                                     chunk_size or default_chunk_size())
+            compile_seconds[key] = seconds if compiled else None
+            print(f"warmed up {key} ({seconds:.1f} s)", flush=True)
     if torch is not None:
         for name, compiled in ((TORCH_NAME, False), (TORCH_COMPILED_NAME, True)):
             runs[name], compile_seconds[name] = _torch_run(problem, torch_restarts, iterations, args.seed,
