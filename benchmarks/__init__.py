@@ -1,7 +1,8 @@
 """JAX vs PyTorch benchmarks for dlg-jax; each module runs as ``python -m benchmarks.<name> [--quick]``.
 
 - ``objective_throughput``: restart-evaluations/s of the matching loss and its gradient (LeNet).
-- ``attack_throughput``: restart-iterations/s of the full attack, every JAX solver vs ``torch.optim.LBFGS``.
+- ``attack_throughput``: restart-iterations/s of the full attack, every JAX solver vs ``torch.optim.LBFGS``,
+  and the JAX attack vs its own lockstep algorithm written in PyTorch.
 - ``time_to_recovery``: wall time and success rate to reconstruct ``T`` images (PSNR >= 30 dB).
 - ``scaling``: objective throughput for LeNet and ResNet-20 at batch sizes 1-8.
 - ``summary``: the headline ratios against the issue's targets, as JSON and a markdown table.
