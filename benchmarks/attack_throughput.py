@@ -215,9 +215,11 @@ def lockstep_comparison(rows: list[dict], jax_names: dict[int, str]) -> list[dic
     reference = max((rate[name] for name in (TORCH_NAME, TORCH_COMPILED_NAME) if name in rate), default=None)
     out = []
     for restarts, jax_name in jax_names.items():
-        torch_rates = {name: rate[f"{name}-R{restarts}"] for name in (TORCH_LOCKSTEP_NAME, TORCH_LOCKSTEP_COMPILED_NAME)}
+        torch_rates = {name: rate[f"{name}-R{restarts}"]
+                       for name in (TORCH_LOCKSTEP_NAME, TORCH_LOCKSTEP_COMPILED_NAME)}
         best = max(torch_rates, key=torch_rates.get)
-        out.append({"restarts": restarts, "jax": rate[jax_name], "torch_lockstep_eager": torch_rates[TORCH_LOCKSTEP_NAME],
+        out.append({"restarts": restarts, "jax": rate[jax_name],
+                    "torch_lockstep_eager": torch_rates[TORCH_LOCKSTEP_NAME],
                     "torch_lockstep_compiled": torch_rates[TORCH_LOCKSTEP_COMPILED_NAME], "torch_lockstep_best": best,
                     "speedup_vs_torch_lockstep": rate[jax_name] / torch_rates[best],
                     "torch_lockstep_vs_torch_reference": None if reference is None else torch_rates[best] / reference})

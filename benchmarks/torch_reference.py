@@ -325,7 +325,8 @@ def _lockstep_direction(state: LockstepState):
     restarts, memory = state.rho.shape
     order = (state.head[:, None] - 1 - torch.arange(memory, device=state.head.device)) % memory  # [R, m]
     square = (restarts, memory, memory)
-    by_age = lambda matrix: matrix.gather(1, order[:, :, None].expand(square)).gather(2, order[:, None, :].expand(square))
+    rows, columns = order[:, :, None].expand(square), order[:, None, :].expand(square)
+    by_age = lambda matrix: matrix.gather(1, rows).gather(2, columns)
     rho, sy, yy = state.rho.gather(1, order), by_age(state.sy), by_age(state.yy)
     solve = torch.linalg.solve_triangular  # the diagonal is taken as 1 (unitriangular)
     lower = rho[:, :, None] * torch.tril(sy, -1)
@@ -339,8 +340,8 @@ def _lockstep_direction(state: LockstepState):
     beta = solve(rho[:, :, None] * upper, rho[:, :, None] * (y_r0 + upper @ alpha), upper=True, unitriangular=True)
     # Back to slot order (the age -> slot map is its own inverse), then the two products with the memory.
     alpha, beta = alpha[:, :, 0].gather(1, order), beta[:, :, 0].gather(1, order)
-    r = scale * (state.grad - (alpha[:, None] @ state.y_memory)[:, 0]) + ((alpha - beta)[:, None] @ state.s_memory)[:, 0]
-    return -r
+    r = scale * (state.grad - (alpha[:, None] @ state.y_memory)[:, 0])
+    return -(r + ((alpha - beta)[:, None] @ state.s_memory)[:, 0])
 
 
 def _lockstep_step(batched, params, targets, state: LockstepState):
@@ -401,8 +402,9 @@ def _lockstep_step(batched, params, targets, state: LockstepState):
     loss = torch.where(active & value_ok, reported, state.loss)
     images, label_logits = _split(new_flat, state.images, state.label_logits)
     new_state = state._replace(
-        images=images, label_logits=label_logits, loss=loss, failed=failed, converged=state.converged | converged, iterations=state.iterations + step_ok.long(),
-        evaluations=state.evaluations + active.long(), value=torch.where(accept, value, state.value),
+        images=images, label_logits=label_logits, loss=loss, failed=failed, converged=state.converged | converged,
+        iterations=state.iterations + step_ok.long(), evaluations=state.evaluations + active.long(),
+        value=torch.where(accept, value, state.value),
         grad=torch.where(accept[:, None], grad, state.grad), rho=rho, sy=sy_matrix, yy=yy_matrix,
         s_grad=s_grad, y_grad=y_grad, head=head, step_size=next_step)
     return new_state, loss
