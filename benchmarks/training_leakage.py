@@ -11,8 +11,9 @@ reaches 30 dB (``success_rate_psnr30``), the share at 30 dB after the brightness
         --batch-sizes 1 4 --targets 4 --restarts 2 --dlg-iterations 2000 --ig-iterations 1500
 
 ``e<N>``: N epochs; a plain number: optimiser steps. Results: ``benchmarks/results/training_leakage-<model>.json``
-(``-<norm>`` appended when ``--norm`` is given), rewritten after every row with ``"complete": false`` so that
-a run stopped part-way keeps the rows it measured; ``true`` once every row is in.
+(``-<norm>`` appended when ``--norm`` is given; ``--name`` names it otherwise), rewritten after every row
+with ``"complete": false`` so that a run stopped part-way keeps the rows it measured; ``true`` once every
+row is in.
 """
 
 import argparse
@@ -50,6 +51,7 @@ def main(argv=None) -> int:
     parser.add_argument("--optimiser", default="adam")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--out", default=RESULTS_DIR)
+    parser.add_argument("--name", default=None, help="result file name (default training_leakage-<model>[-<norm>])")
     args = parser.parse_args(argv)
     source = get_dataset(args.dataset)
     options = {k: v for k, v in (("norm", args.norm), ("activation", args.activation)) if v}
@@ -57,7 +59,7 @@ def main(argv=None) -> int:
     initial = model.init(jax.random.fold_in(jax.random.key(0), 0x5EED))
     rows = []
     command = " ".join(["python -m benchmarks.training_leakage", *(argv or sys.argv[1:])])
-    result_name = f"training_leakage-{args.model}{'-' + args.norm if args.norm else ''}"
+    result_name = args.name or f"training_leakage-{args.model}{'-' + args.norm if args.norm else ''}"
 
     def save(complete: bool) -> str:
         payload = {"command": command, "settings": vars(args), "complete": complete, "rows": rows,
