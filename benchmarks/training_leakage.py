@@ -10,7 +10,10 @@ reaches 30 dB (``success_rate_psnr30``), the share at 30 dB after the brightness
     python -m benchmarks.training_leakage --model lenet --dataset colour --training 0 e1 e5 100 1000 \\
         --batch-sizes 1 4 --targets 4 --restarts 2 --dlg-iterations 2000 --ig-iterations 1500
 
-``e<N>``: N epochs; a plain number: optimiser steps. Results: ``benchmarks/results/training_leakage-<model>.json``.
+``e<N>``: N epochs; a plain number: optimiser steps. Results: ``benchmarks/results/training_leakage-<model>.json``
+(``-<norm>`` appended when ``--norm`` is given; ``--name`` names it otherwise), rewritten after every row
+with ``"complete": false`` so that a run stopped part-way keeps the rows it measured; ``true`` once every
+row is in.
 """
 
 import argparse
@@ -48,19 +51,30 @@ def main(argv=None) -> int:
     parser.add_argument("--optimiser", default="adam")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--out", default=RESULTS_DIR)
+    parser.add_argument("--name", default=None, help="result file name (default training_leakage-<model>[-<norm>])")
     args = parser.parse_args(argv)
     source = get_dataset(args.dataset)
     options = {k: v for k, v in (("norm", args.norm), ("activation", args.activation)) if v}
     model = build_model(args.model, source.input_shape, source.num_classes, **options)
     initial = model.init(jax.random.fold_in(jax.random.key(0), 0x5EED))
     rows = []
+    command = " ".join(["python -m benchmarks.training_leakage", *(argv or sys.argv[1:])])
+    result_name = args.name or f"training_leakage-{args.model}{'-' + args.norm if args.norm else ''}"
+
+    def save(complete: bool) -> str:
+        payload = {"command": command, "settings": vars(args), "complete": complete, "rows": rows,
+                   "environment": environment()}
+        return write_results(args.out, result_name, payload)
+
     for batch in args.batch_sizes:
         grid = target_indices(source, batch, None, args.targets)
         rest = np.setdiff1d(np.arange(source.size), grid.reshape(-1))
         x, y = source.examples(rest)
         for amount in args.training:
             training = VictimTraining(**parse_training(amount), optimiser=args.optimiser, learning_rate=args.lr)
+            started = time.perf_counter()
             trained = train_victim(model, initial, x, y, training)
+            train_seconds = time.perf_counter() - started
             for name in args.attacks:
                 iterations = args.dlg_iterations if name == "dlg" else args.ig_iterations
                 config = attack_preset(name, restarts=args.restarts, iterations=iterations, chunk_size=8)
@@ -69,7 +83,7 @@ def main(argv=None) -> int:
                               params=trained.params)
                 summary = run.metrics.summary()
                 row = {"batch_size": batch, "training": amount, "steps": training.total_steps(len(rest)),
-                       "train_accuracy": trained.train_accuracy,
+                       "train_accuracy": trained.train_accuracy, "train_seconds": train_seconds,
                        "final_loss": float(trained.loss[-1]) if len(trained.loss) else None,
                        "attack": name, "iterations": iterations, "seconds": time.perf_counter() - started,
                        **{k: summary[k] for k in ("psnr_mean", "success_rate_psnr30", "affine_psnr_mean",
@@ -79,10 +93,8 @@ def main(argv=None) -> int:
                       f"PSNR {row['psnr_mean']:.1f} dB, >=30 dB {row['success_rate_psnr30']:.0%}, "
                       f"affine {row['affine_psnr_mean']:.1f} dB, labels {row['label_accuracy']:.0%} "
                       f"({row['seconds']:.0f} s)", flush=True)
-    payload = {"command": " ".join(["python -m benchmarks.training_leakage", *(argv or sys.argv[1:])]),
-               "settings": vars(args), "rows": rows, "environment": environment()}
-    path = write_results(args.out, f"training_leakage-{args.model}{'-' + args.norm if args.norm else ''}", payload)
-    print(f"wrote {path}")
+                save(complete=False)
+    print(f"wrote {save(complete=True)}")
     return 0
 
 
