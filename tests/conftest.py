@@ -1,17 +1,28 @@
 """Shared fixtures: small models, one real embedded image and its shared gradient."""
 
+import gc
 import os
 
 import jax
 import numpy as np
 import pytest
 
+from dlg_jax.attack.engine import clear_compiled
 from dlg_jax.data.datasets import get_dataset
 from dlg_jax.models import build_model
 from dlg_jax.victim.gradients import shared_gradients
 
 # The CLI turns on JAX's persistent compilation cache under ~/.cache; tests that want it pass a folder.
 os.environ.setdefault("DLG_JAX_COMPILATION_CACHE", "off")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs():
+    """Each test module's compiled programs are freed when it ends: the suite compiles hundreds of distinct
+    programs in one process, and keeping them all grew it past 6 GB."""
+    yield
+    clear_compiled()
+    gc.collect()
 # What benchmarks.common.require_torch sets, here because a test module may import torch first: OpenMP
 # threads that spin while descheduled make PyTorch tens of times slower on a busy machine.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -131,3 +131,19 @@ def test_snapshots_say_which_iteration_they_show_when_the_run_stops_early(lenet,
                                result.best_images, metrics_order, np.zeros((2, 1)))
     iteration_titles = [t for t in titles if t.startswith("iter ")]
     assert iteration_titles == ["iter 0", f"iter {stopped[0]}", "iter 0", f"iter {stopped[1]}"]
+
+
+def test_compiled_programs_are_bounded_and_recompile_to_the_same_result(lenet, two_targets, monkeypatch):
+    from dlg_jax.attack import engine
+
+    model, params = lenet
+    grads = two_targets[2]
+    monkeypatch.setattr(engine, "COMPILED_LIMIT", 2)
+    engine.clear_compiled()
+    configs = [AttackConfig(restarts=2, iterations=3, block=3, snapshots=0, chunk_size=c) for c in (1, 2, 4)]
+    first = run_attack(model, params, grads, 1, configs[0])
+    for config in configs[1:]:  # other chunk sizes: other executables
+        run_attack(model, params, grads, 1, config)
+    assert 0 < len(engine._COMPILED) <= 2
+    again = run_attack(model, params, grads, 1, configs[0])  # evicted, compiled again
+    np.testing.assert_array_equal(again.loss, first.loss)

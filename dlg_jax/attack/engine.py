@@ -24,6 +24,7 @@ restarts); Adam keeps its moments and learning-rate schedule. GradInversion regi
 other (image registration) before averaging; we average them unregistered, a simplification.
 """
 
+import collections
 import dataclasses
 import functools
 import math
@@ -395,17 +396,34 @@ def shared_programs(model: Model, config: AttackConfig, mesh: jax.sharding.Mesh 
                                                 group_every=1), mesh)
 
 
-_COMPILED: dict = {}
+# Compiled executables by (program, argument shapes), least recently used first. Bounded: a process that
+# attacks many configurations (a local sweep, a notebook, the test suite) would otherwise keep every
+# executable, and the programs and weights they close over, until it exits.
+_COMPILED: collections.OrderedDict = collections.OrderedDict()
+COMPILED_LIMIT = 64
 
 
 def _compiled(program, *args):
-    """``program`` (a jitted function) compiled ahead of time for ``args``' shapes, cached."""
+    """``program`` (a jitted function) compiled ahead of time for ``args``' shapes, cached (the
+    ``COMPILED_LIMIT`` most recently used)."""
     signature = (program, jax.tree.structure(args), tuple(
         (leaf.shape, leaf.dtype, leaf.sharding if isinstance(getattr(leaf, "sharding", None), jax.sharding.NamedSharding)
          else None) for leaf in jax.tree.leaves(args)))
-    if signature not in _COMPILED:
+    if signature in _COMPILED:
+        _COMPILED.move_to_end(signature)
+    else:
         _COMPILED[signature] = program.lower(*args).compile()
+        while len(_COMPILED) > COMPILED_LIMIT:
+            _COMPILED.popitem(last=False)
     return _COMPILED[signature]
+
+
+def clear_compiled() -> None:
+    """Forget every program the attack has traced and compiled in this process (and JAX's own caches), to
+    free their memory; the next attack compiles again (or loads from the persistent compilation cache)."""
+    _COMPILED.clear()
+    _programs.cache_clear()
+    jax.clear_caches()
 
 
 def _block_schedule(iterations: int, block: int, snapshot_iterations: np.ndarray) -> list[int]:
