@@ -1,4 +1,4 @@
-"""Summary: the headline JAX-vs-PyTorch ratios against the issue's targets, as JSON and a markdown table.
+"""Summary: the headline JAX-vs-PyTorch ratios against the project's targets, as JSON and a markdown table.
 
 Reads ``benchmarks/results/<name>.json`` of every benchmark, running the quick version of those that are
 missing (all of them with ``--rerun``), and writes ``summary.json``::
@@ -11,9 +11,9 @@ missing (all of them with ``--rerun``), and writes ``summary.json``::
      "targets": {metric: {"value": x, "target": t, "met": bool}}, "results": {benchmark: its JSON}}
 
 Ratios are JAX / PyTorch at R = 128 restarts, LeNet, B = 1; ``peak_fraction`` is a fraction of 1.
-Targets (issue 3): objective >= 10x torch eager and >= 3x torch.func; full attack >= 10x the PyTorch
+Targets: objective >= 10x torch eager and >= 3x torch.func; full attack >= 10x the PyTorch
 reference in restart-iterations/s and in time to recovery at an equal or better success rate;
->= 25% of the float32 matmul peak. Issue 10: objective >= ``torch.compile`` of the ``torch.func``
+>= 25% of the float32 matmul peak; objective >= ``torch.compile`` of the ``torch.func``
 objective (1x) and full attack >= 3x the PyTorch procedure with a ``torch.compile``d closure.
 ``attack_speedup_vs_torch_lockstep``: the same lockstep algorithm in both frameworks (JAX / the faster of
 eager and compiled PyTorch), so the framework's share of the attack's lead alone (>= 1x).
