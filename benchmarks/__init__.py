@@ -5,7 +5,7 @@
   and the JAX attack vs its own lockstep algorithm written in PyTorch.
 - ``time_to_recovery``: wall time and success rate to reconstruct ``T`` images (PSNR >= 30 dB).
 - ``scaling``: objective throughput for LeNet and ResNet-20 at batch sizes 1-8.
-- ``summary``: the headline ratios against the issue's targets, as JSON and a markdown table.
+- ``summary``: the headline ratios against the project's targets, as JSON and a markdown table.
 
 ``torch_reference`` is DLG written the canonical PyTorch way (the baseline); ``common`` holds the
 timing, environment and output helpers. Results go to ``benchmarks/results/<name>.json`` (+ ``.png``).
