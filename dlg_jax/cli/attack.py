@@ -195,7 +195,7 @@ def run(args) -> int:
 
     threat = ThreatModel(clients=args.clients, aggregate=args.aggregate, local_steps=args.local_steps,
                          local_lr=args.local_lr)
-    config = attack_config_from_args(args, **({} if args.memory_budget is None else {"memory_budget": args.memory_budget}))
+    config = attack_config_from_args(args, memory_budget=args.memory_budget)
     training = None
     if args.train_steps is not None or args.train_epochs is not None:
         training = VictimTraining(steps=args.train_steps, epochs=args.train_epochs, batch_size=args.train_batch_size,

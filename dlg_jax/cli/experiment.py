@@ -99,9 +99,9 @@ def _add_options(parser, name: str) -> None:
                             help="numbers of clients K, one step each (default: 1 2 4 8)")
         parser.add_argument("--local-steps", nargs="+", type=positive_int, default=None,
                             help="FedAvg local steps S of one client (default: 1 2 5 10)")
-        parser.add_argument("--aggregate", default="mean", choices=AGGREGATES,
+        parser.add_argument("--aggregate", default=None, choices=AGGREGATES,
                             help="how the K clients' gradients are combined (default: mean)")
-        parser.add_argument("--local-lr", type=positive_float, default=0.1,
+        parser.add_argument("--local-lr", type=positive_float, default=None,
                             help="the FedAvg client's SGD learning rate (default: 0.1)")
     if "sizes" in uses:
         parser.add_argument("--sizes", nargs="+", type=positive_int, default=None,
@@ -129,20 +129,18 @@ def run(args) -> int:
         import jax
 
         jax.config.update("jax_enable_x64", True)
+    # the selection options this experiment has (the others are left to run_experiment's defaults)
+    selections = {("num_classes" if dest == "classes" else dest): getattr(args, dest) for dest in SELECTIONS
+                  if getattr(args, dest) is not None}
     bars = RunBars(not args.quiet)
     names = EXPERIMENT_NAMES if args.name == "all" else (args.name,)
     try:
         for name in names:
             result = run_experiment(name, quick=args.quick, targets=args.targets, restarts=args.restarts,
-                                    iterations=args.iterations, datasets=args.datasets,
-                                    batch_sizes=args.batch_sizes, methods=args.methods, models=args.models,
-                                    seed=args.seed, dtype="float64" if args.float64 else "float32",
-                                    num_classes=args.classes, tolerance=args.tolerance,
-                                    chunk_size=args.chunk_size, memory_budget=args.memory_budget,
-                                    clients=args.clients,
-                                    local_steps=args.local_steps, aggregate=args.aggregate or "mean",
-                                    local_lr=args.local_lr or 0.1, sizes=args.sizes,
-                                    log=bars.next, progress=bars)
+                                    iterations=args.iterations, seed=args.seed,
+                                    dtype="float64" if args.float64 else "float32", chunk_size=args.chunk_size,
+                                    memory_budget=args.memory_budget, log=bars.next, progress=bars,
+                                    **selections)
             bars.close()
             paths = save_experiment(result, args.out, {"environment": environment()})
             print(f"## {name} ({result.payload['wall_seconds']:.0f} s) -> {', '.join(paths)}\n")

@@ -273,6 +273,7 @@ def expand(axes: dict, budget: dict | None = None, *, name: str = "", where=None
     for key, default in DEFAULTS.items():
         lists.setdefault(key, _values(key, default))
     keys = list(lists)
+    one_step = ThreatModel()  # threat-model values equal to its defaults stay out of a point's identity
     points = []
     for combination in itertools.product(*(lists[k] for k in keys)):
         values = dict(zip(keys, combination))
@@ -282,7 +283,6 @@ def expand(axes: dict, budget: dict | None = None, *, name: str = "", where=None
             config = point_config(values["attack"], values)
         except DLGInputError as error:
             raise DLGInputError(f"{where('axes')}: {error}") from None
-        one_step = ThreatModel()
         threat = tuple((k, values[k]) for k in THREAT_KEYS if k in values and values[k] != getattr(one_step, k))
         points.append(Point(values["attack"], model, dataset, values["batch_size"], values["targets"], defense,
                             strength, config, model_options, data_options, defense_options, threat))

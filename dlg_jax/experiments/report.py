@@ -99,13 +99,19 @@ def tables(rows: list[dict]) -> dict[str, str]:
     }
 
 
+def _rates(entries: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Success rates ``[n]`` of :func:`group` entries and their Wilson error bars ``[2, n]`` (below, above),
+    as matplotlib's ``yerr`` takes them."""
+    rates = np.array([e["success_rate"] for e in entries])
+    return rates, np.array([rates - [e["success_low"] for e in entries], [e["success_high"] for e in entries] - rates])
+
+
 def _lines(axis, entries, x_key, line_keys, x_values=None) -> None:
     for line in dict.fromkeys(tuple(e[k] for k in line_keys) for e in entries):
         chosen = [e for e in entries if tuple(e[k] for k in line_keys) == line]
         x = [x_values.index(e[x_key]) for e in chosen] if x_values else [e[x_key] for e in chosen]
-        rates = np.array([e["success_rate"] for e in chosen])
-        below_above = np.array([rates - [e["success_low"] for e in chosen], [e["success_high"] for e in chosen] - rates])
-        axis.errorbar(x, rates, yerr=below_above, marker="o", capsize=3, label=" ".join(map(str, line)))
+        rates, error = _rates(chosen)
+        axis.errorbar(x, rates, yerr=error, marker="o", capsize=3, label=" ".join(map(str, line)))
     axis.set_ylim(-0.05, 1.05)
     axis.set_ylabel(f"success rate (PSNR >= {SUCCESS_PSNR:.0f} dB)")
     axis.grid(alpha=0.3)
@@ -147,11 +153,9 @@ def figures(rows: list[dict], out: str) -> list[str]:
     models, attacks = sorted({e["model"] for e in entries}), sorted({e["attack"] for e in entries})
     width = 0.8 / len(attacks)
     for a, attack in enumerate(attacks):
-        chosen = {e["model"]: e for e in entries if e["attack"] == attack}
-        rates = np.array([chosen[m]["success_rate"] if m in chosen else np.nan for m in models])
-        below_above = np.array([[rates[i] - chosen[m]["success_low"] if m in chosen else 0.0 for i, m in enumerate(models)],
-                                [chosen[m]["success_high"] - rates[i] if m in chosen else 0.0 for i, m in enumerate(models)]])
-        axis.bar(np.arange(len(models)) + a * width, np.nan_to_num(rates), width, yerr=below_above, capsize=3,
+        chosen = [e for e in entries if e["attack"] == attack]
+        rates, error = _rates(chosen)
+        axis.bar([models.index(e["model"]) + a * width for e in chosen], rates, width, yerr=error, capsize=3,
                  label=attack)
     axis.set_xticks(np.arange(len(models)) + 0.4 - width / 2, models)
     axis.set_ylim(0, 1.05)
