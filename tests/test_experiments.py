@@ -1,5 +1,5 @@
 """Attack presets (DLG, Inverting Gradients), signed Adam, batch scoring with permuted and collapsed slots,
-and the ``dlg-jax experiment`` command in its tiny configuration."""
+the shipped studies and the ``dlg-jax experiment`` command in its tiny configuration."""
 
 import json
 import os
@@ -29,8 +29,11 @@ def test_presets():
     assert ig.solver == SolverConfig("adam", learning_rate=0.1, lr_decay_steps=(300, 500, 700), signed=True)
     assert ig_decay_steps(8000) == (3000, 5000, 7000)
     assert attack_preset("ig", solver=SolverConfig("lbfgs")).solver.name == "lbfgs"
-    with pytest.raises(DLGInputError, match="unknown attack preset 'gan'; allowed: dlg, ig"):
+    with pytest.raises(DLGInputError, match="unknown attack 'gan'; allowed: dlg, ig, dlg-cyclic"):
         attack_preset("gan")
+    assert attack_preset("ig-gi", iterations=10) == attack_preset("ig", iterations=10, bn_prior=0.01,
+                                                                  group_consistency=0.1)
+    assert attack_preset("dlg-cyclic", batch_update="joint").batch_update == "joint"
     with pytest.raises(DLGInputError, match="unknown attack setting 'lr'"):
         attack_preset("ig", lr=0.1)
 
@@ -125,46 +128,70 @@ def test_inverting_gradients_recovers_recognisable_digits():
 TINY = ["--targets", "1", "--restarts", "1", "--iterations", "10", "--quiet"]
 
 
-def test_experiment_command_writes_json_plots_and_tables(tmp_path, capsys):
-    # every run here is one colour image, one restart, 10 iterations: the three share DLG's compiled program
+def test_experiment_command_runs_shipped_studies_into_one_store(tmp_path, capsys):
+    # every point here is one colour image, one restart, 10 iterations: they share DLG's compiled program
     out = tmp_path / "exp"
-    assert main(["experiment", "labels", "--quick", *TINY, "--datasets", "colour", "--out", str(out)]) == 0
+    assert main(["experiment", "labels", "--quick", *TINY, "--dataset", "colour", "--out", str(out)]) == 0
     labels = json.loads((out / "labels.json").read_text())
-    assert labels["budget"] == {"targets": 1, "restarts": 1, "iterations": 10} and labels["quick"]
-    assert labels["rows"][0]["idlg_label_accuracy"] == 1.0 and labels["rows"][0]["dataset"] == "colour"
-    assert "environment" in labels
-    assert main(["experiment", "batch", "--quick", *TINY, "--batch-sizes", "1", "--datasets", "colour",
-                 "--methods", "dlg", "--out", str(out)]) == 0
-    batch = json.loads((out / "batch.json").read_text())
-    assert [(row["dataset"], row["method"], row["batch_size"]) for row in batch["rows"]] == [("colour", "dlg", 1)]
-    assert len(batch["rows"][0]["curve"]) == 10 and batch["rows"][0]["peak_rss_mb"] > 0
-    assert batch["rows"][0]["fully_recovered"] == 0.0 and batch["rows"][0]["iterations_to_recovery"] is None
-    assert main(["experiment", "compare", "--quick", *TINY, "--models", "lenet", "--out", str(out)]) == 0
-    compare = json.loads((out / "compare.json").read_text())
-    assert [(row["model"], row["attack"]) for row in compare["rows"]] == [("lenet", "dlg"), ("lenet", "ig")]
-    assert main(["experiment", "resolution", *TINY, "--sizes", "16", "--datasets", "faces", "--methods", "dlg",
+    assert [(p["labels"], p["budget"], p["label_accuracy"]) for p in labels["points"]] == [
+        ("joint", "1 x 1 x 10", 1.0), ("analytic", "1 x 1 x 10", 1.0)]  # iDLG's rule is exact for B = 1
+    assert labels["study"] == "labels" and "environment" in labels
+    assert main(["experiment", "batch", "--quick", *TINY, "--batch-size", "1", "--dataset", "colour",
+                 "--attack", "dlg", "--out", str(out)]) == 0
+    [batch] = json.loads((out / "batch.json").read_text())["points"]
+    assert (batch["dataset"], batch["attack"], batch["batch_size"], batch["curve_iterations"][-1]) == ("colour", "dlg", 1, 9)
+    assert batch["success_rate"] == 0.0 and batch["iterations_to_recovery"] is None and batch["peak_rss_mb"] > 0
+    assert batch["point_id"] == labels["points"][0]["point_id"]  # the same point: run once, found in the store
+    assert main(["experiment", "compare", "--quick", *TINY, "--model", "lenet", "--out", str(out)]) == 0
+    compare = json.loads((out / "compare.json").read_text())["points"]
+    assert [(p["model"], p["attack"]) for p in compare] == [("lenet", "dlg"), ("lenet", "ig")]
+    assert main(["experiment", "resolution", *TINY, "--image-size", "16", "--dataset", "faces", "--attack", "dlg",
                  "--out", str(out)]) == 0
-    resolution = json.loads((out / "resolution.json").read_text())
-    assert [(row["dataset"], row["size"], row["unknowns"]) for row in resolution["rows"]] == [("faces", 16, 256)]
+    [resolution] = json.loads((out / "resolution.json").read_text())["points"]
+    assert (resolution["dataset"], resolution["size"], resolution["unknowns"]) == ("faces", 16, 256)
     for name in ("labels", "batch", "compare", "resolution"):
         assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        assert (out / f"{name}.md").read_text().startswith("| ")
+        page = (out / f"{name}.md").read_text()
+        assert page.startswith("# ") and "\n| " in page and "dlg-jax experiment" in page
+    assert len(os.listdir(out / "store" / "parts")) == 5  # labels 2 (one shared with batch), compare 2, resolution 1
     assert not [name for name in os.listdir(out) if name.startswith(".tmp")]
     printed = capsys.readouterr().out
-    assert "iDLG label acc." in printed and "fully recovered" in printed and "| lenet | ig |" in printed
+    assert "iDLG (analytic)" in printed and "fully recovered" in printed and "| lenet | ig |" in printed
+
+
+def test_shipped_studies_expand_with_their_quick_budgets():
+    from dlg_jax.experiments.grid import load_spec, spec_names
+
+    assert set(spec_names()) == {"labels", "batch", "compare", "threat", "resolution", "defenses", "text"}
+    for name in spec_names():
+        standard, quick = load_spec(name), load_spec(name, quick=True)
+        assert standard.study == name and standard.points and quick.points
+        cost = [sum(p.targets * p.config.restarts * p.config.iterations * p.batch_size for p in grid.points)
+                for grid in (standard, quick)]
+        assert cost[1] < cost[0] / 4, name  # --quick is a smoke test
+    compare = load_spec("compare")
+    budgets = {(p.model, dict(p.model_options).get("activation"), p.targets, p.config.iterations)
+               for p in compare.points}
+    assert budgets == {("lenet", None, 4, 3000), ("resnet20", "sigmoid", 2, 500), ("resnet20", "relu", 2, 500)}
+    threat = load_spec("threat")
+    assert {tuple(sorted(dict(p.threat).items())) for p in threat.points} == {
+        (), (("clients", 2),), (("clients", 4),), (("clients", 8),), (("local_steps", 2),), (("local_steps", 5),),
+        (("local_steps", 10),)}
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["labels", "--datasets", "imagenet"], "unknown dataset 'imagenet'"),
-    (["labels", "--datasets", "colour", "--targets", "101"], "index 100 is outside dataset 'colour'"),
-    (["batch", "--batch-sizes", "2", "0"], "expected an integer >= 1, got '0'"),
-    (["compare", "--models", "vgg"], "unknown model 'vgg'"),
-    (["batch", "--methods", "dlg", "gan"], "unknown attack method 'gan'"),
-    (["compare", "--models", "resnet20-tanh"], "unknown model option 'tanh'"),
+    (["labels", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    (["labels", "--dataset", "colour", "--targets", "101"], "index 100 is outside dataset 'colour'"),
+    (["batch", "--batch-size", "2", "0"], "batch_size: must be an integer >= 1, got 0"),
+    (["compare", "--model", "vgg"], "unknown model 'vgg'"),
+    (["batch", "--attack", "dlg", "gan"], "unknown attack 'gan'"),
+    (["compare", "--model", "resnet20-tanh"], "unknown model option 'tanh'"),
     (["fastest"], "invalid choice: 'fastest'"),
-    (["resolution", "--sizes", "16", "300"], "image size for an embedded dataset must be an integer from 8 to 256, got 300"),
+    (["resolution", "--image-size", "16", "300"], "image size for an embedded dataset must be an integer from 8 to 256, got 300"),
+    (["threat", "--local-lr=-1"], "local_lr"),
 ])
 def test_experiment_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     assert main(["experiment", *argv, "--quiet", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # nothing written before the input is checked

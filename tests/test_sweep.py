@@ -68,7 +68,8 @@ def _finished(store) -> int:
 def _comparable(rows: list[dict]) -> str:
     """Rows without the columns that describe how and where they ran, sorted, as JSON (NaN == NaN)."""
     kept = [{k: v for k, v in row.items() if k not in RUN_COLUMNS} for row in rows]
-    return json.dumps(sorted(kept, key=lambda r: (r["point_id"], r["target"])), sort_keys=True)
+    return json.dumps(sorted(kept, key=lambda r: (r["point_id"], r["target"])), sort_keys=True,
+                      default=lambda v: v.hex())  # the images are bytes
 
 
 @pytest.fixture(scope="module")
@@ -224,13 +225,19 @@ def test_a_point_is_what_it_computes_not_how_it_runs():
     ("[axes]\ndefense = [{name = 'gaussian', strength = -1}]\n", "grid line 2: axes.defense: noise variance must be"),
     ("[axes]\nmodel = 'lenet5'\n", "grid line 2: axes.model: unknown model 'lenet5'"),
     ("[axes]\nlabels = ['joint', 'guess']\n", "grid line 2: axes.labels: unknown label strategy 'guess'"),
-    ("name = 'x'\n\n[axis]\nseed = 1\n", "grid line 3: axis: unknown key 'axis'; allowed: name, budget, axes"),
+    ("name = 'x'\n\n[axis]\nseed = 1\n", "grid line 3: axis: unknown key 'axis'; allowed: name, study, budget, axes, quick, grids"),
     ("[axes]\nbatch_size = [1,\n", "grid: not valid TOML"),
     ("budget.iterations = 0\n", "grid line 1: budget.iterations: must be an integer >= 1, got 0"),
     ("[axes]\nseed = []\n", "grid line 2: axes.seed: is an empty list"),
     ("[budget]\nsolver = 'adam'\nlearning_rate = inf\n", "grid line 3: budget.learning_rate: must be a finite number, got inf"),
     ("[axes]\ntolerance = [1e-8, nan]\n", "grid line 2: axes.tolerance: must be a finite number, got nan"),
     ("[axes]\ndefense = [{name = 'gaussian', strength = inf}]\n", "noise variance must be a finite number >= 0, got inf"),
+    ("study = 'everything'\n", "grid line 1: study: unknown study 'everything'"),
+    ("grids = 3\n", "grid line 1: grids: must be an array of tables [[grids]], got 3"),
+    ("[[grids]]\naxes = {batch_sise = 2}\n", "grids.axes.batch_sise: unknown key 'batch_sise'"),
+    ("[axes]\nmodel = 'bert-tiny'\n", "model 'bert-tiny' cannot read dataset 'colour'"),
+    ("[axes]\nmodel = 'lenet-c1'\n", "axes.model: unknown model option 'c1'"),
+    ("[quick]\nbudget = {restarts = 0}\n", "must be an integer >= 1, got 0"),
 ])
 def test_grid_errors_name_the_line_and_key(text, message):
     with pytest.raises(DLGInputError) as error:

@@ -3,6 +3,7 @@ a recovery, the CLI."""
 
 import hashlib
 import json
+import os
 import re
 
 import jax
@@ -264,3 +265,19 @@ def test_a_batch_of_two_sentences_through_the_cli_is_matched_to_its_slots(tmp_pa
     assert metrics["scores"]["duplicates"] == 0
     assert metrics["gradient_distance"] < 0.5 * metrics["decoded_gradient_distance"]
     assert "original 2" in (out / "report.txt").read_text()
+
+
+def test_text_study_runs_through_the_grid_into_a_store(tmp_path):
+    out = tmp_path / "exp"
+    argv = ["experiment", "text", "--quick", "--quiet", "--iterations", "3", "--model", "bert-tiny", "--dataset",
+            "sentences-8", "--out", str(out)]
+    assert main(argv) == 0
+    points = json.loads((out / "text.json").read_text())["points"]
+    assert sorted((p["batch_size"], p["distance"], p["length"]) for p in points) == [
+        (1, "l2", 8), (2, "l2", 8), (2, "tag", 8)]  # the study's grids, overlapping points run once
+    pair = next(p for p in points if p["batch_size"] == 2 and p["distance"] == "l2")
+    assert pair["sentences"] == [["please send me the report today", "we will visit our family soon"]]
+    assert all(0.0 <= p[d]["token_accuracy"] <= 1.0 for p in points for d in ("nearest", "refined+bag"))
+    assert "| bert-tiny | 8 | 2 |" in (out / "text.md").read_text()
+    parts = sorted(os.listdir(out / "store" / "parts"))
+    assert main(argv) == 0 and sorted(os.listdir(out / "store" / "parts")) == parts  # found, not rerun

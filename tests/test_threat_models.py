@@ -10,7 +10,6 @@ import pytest
 
 from dlg_jax.cli import main
 from dlg_jax.errors import DLGInputError
-from dlg_jax.experiments.studies import Budget, save_experiment, threat_experiment
 from dlg_jax.pipeline import run_dlg
 from dlg_jax.victim.gradients import shared_gradient, shared_gradients
 from dlg_jax.victim.threat_models import (
@@ -196,14 +195,15 @@ def test_cli_records_the_threat_model(tmp_path, capsys):
     assert "threat model: sum of 3 clients" in capsys.readouterr().out
 
 
-def test_threat_experiment_writes_rows_per_threat_model(tmp_path, capsys):
-    result = threat_experiment(clients=(2,), local_steps=(), budget=Budget(targets=1, restarts=1, iterations=5))
-    [row] = result.payload["rows"]
-    assert (row["method"], row["clients"], row["local_steps"], row["threat_model"]) == ("dlg", 2, 1, "mean of 2 clients")
-    assert row["gradient_gap"][0] > 0.1 and row["gradient_cosine"][0] < 0.99  # not the target's gradient
-    assert len(row["other_clients_indices"][0]) == 1 and 0 not in row["other_clients_indices"][0][0]
-    paths = save_experiment(result, tmp_path / "exp")
-    assert open(paths[1], "rb").read()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| dlg | mean of 2 clients | 2 | 1 |" in open(paths[2]).read()
-    assert main(["experiment", "threat", "--quiet", "--local-lr=-1", "--out", str(tmp_path / "cli")]) == 2
-    assert "argument --local-lr: expected a finite number > 0, got '-1'" in capsys.readouterr().err
+def test_threat_study_reports_the_gradient_the_attacker_matched(tmp_path):
+    out = tmp_path / "exp"
+    assert main(["experiment", "threat", "--quick", "--quiet", "--targets", "1", "--iterations", "5", "--clients", "2",
+                 "--out", str(out)]) == 0
+    points = json.loads((out / "threat.json").read_text())["points"]
+    mean2 = [p for p in points if p["clients"] == 2]
+    assert [(p["attack"], p["local_steps"], p["threat_model"]) for p in mean2] == [("dlg", 1, "mean of 2 clients")]
+    assert mean2[0]["gradient_gap"][0] > 0.1 and mean2[0]["gradient_cosine"][0] < 0.99  # not the target's gradient
+    fedavg = [p for p in points if p["local_steps"] == 2]
+    assert fedavg and fedavg[0]["gradient_gap"][0] > 0.0
+    assert (out / "threat.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| dlg | mean of 2 clients | 2 | 1 |" in (out / "threat.md").read_text()

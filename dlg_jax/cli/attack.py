@@ -86,7 +86,7 @@ def add_attack_options(parser: argparse.ArgumentParser) -> None:
 
 def _register_common_attack(subparsers):
     from dlg_jax.attack.labels import LABEL_STRATEGIES
-    from dlg_jax.attack.presets import PRESET_NAMES
+    from dlg_jax.attack.presets import ATTACK_NAMES
     from dlg_jax.models import NORMS
     from dlg_jax.victim.threat_models import AGGREGATES
     from dlg_jax.victim.training import VICTIM_OPTIMISERS
@@ -95,8 +95,9 @@ def _register_common_attack(subparsers):
                                    description="Run DLG (or Inverting Gradients) on dataset images and write "
                                                "reconstruction.png, convergence.png and metrics.json to --out.")
     add_attack_options(parser)
-    parser.add_argument("--attack", default="dlg", choices=PRESET_NAMES,
-                        help="dlg (Zhu et al. 2019) or ig (Inverting Gradients, Geiping et al. 2020) (default: dlg)")
+    parser.add_argument("--attack", default="dlg", choices=ATTACK_NAMES, metavar="ATTACK",
+                        help="dlg (Zhu et al. 2019), ig (Inverting Gradients, Geiping et al. 2020) or a variant: "
+                             f"{', '.join(ATTACK_NAMES[2:])} (default: dlg)")
     parser.add_argument("--norm", default=None, choices=NORMS,
                         help="resnet normalisation (default: none); batch: batch norm from the batch's own "
                              "statistics, as a client computes its gradient in training mode")

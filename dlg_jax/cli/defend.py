@@ -3,9 +3,11 @@
     dlg-jax defend sweep     attack x defense x strength -> store/, defense_sweep.png, summary.md
     dlg-jax defend tradeoff  the sweep, plus a model trained with each defense -> training-store/, tradeoff.png
 
-The sweep is a grid (:func:`dlg_jax.experiments.grid.expand`) run by the one sweep loop (:mod:`dlg_jax.experiments.sweep`) into
-results stores under ``--out`` (:mod:`dlg_jax.experiments.store`), so both are resumable: points already stored are
-reused, not rerun, and ``dlg-jax report OUT/store`` reads the same rows.
+The sweep is the shipped ``defenses`` study (``dlg_jax/experiments/specs/defenses.toml``: its budgets, defenses
+and strengths, standard and ``--quick``) with this command's options on top, run by the one sweep loop
+(:mod:`dlg_jax.experiments.sweep`) into results stores under ``--out`` (:mod:`dlg_jax.experiments.store`), so
+both are resumable: points already stored are reused, not rerun, and ``dlg-jax report OUT/store`` reads the
+same rows.
 """
 
 import argparse
@@ -17,13 +19,23 @@ import sys
 from dlg_jax.cli.attack import add_attack_options
 from dlg_jax.cli.options import RunBars, add_memory_budget, plain, positive_float, positive_int
 
-# Budgets when neither the option nor --quick is given, and with --quick (a smoke run of a few minutes).
-STANDARD = {"restarts": 4, "iterations": 2000, "targets": 4, "train_steps": 500, "train_runs": 3,
-            "defense": ["gaussian", "laplacian", "prune", "precision", "dp", "soteria"]}
-QUICK = {"restarts": 2, "iterations": 1500, "targets": 2, "train_steps": 100, "train_runs": 2,
-         "defense": ["gaussian", "prune", "precision"]}
-QUICK_STRENGTHS = {"gaussian": (1e-4, 1e-1), "laplacian": (1e-4, 1e-1), "prune": (0.1, 0.3),
-                   "precision": ("float16", "int8"), "dp": (0.1,), "soteria": (0.2, 0.6)}
+# The training budgets of the trade-off (the attack's are the defenses study's), standard and with --quick.
+TRAINING = {"standard": {"train_steps": 500, "train_runs": 3}, "quick": {"train_steps": 100, "train_runs": 2}}
+
+
+def _study(quick: bool) -> tuple[dict, list]:
+    """The shipped defenses study's budget (``targets``, ``restarts``, ``iterations``) and ``defense``
+    entries, standard or ``quick``."""
+    import tomllib
+
+    from dlg_jax.experiments.grid import spec_path
+
+    with open(spec_path("defenses"), "rb") as handle:
+        document = tomllib.load(handle)
+    layers = [document] + ([document["quick"]] if quick else [])
+    budget = {k: v for layer in layers for k, v in layer.get("budget", {}).items()}
+    defenses = [layer["axes"]["defense"] for layer in layers if "defense" in layer.get("axes", {})][-1]
+    return budget, defenses
 
 
 def _add_options(parser: argparse.ArgumentParser, tradeoff: bool) -> None:
@@ -32,7 +44,7 @@ def _add_options(parser: argparse.ArgumentParser, tradeoff: bool) -> None:
     parser.add_argument("--attacks", nargs="+", default=["dlg"], help="attack presets, one or more (default: dlg)")
     parser.add_argument("--defense", nargs="+", default=None,
                         help="defenses, one or more of gaussian, laplacian, prune, precision, dp, soteria "
-                             f"(default: {' '.join(STANDARD['defense'])}; --quick: {' '.join(QUICK['defense'])})")
+                             "(default: the defenses study's)")
     parser.add_argument("--strengths", nargs="+", default=None,
                         help="strengths for every listed defense, one or more: a variance (noise), a "
                              "ratio (prune), a format (precision: float16, bfloat16, int8, ...), a noise "
@@ -42,24 +54,23 @@ def _add_options(parser: argparse.ArgumentParser, tradeoff: bool) -> None:
     add_memory_budget(parser)
     parser.add_argument("--dp-clip", type=positive_float, default=None, help="DP per-example clipping norm C (default: 1)")
     parser.add_argument("--targets", type=positive_int, default=None,
-                        help=f"attack the first N batches of the dataset (default: {STANDARD['targets']})")
+                        help="attack the first N batches of the dataset (default: the defenses study's)")
     parser.add_argument("--out", default="defend-out", help="output directory (default: defend-out)")
     parser.add_argument("--quick", action="store_true",
-                        help=f"small budget unless given: {QUICK['restarts']} restarts, {QUICK['iterations']} "
-                             f"iterations, {QUICK['targets']} targets, 2 strengths per defense"
-                             + (f", {QUICK['train_steps']} training steps" if tradeoff else ""))
+                        help="the defenses study's small budget and strengths unless given"
+                             + (f", {TRAINING['quick']['train_steps']} training steps" if tradeoff else ""))
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     if tradeoff:
         parser.add_argument("--train-model", default=None, help="model to train (default: --model)")
         parser.add_argument("--train-norm", default="group", choices=("none", "group"),
                             help="normalisation of a trained resnet (default: group)")
         parser.add_argument("--train-steps", type=positive_int, default=None,
-                            help=f"SGD steps (default: {STANDARD['train_steps']})")
+                            help=f"SGD steps (default: {TRAINING['standard']['train_steps']})")
         parser.add_argument("--train-batch-size", type=positive_int, default=16,
                             help="training minibatch (default: 16)")
         parser.add_argument("--train-lr", type=positive_float, default=0.01, help="SGD learning rate (default: 0.01)")
         parser.add_argument("--train-runs", type=positive_int, default=None,
-                            help=f"independent trainings averaged (default: {STANDARD['train_runs']})")
+                            help=f"independent trainings averaged (default: {TRAINING['standard']['train_runs']})")
     parser.set_defaults(handler=run, tradeoff=tradeoff)
 
 
@@ -77,10 +88,12 @@ def register(subparsers) -> None:
                  tradeoff=True)
 
 
-def _resolve(args, name: str):
-    """An option's value: given on the command line, else the --quick budget, else the standard one."""
+def _resolve(args, name: str, budget: dict):
+    """An option's value: given on the command line, else the study's ``budget``, else the training budget."""
     value = getattr(args, name, None)
-    return value if value is not None else (QUICK if args.quick else STANDARD)[name]
+    if value is not None:
+        return value
+    return budget[name] if name in budget else TRAINING["quick" if args.quick else "standard"][name]
 
 
 def _parse_strength(text: str):
@@ -90,19 +103,21 @@ def _parse_strength(text: str):
         return text
 
 
-def _defense_entries(args, defenses: list[str]) -> list:
-    """The grid's ``defense`` axis: the undefended baseline, then each defense at its strengths."""
+def _defense_entries(args, entries: list) -> list:
+    """The grid's ``defense`` axis: the undefended baseline, then each defense of ``--defense`` (else of
+    the study's ``entries``) at ``--strengths`` (else at the study's strengths for it, else its defaults)."""
+    study = {entry if isinstance(entry, str) else entry["name"]: entry for entry in entries}
+    names = args.defense if args.defense is not None else list(study)
     options = {"prune": {} if args.prune_scope is None else {"scope": args.prune_scope},
                "dp": {} if args.dp_clip is None else {"clip": args.dp_clip}}
-    entries = ["none"]
-    for defense in dict.fromkeys(d for d in defenses if d != "none"):
-        entry = {"name": defense, **options.get(defense, {})}
+    axis = ["none"]
+    for defense in dict.fromkeys(d for d in names if d != "none"):
+        entry = study.get(defense, defense)
+        entry = {**({"name": entry} if isinstance(entry, str) else entry), **options.get(defense, {})}
         if args.strengths is not None:
             entry["strength"] = [_parse_strength(s) for s in args.strengths]
-        elif args.quick:
-            entry["strength"] = list(QUICK_STRENGTHS.get(defense, ()))
-        entries.append(entry)
-    return entries
+        axis.append(entry)
+    return axis
 
 
 def run(args) -> int:
@@ -111,21 +126,16 @@ def run(args) -> int:
     from dlg_jax.attack.compile_cache import enable_compilation_cache
     from dlg_jax.experiments.defense_report import (
         join_tradeoff,
-        sweep_plot,
+        sweep_plot_figure,
         sweep_table,
         tradeoff_plot,
         tradeoff_table,
     )
     from dlg_jax.experiments.grid import expand
     from dlg_jax.experiments.store import Store
-    from dlg_jax.experiments.sweep import (
-        TrainingPoint,
-        point_summaries,
-        run_grid,
-        run_points,
-        training_rows,
-    )
-    from dlg_jax.files import atomic_write_bytes, prepare_output_dir
+    from dlg_jax.experiments.studies import point_summaries
+    from dlg_jax.experiments.sweep import TrainingPoint, run_grid, run_points, training_rows
+    from dlg_jax.files import atomic_save_figure, atomic_write_bytes, prepare_output_dir
     from dlg_jax.victim.defenses import format_strength
     from dlg_jax.victim.training import TrainConfig
 
@@ -133,23 +143,25 @@ def run(args) -> int:
         jax.config.update("jax_enable_x64", True)
     if not args.no_compilation_cache:
         enable_compilation_cache()
-    args.restarts, args.iterations = _resolve(args, "restarts"), _resolve(args, "iterations")
+    study_budget, study_defenses = _study(args.quick)
+    args.restarts, args.iterations = _resolve(args, "restarts", study_budget), _resolve(args, "iterations", study_budget)
+    targets = _resolve(args, "targets", study_budget)
     budget = {name: getattr(args, name) for name in ("restarts", "iterations", "tolerance", "chunk_size", "solver",
                                                       "history_size", "learning_rate")
               if getattr(args, name) is not None}
     dataset = {"name": args.dataset, **{k: v for k, v in (("split", args.split), ("data_dir", args.data_dir),
                                                          ("image_size", args.image_size)) if v is not None}}
     model = {"name": args.model, **({"activation": args.activation} if args.activation else {})}
-    axes = {"attack": args.attacks, "defense": _defense_entries(args, _resolve(args, "defense")),
-            "model": model, "dataset": dataset, "batch_size": args.batch_size, "targets": _resolve(args, "targets"),
+    axes = {"attack": args.attacks, "defense": _defense_entries(args, study_defenses),
+            "model": model, "dataset": dataset, "batch_size": args.batch_size, "targets": targets,
             "seed": args.seed, "dtype": "float64" if args.float64 else "float32", "precision": args.precision,
             **({"devices": args.devices} if args.devices is not None else {})}
     points = sorted(expand(axes, budget).points, key=lambda p: p.defense != "none")  # undefended baselines first
     train_config = None
     if args.tradeoff:
         train_config = TrainConfig(model=args.train_model or args.model, dataset=args.dataset, norm=args.train_norm,
-                                   steps=_resolve(args, "train_steps"), batch_size=args.train_batch_size,
-                                   learning_rate=args.train_lr, runs=_resolve(args, "train_runs"), seed=args.seed)
+                                   steps=_resolve(args, "train_steps", {}), batch_size=args.train_batch_size,
+                                   learning_rate=args.train_lr, runs=_resolve(args, "train_runs", {}), seed=args.seed)
     out = prepare_output_dir(args.out)
     store = Store(os.path.join(out, "store"))
     bars = RunBars(not args.quiet)
@@ -171,9 +183,9 @@ def run(args) -> int:
     order = {p.id: i for i, p in enumerate(points)}
     rows = point_summaries(sorted((r for r in store.rows() if r["point_id"] in order),
                                   key=lambda r: (order[r["point_id"]], r["target"])))
-    sweep_plot(os.path.join(out, "defense_sweep.png"), rows,
-               title=f"{args.model} on {args.dataset}: attack quality vs defense strength "
-                     f"({_resolve(args, 'targets')} targets, {args.restarts} restarts, {args.iterations} iterations)")
+    atomic_save_figure(os.path.join(out, "defense_sweep.png"), sweep_plot_figure(
+        rows, title=f"{args.model} on {args.dataset}: attack quality vs defense strength "
+                    f"({targets} targets, {args.restarts} restarts, {args.iterations} iterations)"))
     summary = ["## Defense sweep", "", sweep_table(rows), ""]
     print(sweep_table(rows))
     if args.tradeoff:

@@ -1,150 +1,142 @@
-"""``dlg-jax experiment``: the label, batch and attack-comparison experiments (:mod:`dlg_jax.experiments.studies`).
+"""``dlg-jax experiment NAME``: run a shipped study into a results store and write its page.
 
-    dlg-jax experiment labels  [--quick]   DLG vs iDLG label accuracy per embedded dataset
-    dlg-jax experiment batch   [--quick]   batch recovery per B, method and dataset
-    dlg-jax experiment compare [--quick]   PSNR of DLG vs Inverting Gradients, LeNet and ResNets
-    dlg-jax experiment threat  [--quick]   DLG's PSNR vs K aggregated clients and FedAvg local steps S
-    dlg-jax experiment resolution [--quick] DLG and IG success vs image size 16 to 128 (faces, colour)
-    dlg-jax experiment all     [--quick]   all of them in turn
-
-Each writes ``<name>.json``, ``<name>.png`` and ``<name>.md`` to ``--out`` and prints the table;
-``dlg-jax experiment NAME --help`` lists the options that experiment reads.
+Every study is a grid file in ``dlg_jax/experiments/specs/`` (``NAME.toml``: its axes, standard budget and
+``--quick`` budget). Its points run into ``OUT/store``, one store shared by all studies (a point two
+studies share runs once; running a command again reuses every point already there), then ``OUT/NAME.md``,
+``NAME.png`` and ``NAME.json`` are written from the store (:mod:`dlg_jax.experiments.studies`).
+``dlg-jax experiment NAME --help`` lists the study's options: one per axis, replacing that axis (space-
+separated values), and ``--targets``, ``--restarts``, ``--iterations`` replacing its budget.
 """
 
+import os
+import shlex
+import sys
 
-from dlg_jax.cli.options import (
-    RunBars,
-    add_memory_budget,
-    nonnegative_float,
-    positive_float,
-    positive_int,
-)
-from dlg_jax.environment import environment
+from dlg_jax.cli.options import RunBars, add_memory_budget, plain, positive_int
 
-# Which experiments read each selection option (the rest are shared by all); ``all`` takes only the shared ones.
-SELECTIONS = {
-    "datasets": ("labels", "batch", "compare", "threat", "resolution"),
-    "batch_sizes": ("batch",), "methods": ("batch", "compare", "threat", "resolution"), "models": ("batch", "compare"),
-    "classes": ("batch",), "tolerance": ("batch",), "clients": ("threat",), "local_steps": ("threat",),
-    "aggregate": ("threat",), "local_lr": ("threat",), "sizes": ("resolution",),
-}
-SUMMARIES = {
-    "labels": "DLG vs iDLG label accuracy per embedded dataset",
-    "batch": "batch recovery per batch size B, method and dataset",
-    "compare": "PSNR of DLG vs Inverting Gradients, LeNet and ResNets",
-    "threat": "DLG's PSNR vs K aggregated clients and FedAvg local steps S",
-    "resolution": "DLG and IG success vs image size 16 to 128",
-    "all": "every experiment in turn, each at its default settings",
-}
+
+def _spec_axes(name: str) -> tuple[str, list[str]]:
+    """Study ``name``'s description and the axis keys it sets anywhere (its tables in file order)."""
+    import tomllib
+
+    from dlg_jax.experiments.grid import spec_path
+
+    with open(spec_path(name), "rb") as handle:
+        document = tomllib.load(handle)
+    layers = [document, document.get("quick", {}), *document.get("grids", [])]
+    layers += [part.get("quick", {}) for part in document.get("grids", [])]
+    budget = ("targets", "restarts", "iterations", "chunk_size")  # options of their own, on every grid
+    return document.get("name", name), list(dict.fromkeys(k for layer in layers for k in layer.get("axes", {})
+                                                          if k not in budget))
 
 
 def register(subparsers):
-    from dlg_jax.experiments.studies import EXPERIMENT_NAMES, QUICK, STANDARD
-
-    def budget_text(name):
-        def text(budget):
-            return f"{budget.targets}x{budget.restarts}x{budget.iterations}"
-        if name == "compare":
-            return ", ".join(f"{k} {text(STANDARD[name][k])} (quick {text(QUICK[name][k])})" for k in STANDARD[name])
-        return f"{text(STANDARD[name])} (quick {text(QUICK[name])})"
+    from dlg_jax.experiments.grid import spec_names
 
     parser = subparsers.add_parser(
-        "experiment", help="reproduce the DLG / iDLG / Inverting Gradients result shapes",
-        description="Run an experiment and write <name>.json, <name>.png and <name>.md to --out. "
-                    "dlg-jax experiment NAME --help lists its options.")
+        "experiment", help="run a shipped study (labels, batch, compare, ...) into a store and write its page",
+        description=plain(__doc__.split("\n\n")[1]))
     experiments = parser.add_subparsers(dest="name", required=True, metavar="NAME")
-    for name in (*EXPERIMENT_NAMES, "all"):
-        budget = f" Budget (targets x restarts x iterations): {budget_text(name)}." if name != "all" else ""
-        sub = experiments.add_parser(name, help=SUMMARIES[name], description=SUMMARIES[name] + "." + budget)
-        _add_options(sub, name)
-        sub.set_defaults(handler=run, **{dest: None for dest, users in SELECTIONS.items() if name not in users})
+    for name in (*spec_names(), "all"):
+        if name == "all":
+            summary, axes = "every study in turn, at its own settings", []
+        else:
+            summary, axes = _spec_axes(name)
+        sub = experiments.add_parser(name, help=summary, description=summary + ".")
+        for axis in axes:
+            sub.add_argument(f"--{axis.replace('_', '-')}", dest=f"axis_{axis}", nargs="+", default=None,
+                             metavar=axis.upper(), help=f"replace the study's {axis} axis (one or more values)")
+        _add_options(sub)
+        sub.set_defaults(handler=run, axes=axes)
 
 
-def _add_options(parser, name: str) -> None:
-    """The shared options, then the selection options that experiment ``name`` reads."""
-    from dlg_jax.experiments.studies import BATCH_METHODS, METHODS
-    from dlg_jax.victim.threat_models import AGGREGATES
-
-    parser.add_argument("--quick", action="store_true", help="the small smoke-test budget (a few minutes)")
-    parser.add_argument("--targets", type=positive_int, default=None, help="override the targets per setting")
-    parser.add_argument("--restarts", type=positive_int, default=None, help="override the restarts per target")
-    parser.add_argument("--iterations", type=positive_int, default=None, help="override the iterations per restart")
-    uses = {dest for dest, users in SELECTIONS.items() if name in users}
-    if "datasets" in uses:
-        defaults = {"labels": "digits colour faces", "batch": "colour digits", "resolution": "faces colour"}
-        parser.add_argument("--datasets", nargs="+", default=None,
-                            help=f"datasets, one or more (default: {defaults.get(name, 'colour')}"
-                                 + ("" if name in defaults else "; only the first is used") + ")")
-    if "batch_sizes" in uses:
-        parser.add_argument("--batch-sizes", nargs="+", type=positive_int, default=None,
-                            help="one or more (default: 1 2 4 8; --quick: 1 2)")
-    if "methods" in uses:
-        default = {"batch": " ".join(BATCH_METHODS) + "; --quick: dlg dlg-count-uniform", "threat": "dlg"}
-        parser.add_argument("--methods", nargs="+", default=None,
-                            help=f"attack methods, one or more of {', '.join(METHODS)} "
-                                 f"(default: {default.get(name, 'dlg ig')})")
-    if "models" in uses:
-        parser.add_argument("--models", nargs="+", default=None,
-                            help="one or more name[-token...], tokens relu, sigmoid, bn, nostride, dlginit, dlg "
-                                 "(DLG's ResNet) (default: " + ("lenet" if name == "batch" else
-                                                                "lenet resnet20-sigmoid resnet20-relu") + ")")
-    if "classes" in uses:
-        parser.add_argument("--classes", type=positive_int, default=None,
-                            help="LeNet's number of outputs (default: the dataset's; DLG's CIFAR-100 code: 100)")
-    if "tolerance" in uses:
-        parser.add_argument("--tolerance", type=nonnegative_float, default=None,
-                            help="a restart converges (and stops) at objective <= this x |dW|^2 (default: 1e-8)")
-    if "clients" in uses:
-        parser.add_argument("--clients", nargs="+", type=positive_int, default=None,
-                            help="numbers of clients K, one step each (default: 1 2 4 8)")
-        parser.add_argument("--local-steps", nargs="+", type=positive_int, default=None,
-                            help="FedAvg local steps S of one client (default: 1 2 5 10)")
-        parser.add_argument("--aggregate", default=None, choices=AGGREGATES,
-                            help="how the K clients' gradients are combined (default: mean)")
-        parser.add_argument("--local-lr", type=positive_float, default=None,
-                            help="the FedAvg client's SGD learning rate (default: 0.1)")
-    if "sizes" in uses:
-        parser.add_argument("--sizes", nargs="+", type=positive_int, default=None,
-                            help="image sizes S (S x S; embedded sets: 8 to 256; default: 16 32 64 128)")
+def _add_options(parser) -> None:
+    parser.add_argument("--quick", action="store_true", help="the study's small smoke-test budget (minutes)")
+    parser.add_argument("--targets", type=positive_int, default=None, help="replace the targets per point")
+    parser.add_argument("--restarts", type=positive_int, default=None, help="replace the restarts per target")
+    parser.add_argument("--iterations", type=positive_int, default=None, help="replace the iterations per restart")
     parser.add_argument("--float64", action="store_true", help="run in double precision")
     parser.add_argument("--chunk-size", type=positive_int, default=None,
                         help="problems (target x restart) per vmapped batch (default: 16; on a GPU: all of them)")
     add_memory_budget(parser)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the model weights and the dummies")
     parser.add_argument("--out", default="experiments-out", help="output directory (default: experiments-out)")
+    parser.add_argument("--store", default=None, help="results store (default: OUT/store)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
 
 
+def _value(text: str):
+    """A command-line axis value: an integer, else a number, else the text."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _check_data(points) -> None:
+    """Every point's dataset exists and holds its targets' images or sentences (before anything runs)."""
+    import numpy as np
+
+    from dlg_jax.data.datasets import get_dataset
+    from dlg_jax.data.sentences import sentence_batches
+
+    needed = {}
+    for p in points:
+        if p.text:
+            sentence_batches(p.dataset, p.targets, p.batch_size)
+            continue
+        key = (p.dataset, p.data_options)
+        needed[key] = max(needed.get(key, 0), p.targets * p.batch_size)
+    for (dataset, options), count in needed.items():
+        get_dataset(dataset, **dict(options)).check_indices(np.arange(count))
+
+
 def run(args) -> int:
-    from dlg_jax.experiments.studies import (
-        EXPERIMENT_NAMES,
-        experiment_table,
-        run_experiment,
-        save_experiment,
-    )
+    import jax
+
+    from dlg_jax.attack.compile_cache import enable_compilation_cache
+    from dlg_jax.cli.sweep import point_label
+    from dlg_jax.environment import environment
+    from dlg_jax.experiments.grid import load_spec, spec_names
+    from dlg_jax.experiments.store import Store
+    from dlg_jax.experiments.studies import write_study
+    from dlg_jax.experiments.sweep import point_outcome, run_grid
     from dlg_jax.files import prepare_output_dir
 
-    prepare_output_dir(args.out)
+    budget = {k: getattr(args, k) for k in ("targets", "restarts", "iterations", "chunk_size")
+              if getattr(args, k) is not None}
+    axes = {axis: [_value(v) for v in getattr(args, f"axis_{axis}")] for axis in args.axes
+            if getattr(args, f"axis_{axis}") is not None}
     if args.float64:
-        import jax
-
         jax.config.update("jax_enable_x64", True)
-    # the selection options this experiment has (the others are left to run_experiment's defaults)
-    selections = {("num_classes" if dest == "classes" else dest): getattr(args, dest) for dest in SELECTIONS
-                  if getattr(args, dest) is not None}
+        axes["dtype"] = "float64"
+    names = spec_names() if args.name == "all" else (args.name,)
+    grids = {name: load_spec(name, quick=args.quick, budget=budget, axes=axes) for name in names}
+    for grid in grids.values():
+        _check_data(grid.points)
+    out = prepare_output_dir(args.out)
+    store = Store(args.store or os.path.join(out, "store"))
+    enable_compilation_cache()
+    command = "dlg-jax " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["experiment"] else ""
     bars = RunBars(not args.quiet)
-    names = EXPERIMENT_NAMES if args.name == "all" else (args.name,)
     try:
-        for name in names:
-            result = run_experiment(name, quick=args.quick, targets=args.targets, restarts=args.restarts,
-                                    iterations=args.iterations, seed=args.seed,
-                                    dtype="float64" if args.float64 else "float32", chunk_size=args.chunk_size,
-                                    memory_budget=args.memory_budget, log=bars.next, progress=bars,
-                                    **selections)
+        for name, grid in grids.items():
+            count = iter(range(1, len(grid.points) + 1))
+
+            def report(point, rows, name=name, count=count, total=len(grid.points)):
+                state = "in the store" if rows is None else point_outcome(rows)
+                bars.next(f"{name} [{next(count)}/{total}] {point_label(point)}: {state}")
+
+            bars.next()
+            run_grid(list(grid.points), store, resume=True, memory_budget=args.memory_budget, progress=bars,
+                     on_point=report)
             bars.close()
-            paths = save_experiment(result, args.out, {"environment": environment()})
-            print(f"## {name} ({result.payload['wall_seconds']:.0f} s) -> {', '.join(paths)}\n")
-            print(experiment_table(result))
+            paths = write_study(grid, store.rows(), out, name, command=command or f"dlg-jax experiment {name}",
+                                environment=environment())
+            print(f"## {name} -> {', '.join(paths)}\n")
+            with open(paths[0]) as handle:
+                print(handle.read())
     finally:
         bars.close()
     return 0

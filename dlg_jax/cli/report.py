@@ -24,8 +24,9 @@ def run(args) -> int:
     rows = store.rows()
     if not rows:
         raise DLGInputError(f"store {store.path!r} holds no finished points yet")
-    if "psnr" not in rows[0]:
-        raise DLGInputError(f"store {store.path!r} holds no attack rows (a training store?)")
+    rows = [row for row in rows if row.get("psnr") is not None]  # image attacks (text points: their study's page)
+    if not rows:
+        raise DLGInputError(f"store {store.path!r} holds no image-attack rows (a training store, or text only?)")
     out = prepare_output_dir(args.out or os.path.join(store.path, "report"))
     print(write_report(rows, out, f"Results store {store.path}"))
     print(f"report: {os.path.join(out, 'report.md')} and figures in {out}")

@@ -41,6 +41,8 @@ def point_label(point) -> str:
     """``dlg lenet/digits B=1 gaussian 0.0001 seed 0``-style text."""
     from dlg_jax.victim.defenses import format_strength
 
+    if point.text:
+        return f"{point.model}/{point.dataset} B={point.batch_size} {point.config.distance} seed {point.config.seed}"
     defense = point.defense + ("" if point.defense == "none" else f" {format_strength(point.strength)}")
     return (f"{point.attack} {point.model}/{point.dataset} B={point.batch_size} {point.config.labels} "
             f"{defense} seed {point.config.seed}")
@@ -52,7 +54,7 @@ def run(args) -> int:
     from dlg_jax.experiments.executors import make_executor
     from dlg_jax.experiments.grid import load_grid
     from dlg_jax.experiments.store import Store
-    from dlg_jax.experiments.sweep import check_resume, run_grid
+    from dlg_jax.experiments.sweep import check_resume, point_outcome, run_grid
 
     grid = load_grid(args.grid)
     store = Store(args.store)
@@ -74,10 +76,7 @@ def run(args) -> int:
         if rows is None:
             print(f"[{next(counter)}/{len(points)}] {point_label(point)}: in the store", file=sys.stderr)
             return
-        success = sum(r["success"] for r in rows)
-        print(f"[{next(counter)}/{len(points)}] {point_label(point)}: success {success}/{len(rows)}, PSNR "
-              f"{sum(r['psnr'] for r in rows) / len(rows):.1f} dB ({rows[0]['point_wall_seconds']:.1f} s)",
-              file=sys.stderr)
+        print(f"[{next(counter)}/{len(points)}] {point_label(point)}: {point_outcome(rows)}", file=sys.stderr)
 
     check_resume(points, store, args.resume)  # before a cluster is contacted
     executor = None

@@ -1,6 +1,6 @@
 """Figures and tables of defense experiments (matplotlib; tables as markdown text).
 
-- :func:`sweep_plot`: attack quality vs defense strength, in the shape of DLG's defense figure: one panel
+- :func:`sweep_plot_figure`: attack quality vs defense strength, in the shape of DLG's defense figure: one panel
   per kind of strength (noise variance, pruning ratio, number format, DP noise multiplier, Soteria's
   fraction of representation features pruned), one line per
   defense and attack, the undefended attack as a dashed level. Top row PSNR (mean over targets, band =
@@ -8,7 +8,7 @@
 - :func:`tradeoff_plot`: utility (test accuracy of a model trained with the defense) against privacy
   (attack PSNR) per defense and strength.
 
-Rows are per defense setting: :func:`dlg_jax.experiments.sweep.point_summaries` of a results store, and training
+Rows are per defense setting: :func:`dlg_jax.experiments.studies.point_summaries` of a results store, and training
 rows (:func:`dlg_jax.experiments.sweep.training_rows`) with their ``setting``.
 """
 
@@ -53,8 +53,8 @@ def _strengths_in(rows: list[dict], defenses) -> list:
     return [_setting(r)["strength"] for r in rows if _setting(r)["defense"] in defenses]
 
 
-def sweep_plot(path, rows: list[dict], *, title: str | None = None) -> None:
-    """Save the defense sweep figure of ``rows`` to ``path`` (see the module docstring)."""
+def sweep_plot_figure(rows: list[dict], *, title: str | None = None):
+    """The defense sweep figure of ``rows`` (see the module docstring)."""
     attacks = list(dict.fromkeys(_setting(r)["attack"] for r in rows))
     present = {_setting(r)["defense"] for r in rows}
     panels = [p for p in PANELS if present & set(p[1])]
@@ -100,7 +100,7 @@ def sweep_plot(path, rows: list[dict], *, title: str | None = None) -> None:
     axes[1, 0].set_ylabel("attack SSIM")
     figure.suptitle(title or "Attack quality vs defense strength (mean over targets, band: min..max)", fontsize=10)
     figure.tight_layout()
-    atomic_save_figure(path, figure)
+    return figure
 
 
 def _defense_key(setting: dict) -> tuple:

@@ -3,6 +3,7 @@
 A grid file has two tables (both optional; every key has a default)::
 
     name = "batch-size study"            # optional description
+    study = "batch"                      # optional: the report `dlg-jax experiment` writes (STUDIES)
 
     [budget]                             # what every point may spend
     targets = 2                          # attack the first N batches of the dataset
@@ -10,26 +11,40 @@ A grid file has two tables (both optional; every key has a default)::
     iterations = 1000
 
     [axes]                               # lists: the grid is their product (the first key varies slowest)
-    attack = ["dlg", "ig"]
-    model = ["lenet", {name = "resnet20", activation = "sigmoid"}]
-    dataset = ["digits", {name = "mnist", data_dir = "~/tfds"}]
+    attack = ["dlg", "ig", "dlg-cyclic"] # a preset or a variant (dlg_jax.attack.presets)
+    model = ["lenet", "resnet20-sigmoid-bn", {name = "lenet", num_classes = 100}]
+    dataset = ["digits", {name = "mnist", data_dir = "~/tfds"}, {name = "faces", image_size = 64}]
     batch_size = [1, 2, 4]
     labels = ["joint", "analytic"]
     defense = ["none", "prune", {name = "gaussian", strength = [1e-6, 1e-4]}]
     clients = [1, 4]                     # threat model: K clients, FedAvg's S local steps
     local_steps = [1, 2]
+    image_size = [16, 32]                # every dataset resized to S x S
     seed = [0, 1]
+
+    [quick]                              # optional: what --quick replaces (a smoke-test budget)
+    budget = {targets = 1, iterations = 100}
+    axes = {batch_size = [1, 2]}
+
+    [[grids]]                            # optional: the union of several grids, each with its own
+    axes = {clients = [1, 2, 4]}         # budget / axes / quick on top of the tables above
+    [[grids]]
+    axes = {local_steps = [2, 5]}
 
 A key of ``[axes]`` given a single value (not a list) is one value at every point. ``[budget]`` keys
 (:data:`BUDGET_KEYS`) may also be axes (``iterations = [300, 3000]``). A ``defense`` entry is a name (with
 all its :data:`~dlg_jax.victim.defenses.DEFAULT_STRENGTHS`) or a table ``{name, strength = x or [x, ...],
-options...}``; ``model`` and ``dataset`` entries are a name or a table ``{name, options...}``. The threat
-model's keys (:data:`THREAT_KEYS`: ``clients``, ``aggregate``, ``local_steps``, ``local_lr``) compose with
-every defense as :func:`dlg_jax.pipeline.run_dlg` composes them.
+options...}``; ``model`` entries are a model spec (:func:`~dlg_jax.models.parse_model_spec`) or a table
+``{name, options...}`` (:data:`MODEL_OPTIONS`), ``dataset`` entries a name or a table ``{name, options...}``.
+The threat model's keys (:data:`THREAT_KEYS`: ``clients``, ``aggregate``, ``local_steps``, ``local_lr``)
+compose with every defense as :func:`dlg_jax.pipeline.run_dlg` composes them. A key given in a later
+table replaces the same key of an earlier one (``[[grids]]`` over the top tables, ``quick`` over both,
+the caller's overrides last), whether it was a budget or an axis there.
 
-A :class:`Point` is everything that determines one attack's numbers; its :attr:`Point.id` (a hash of
-:meth:`Point.key`) is its identity in the results store. Bad input raises
-:class:`~dlg_jax.errors.DLGInputError` naming the file, the line and the key.
+The studies shipped with the package are such files (``dlg_jax/experiments/specs/NAME.toml``,
+:func:`spec_names`, :func:`load_spec`). A :class:`Point` is everything that determines one attack's
+numbers; its :attr:`Point.id` (a hash of :meth:`Point.key`) is its identity in the results store. Bad
+input raises :class:`~dlg_jax.errors.DLGInputError` naming the file, the line and the key.
 """
 
 import dataclasses
@@ -44,10 +59,12 @@ from typing import Any
 
 from dlg_jax.attack.engine import RUN_FIELDS, AttackConfig
 from dlg_jax.attack.memory import parse_bytes
-from dlg_jax.attack.presets import PRESET_NAMES, attack_preset
+from dlg_jax.attack.presets import ATTACK_NAMES, attack_preset
 from dlg_jax.attack.solvers import SolverConfig
+from dlg_jax.data.sentences import SENTENCE_SETS
 from dlg_jax.errors import DLGInputError, check_choice, quote
-from dlg_jax.models import MODEL_NAMES
+from dlg_jax.models import MODEL_NAMES, parse_model_spec
+from dlg_jax.models.bert import TEXT_MODELS
 from dlg_jax.victim.defenses import DEFAULT_STRENGTHS, make_defense
 from dlg_jax.victim.threat_models import ThreatModel
 
@@ -60,15 +77,19 @@ CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(AttackConfig)
                     if f.name not in ("solver", "layer_weights", "box", "snapshots"))
 BUDGET_KEYS = ("targets", "restarts", "iterations", "tolerance", "chunk_size", "devices", "block", "memory_budget",
                *SOLVER_KEYS)
-AXIS_KEYS = tuple(dict.fromkeys((*POINT_KEYS, *CONFIG_KEYS, *SOLVER_KEYS, *THREAT_KEYS)))
-TOP_KEYS = ("name", "budget", "axes")
-MODEL_OPTIONS = ("activation",)
+# Data options that may also be axes of their own (every dataset of the point at each value).
+DATA_AXIS_KEYS = ("image_size",)
+AXIS_KEYS = tuple(dict.fromkeys((*POINT_KEYS, *CONFIG_KEYS, *SOLVER_KEYS, *THREAT_KEYS, *DATA_AXIS_KEYS)))
+TOP_KEYS = ("name", "study", "budget", "axes", "quick", "grids")
+PART_KEYS = ("budget", "axes", "quick")
+MODEL_OPTIONS = ("activation", "norm", "strides", "init", "num_classes")
+TEXT_MODEL_OPTIONS = ("vocabulary_size",)  # text models (a masked-LM BERT, dlg_jax.text): its vocabulary
 DATA_OPTIONS = ("split", "data_dir", "image_size")
 DEFAULTS = {"attack": "dlg", "model": "lenet", "dataset": "colour", "batch_size": 1, "defense": "none",
             "targets": 1}
 
 _INT_KEYS = {"batch_size", "targets", "restarts", "iterations", "chunk_size", "devices", "block", "history_size",
-             "clients", "local_steps"}
+             "clients", "local_steps", "image_size"}
 _NUMBER_KEYS = {"tolerance", "tv_weight", "learning_rate", "local_lr"}
 
 
@@ -90,6 +111,11 @@ class Point:
     data_options: tuple[tuple[str, Any], ...] = ()
     defense_options: tuple[tuple[str, Any], ...] = ()
     threat: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def text(self) -> bool:
+        """A text point: a masked-LM BERT (:mod:`dlg_jax.text`) on a sentence set (:mod:`dlg_jax.data.sentences`)."""
+        return self.model in TEXT_MODELS
 
     def key(self) -> dict:
         """Everything that determines this point's numbers, as plain JSON data (sorted keys)."""
@@ -120,8 +146,11 @@ def key_id(key: dict) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Grid:
+    """``points`` of a grid file; ``name``: its description, ``study``: the report it asks for (``""``: none)."""
+
     name: str
     points: tuple[Point, ...]
+    study: str = ""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -197,6 +226,26 @@ def _named(key: str, value, names, options: tuple[str, ...]) -> tuple[str, tuple
     return value["name"], tuple(sorted((k, v) for k, v in value.items() if k != "name"))
 
 
+def _model(value) -> tuple[str, tuple]:
+    """A ``model`` entry (a spec ``"resnet20-sigmoid"`` or a table ``{name = spec, options...}``; a text
+    model's name) as ``(name, sorted build options)``."""
+    name = value.get("name") if isinstance(value, dict) else value
+    if name in TEXT_MODELS:
+        return _named("model", value, TEXT_MODELS, TEXT_MODEL_OPTIONS)
+    if isinstance(value, dict) and isinstance(value.get("name"), str):
+        value = dict(value)
+        value["name"], spec_options = parse_model_spec(value["name"])
+        value = {**spec_options, **value}
+    elif isinstance(value, str):
+        name, spec_options = parse_model_spec(value)
+        value = {"name": name, **spec_options}
+    name, options = _named("model", value, MODEL_NAMES, MODEL_OPTIONS)
+    classes = dict(options).get("num_classes")
+    if classes is not None and (isinstance(classes, bool) or not isinstance(classes, int) or classes < 2):
+        raise DLGInputError(f"num_classes must be an integer >= 2, got {classes!r}")
+    return name, options
+
+
 def _defenses(value) -> list[tuple[str, Any, tuple]]:
     """A ``defense`` entry as its settings ``(name, strength, options)``, each checked by building it."""
     if isinstance(value, str):
@@ -222,15 +271,15 @@ def _values(key: str, value) -> list:
         if key == "defense":
             out.extend(_defenses(entry))
         elif key == "model":
-            out.append(_named("model", entry, MODEL_NAMES, MODEL_OPTIONS))
+            out.append(_model(entry))
         elif key == "dataset":
             from dlg_jax.data.datasets import dataset_names
 
-            out.append(_named("dataset", entry, dataset_names(), DATA_OPTIONS))
+            out.append(_named("dataset", entry, (*dataset_names(), *SENTENCE_SETS), DATA_OPTIONS))
         else:
             entry = _check_type(key, entry)
             if key == "attack":
-                check_choice("attack", entry, PRESET_NAMES)
+                check_choice("attack", entry, ATTACK_NAMES)
             elif key in CONFIG_KEYS:
                 AttackConfig(**{key: entry})  # the field's own checks
             elif key in SOLVER_KEYS:
@@ -241,10 +290,19 @@ def _values(key: str, value) -> list:
     return list(dict.fromkeys(out))
 
 
-def point_config(attack: str, values: dict) -> AttackConfig:
+def point_config(attack: str, values: dict, text: bool = False) -> AttackConfig:
     """The :class:`AttackConfig` of preset ``attack`` with the config and solver keys of ``values``
-    on top (a new ``solver`` name starts from that solver's defaults), without snapshots."""
-    config = attack_preset(attack, snapshots=0, **{k: v for k, v in values.items() if k in CONFIG_KEYS})
+    on top (a new ``solver`` name starts from that solver's defaults), without snapshots; ``text``: the
+    text attack's settings (:func:`dlg_jax.text.text_attack_config`; ``attack`` must be ``dlg``)."""
+    settings = {k: v for k, v in values.items() if k in CONFIG_KEYS}
+    if text:
+        from dlg_jax.text import text_attack_config
+
+        if attack != "dlg":
+            raise DLGInputError(f"attack {attack!r} is not a text attack; text models take attack 'dlg'")
+        config = text_attack_config(**settings)
+    else:
+        config = attack_preset(attack, snapshots=0, **settings)
     solver = {("name" if k == "solver" else k): v for k, v in values.items() if k in SOLVER_KEYS}
     if solver.get("name", config.solver.name) != config.solver.name:
         return dataclasses.replace(config, solver=SolverConfig(**solver))
@@ -279,37 +337,95 @@ def expand(axes: dict, budget: dict | None = None, *, name: str = "", where=None
         values = dict(zip(keys, combination))
         (model, model_options), (dataset, data_options) = values["model"], values["dataset"]
         defense, strength, defense_options = values["defense"]
+        text = model in TEXT_MODELS
+        if text != (dataset in SENTENCE_SETS):
+            raise DLGInputError(f"{where('axes', 'dataset')}: model {model!r} cannot read dataset {dataset!r}: text "
+                                f"models ({', '.join(TEXT_MODELS)}) read sentence sets ({', '.join(SENTENCE_SETS)}), "
+                                "image models image datasets")
         try:
-            config = point_config(values["attack"], values)
+            config = point_config(values["attack"], values, text)
         except DLGInputError as error:
             raise DLGInputError(f"{where('axes')}: {error}") from None
         threat = tuple((k, values[k]) for k in THREAT_KEYS if k in values and values[k] != getattr(one_step, k))
+        if any(k in values for k in DATA_AXIS_KEYS):
+            data_options = tuple(sorted({**dict(data_options), **{k: values[k] for k in DATA_AXIS_KEYS
+                                                                   if k in values}}.items()))
         points.append(Point(values["attack"], model, dataset, values["batch_size"], values["targets"], defense,
                             strength, config, model_options, data_options, defense_options, threat))
     unique = list({p.id: p for p in points}.values())
     return Grid(name, tuple(unique))
 
 
-def parse_grid(text: str, source: str = "grid") -> Grid:
-    """The :class:`Grid` of a TOML text (see the module docstring); ``source`` names it in errors."""
+def _table(where, table: str, value, keys: tuple[str, ...]) -> dict:
+    """``value`` if it is a table whose keys are all in ``keys``, else DLGInputError."""
+    if not isinstance(value, dict):
+        raise DLGInputError(f"{where(table)}: must be a table, got {value!r}")
+    for key in value:
+        if key not in keys:
+            raise DLGInputError(f"{where(table, key)}: unknown key {key!r}; allowed: {', '.join(keys)}")
+    return value
+
+
+def _layer(budget: dict, axes: dict, layer_budget: dict, layer_axes: dict) -> tuple[dict, dict]:
+    """``budget`` and ``axes`` with a later layer's keys on top (a key moves between them if it must)."""
+    budget = {k: v for k, v in budget.items() if k not in layer_axes}
+    axes = {k: v for k, v in axes.items() if k not in layer_budget}
+    return {**budget, **layer_budget}, {**axes, **layer_axes}
+
+
+def parse_grid(text: str, source: str = "grid", *, quick: bool = False, budget: dict | None = None,
+               axes: dict | None = None) -> Grid:
+    """The :class:`Grid` of a TOML text (see the module docstring); ``source`` names it in errors.
+    ``quick``: apply its ``quick`` tables; ``budget`` and ``axes``: the caller's overrides, on top of all
+    (an axis the file sets in some of its ``[[grids]]`` is replaced in those only: ``clients = [2]`` changes
+    the grid of clients, not the one of local steps)."""
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise DLGInputError(f"{source}: not valid TOML: {error}") from None
     where = _Where(source, key_lines(text))
-    for key, value in document.items():
-        if key not in TOP_KEYS:
-            raise DLGInputError(f"{where('', key)}: unknown key {key!r}; allowed: {', '.join(TOP_KEYS)}")
-        expected = str if key == "name" else dict
-        if not isinstance(value, expected):
-            raise DLGInputError(f"{where('', key)}: must be {'a string' if key == 'name' else 'a table'}, "
-                                f"got {value!r}")
-    return expand(document.get("axes", {}), document.get("budget", {}), name=document.get("name", ""),
-                  where=where)
+    _table(where, "", document, TOP_KEYS)
+    for key in ("name", "study"):
+        if not isinstance(document.get(key, ""), str):
+            raise DLGInputError(f"{where('', key)}: must be a string, got {document[key]!r}")
+    study = document.get("study", "")
+    if study and study not in STUDIES:
+        raise DLGInputError(f"{where('', 'study')}: unknown study {quote(study)}; allowed: {', '.join(STUDIES)}")
+    parts = document.get("grids", [{}])
+    if not isinstance(parts, list) or not parts or not all(isinstance(p, dict) for p in parts):
+        raise DLGInputError(f"{where('', 'grids')}: must be an array of tables [[grids]], got {parts!r}")
+
+    def tables(layer, table):
+        layer = _table(where, table, layer, PART_KEYS)
+        return (_table(where, f"{table}.budget" if table else "budget", layer.get("budget", {}), AXIS_KEYS),
+                _table(where, f"{table}.axes" if table else "axes", layer.get("axes", {}), AXIS_KEYS),
+                _table(where, f"{table}.quick" if table else "quick", layer.get("quick", {}), ("budget", "axes")))
+
+    top_budget, top_axes, top_quick = tables({k: v for k, v in document.items() if k in PART_KEYS}, "")
+    merged = []
+    for part in parts:
+        part_budget, part_axes, part_quick = tables(part, "grids")
+        layers = [(part_budget, part_axes)]
+        if quick:
+            layers += [(top_quick.get("budget", {}), top_quick.get("axes", {})),
+                       (part_quick.get("budget", {}), part_quick.get("axes", {}))]
+        part_budget, part_axes = top_budget, top_axes
+        for layer_budget, layer_axes in layers:
+            part_budget, part_axes = _layer(part_budget, part_axes, layer_budget, layer_axes)
+        merged.append((part_budget, part_axes))
+    present = {k for part_budget, part_axes in merged for k in (*part_budget, *part_axes)}
+    points = []
+    for part_budget, part_axes in merged:
+        replaced = {k: v for k, v in (axes or {}).items() if k in part_budget or k in part_axes or k not in present}
+        part_budget, part_axes = _layer(part_budget, part_axes, budget or {}, replaced)
+        points += expand(part_axes, part_budget, where=where).points
+    if not quick and (top_quick or any("quick" in part for part in parts)):
+        parse_grid(text, source, quick=True, budget=budget, axes=axes)  # a bad quick table is found either way
+    return Grid(document.get("name", ""), tuple({p.id: p for p in points}.values()), study)
 
 
-def load_grid(path: str | os.PathLike) -> Grid:
-    """The :class:`Grid` of the TOML file at ``path``."""
+def load_grid(path: str | os.PathLike, **overrides) -> Grid:
+    """The :class:`Grid` of the TOML file at ``path`` (``overrides``: those of :func:`parse_grid`)."""
     path = os.fspath(path)
     try:
         with open(path, "rb") as handle:
@@ -320,4 +436,30 @@ def load_grid(path: str | os.PathLike) -> Grid:
         text = data.decode()
     except UnicodeDecodeError:
         raise DLGInputError(f"grid file {path!r} is not UTF-8 text") from None
-    return parse_grid(text, f"grid file {path}")
+    return parse_grid(text, f"grid file {path}", **overrides)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The studies shipped with the package: grid files in dlg_jax/experiments/specs/.
+
+SPEC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "specs")
+# The reports a grid file may ask for (dlg_jax.experiments.studies writes them).
+STUDIES = ("labels", "batch", "compare", "threat", "resolution", "defenses", "text", "sweep")
+
+
+def spec_names() -> tuple[str, ...]:
+    """The names of the shipped studies (``dlg-jax experiment NAME``), sorted."""
+    return tuple(sorted(name[:-5] for name in os.listdir(SPEC_DIR) if name.endswith(".toml")))
+
+
+def spec_path(name: str) -> str:
+    """The grid file of shipped study ``name``, or ``name`` itself when it is a path to a ``.toml`` file."""
+    if name.endswith(".toml"):
+        return name
+    check_choice("experiment", name, spec_names())
+    return os.path.join(SPEC_DIR, f"{name}.toml")
+
+
+def load_spec(name: str, **overrides) -> Grid:
+    """:func:`load_grid` of :func:`spec_path` ``(name)``."""
+    return load_grid(spec_path(name), **overrides)

@@ -8,18 +8,23 @@ arrive. Attack points (:func:`attack_rows`) and training points of the privacy-u
 An attack point is one :func:`~dlg_jax.pipeline.run_dlg` call: its ``T`` targets (the first ``T``
 batches of the dataset) are defended with independent keys and attacked together (all ``T x R``
 restarts in one vmapped, compiled program). It gives one row per target: the point's settings, the best
-restart's metrics (PSNR, SSIM, MSE, label accuracy, ``success`` = every slot at PSNR >= 30 dB), every
-restart's final loss, iterations and evaluations, the point's timings, and the versions, precision and
-device that produced it.
+restart's metrics (PSNR, SSIM, MSE, label accuracy, PSNR up to ``a x + b``, ``success`` = every slot at
+PSNR >= 30 dB after the optimal assignment of slots to images), every restart's final loss, iterations,
+evaluations and worst-slot PSNR (``oracle_success``: some restart succeeded), the best restart's
+objective curve relative to its start, how what the attacker matched compares with the target's own
+gradient, the private and reconstructed images (uint8), the point's timings, and the versions, precision
+and device that produced it.
 """
 
 import dataclasses
 import functools
 import json
 import os
+import resource
 import time
 from typing import Any, Callable, Iterable
 
+import jax
 import numpy as np
 
 from dlg_jax.attack.engine import Progress
@@ -27,9 +32,10 @@ from dlg_jax.environment import environment
 from dlg_jax.errors import DLGInputError
 from dlg_jax.experiments.grid import Point, key_id
 from dlg_jax.experiments.store import Store
-from dlg_jax.metrics import SUCCESS_PSNR
-from dlg_jax.pipeline import run_dlg
+from dlg_jax.metrics import SUCCESS_PSNR, evaluate
+from dlg_jax.pipeline import DLGRun, run_dlg
 from dlg_jax.victim.defenses import format_strength, make_defense
+from dlg_jax.victim.gradients import shared_gradients
 from dlg_jax.victim.threat_models import ThreatModel
 from dlg_jax.victim.training import TrainConfig, train
 
@@ -37,11 +43,14 @@ from dlg_jax.victim.training import TrainConfig, train
 # runs of the same point; every other column is the same on every run (same seed, same numbers).
 RUN_COLUMNS = ("point_wall_seconds", "point_compile_seconds", "point_run_seconds", "restart_iterations_per_second",
                "finished_at", "host", "dlg_jax_version", "jax_version", "jaxlib_version", "device", "device_count",
-               "backend", "chunk_memory_budget")
+               "backend", "chunk_memory_budget", "peak_rss_mb", "load_average")
+CURVE_POINTS = 100  # points of the stored objective curve (evenly spaced iterations)
 
 
 def _json(value) -> str:
-    return json.dumps(value, sort_keys=True, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v))
+    """``value`` as JSON with sorted keys: arrays as lists, bytes (images) as hex."""
+    return json.dumps(value, sort_keys=True, default=lambda v: v.hex() if isinstance(v, bytes)
+                      else v.tolist() if hasattr(v, "tolist") else str(v))
 
 
 def run_environment() -> dict:
@@ -53,20 +62,50 @@ def run_environment() -> dict:
             "device_count": len(env["devices"]), "host": env["host"]}
 
 
+def _uint8(images: np.ndarray) -> bytes:
+    """Images in [0, 1] (clipped) as uint8 bytes, C order."""
+    return np.round(np.clip(np.asarray(images, np.float32), 0.0, 1.0) * 255.0).astype(np.uint8).tobytes()
+
+
+def _relative_curve(run: DLGRun, t: int) -> tuple[list[float], list[int]]:
+    """Target ``t``'s best restart's objective after ``i`` iterations over its initial value, at up to
+    :data:`CURVE_POINTS` evenly spaced ``i`` (returned second)."""
+    history = run.result.loss_history[t, run.result.best_restart[t]]
+    points = np.unique(np.linspace(0, len(history) - 1, min(CURVE_POINTS, len(history))).astype(int))
+    return (history[points] / max(float(history[0]), np.finfo(np.float64).tiny)).astype(float).tolist(), points.tolist()
+
+
+def _gradient_comparison(run: DLGRun) -> tuple[np.ndarray, np.ndarray]:
+    """How what the attacker matched, ``d_t``, compares with target ``t``'s own one-step gradient ``g_t`` at
+    ``W``: ``[T]`` relative distances ``||d_t - g_t|| / ||g_t||`` (0 for one client's undefended step) and
+    ``[T]`` cosines ``<d_t, g_t> / (||d_t|| ||g_t||)`` (1 when ``d_t`` is ``g_t`` rescaled)."""
+    own = shared_gradients(run.model, run.params, run.images, run.labels)
+    seen, mine = [np.concatenate([np.asarray(leaf, np.float64).reshape(len(run.labels), -1)
+                                  for leaf in jax.tree.leaves(tree)], axis=1) for tree in (run.shared_grads, own)]
+    norms = np.maximum(np.linalg.norm(seen, axis=1) * np.linalg.norm(mine, axis=1), np.finfo(np.float64).tiny)
+    return np.linalg.norm(seen - mine, axis=1) / np.linalg.norm(mine, axis=1), np.sum(seen * mine, 1) / norms
+
+
 def attack_rows(point: Point, progress: Callable[[Progress], None] | None = None) -> list[dict]:
     """Run one attack point; one row per target (see the module docstring)."""
     defense = make_defense(point.defense, point.strength, **dict(point.defense_options))
     config = point.config
     threat = ThreatModel(**dict(point.threat))
+    model_options = dict(point.model_options)
+    num_classes = model_options.pop("num_classes", None)
     started = time.perf_counter()
     run = run_dlg(point.model, point.dataset, targets=point.targets, batch_size=point.batch_size, config=config,
-                  model_options=dict(point.model_options), defense=defense, threat=threat, progress=progress,
-                  **dict(point.data_options))
+                  model_options=model_options, num_classes=num_classes, defense=defense, threat=threat,
+                  progress=progress, **dict(point.data_options))
     wall = time.perf_counter() - started
     result, metrics = run.result, run.metrics
+    restarts = result.loss.shape[1]
+    restart_worst = np.stack([evaluate(result.images[:, r], run.images, result.labels[:, r], run.labels,
+                                       lpips=False).slot_psnr.min(axis=1) for r in range(restarts)], axis=1)
+    gap, cosine = _gradient_comparison(run)
     strength = point.strength
     shared = {
-        "point_id": point.id, "attack": point.attack, "model": point.model,
+        "point_id": point.id, "kind": "image", "attack": point.attack, "model": point.model,
         "model_options": _json(dict(point.model_options)), "dataset": point.dataset,
         "data_options": _json(dict(point.data_options)), "batch_size": point.batch_size, "targets": point.targets,
         "labels": config.labels, "defense": point.defense, "defense_strength": format_strength(strength),
@@ -81,11 +120,17 @@ def attack_rows(point: Point, progress: Callable[[Progress], None] | None = None
         "point_run_seconds": result.run_seconds, "point_restart_iterations": int(result.restart_iterations),
         "restart_iterations_per_second": result.restart_iterations / max(result.run_seconds, 1e-9),
         "chunk_memory_budget": config.memory_budget, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "load_average": os.getloadavg()[0],
+        "classes": run.model.num_classes, "image_shape": list(run.images.shape[2:]),
+        "unknowns": int(np.prod(run.images.shape[2:])) * point.batch_size,
+        "gradient_entries": int(sum(np.size(leaf) for leaf in jax.tree.leaves(run.params))),
         **run_environment(),
     }
     rows = []
     for t in range(point.targets):
         best = int(result.best_restart[t])
+        curve, curve_iterations = _relative_curve(run, t)
         rows.append({
             **shared, "target": t, "target_indices": run.indices[t].tolist(),
             "true_labels": np.asarray(run.labels[t]).tolist(), "recovered_labels": result.best_labels[t].tolist(),
@@ -98,8 +143,76 @@ def attack_rows(point: Point, progress: Callable[[Progress], None] | None = None
             "restart_evaluations": result.evaluations[t].astype(int).tolist(),
             "converged_restarts": int(result.converged[t].sum()), "failed_restarts": int(result.failed[t].sum()),
             "iterations": int(result.iterations[t, best]), "evaluations": int(result.evaluations[t, best]),
+            "affine_psnr": float(metrics.slot_affine_psnr[t].mean()),
+            "restart_worst_slot_psnr": restart_worst[t].astype(float).tolist(),
+            "oracle_success": bool(restart_worst[t].max() >= SUCCESS_PSNR),
+            "relative_objective": curve[-1], "objective_curve": curve, "curve_iterations": curve_iterations,
+            "gradient_gap": float(gap[t]), "gradient_cosine": float(cosine[t]),
+            "other_clients_indices": ([] if run.client_indices is None
+                                      else np.asarray(run.client_indices[t]).reshape(-1).tolist()),
+            "image": _uint8(run.images[t]), "reconstruction": _uint8(result.best_images[t]),
         })
     return rows
+
+
+def text_rows(point: Point, progress: Callable[[Progress], None] | None = None) -> list[dict]:
+    """Run one text point (:func:`dlg_jax.text.attack_batches` on the first ``targets`` batches of its
+    sentence set, every decoding compared); one row per target: per decoding ``D`` the batch's mean
+    ``D/token_accuracy``, ``D/exact_match``, ``D/bleu``, ``D/rouge1``, ``D/rougeL``, ``D/duplicates`` and
+    ``D/relative_distance`` (its exact gradient distance over ``||dW||^2``), the continuous objective
+    over ``||dW||^2``, the sentences and their recoveries, the point's timings and environment."""
+    from dlg_jax.data.sentences import sentence_batches
+    from dlg_jax.text import attack_batches
+
+    batches = sentence_batches(point.dataset, point.targets, point.batch_size)
+    options = dict(point.model_options)
+    started = time.perf_counter()
+    run = attack_batches(batches, point.model, point.config, compare=True, progress=progress,
+                         vocabulary_size=options.get("vocabulary_size"))
+    wall = time.perf_counter() - started
+    shared = {
+        "point_id": point.id, "point": _json(point.key()), "kind": "text", "attack": point.attack,
+        "model": point.model, "model_options": _json(options), "dataset": point.dataset,
+        "batch_size": point.batch_size, "targets": point.targets, "length": int(run.batches[0].original.shape[1]),
+        "vocabulary_size": run.batches[0].vocab.size, "distance": point.config.distance, "seed": point.config.seed,
+        "restarts": point.config.restarts, "iterations_budget": point.config.iterations,
+        "config": _json(dataclasses.asdict(point.config)), "point_wall_seconds": wall,
+        "point_compile_seconds": sum(r.compile_seconds for r in run.results),
+        "point_run_seconds": sum(r.run_seconds for r in run.results),
+        "point_restart_iterations": int(sum(r.restart_iterations for r in run.results)),
+        "restart_iterations_per_second": (sum(r.restart_iterations for r in run.results)
+                                          / max(sum(r.run_seconds for r in run.results), 1e-9)),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "load_average": os.getloadavg()[0], **run_environment(),
+    }
+    rows = []
+    for t, batch in enumerate(run.batches):
+        row = {**shared, "target": t, "sentences": batch.texts, "recovered": batch.recovered_texts,
+               "orderings": batch.orderings, "relative_objective": batch.loss / batch.gradient_norm2}
+        for decoding, found in batch.decodings.items():
+            scores = found["scores"]
+            row.update({f"{decoding}/{key}": float(scores[key])
+                        for key in ("token_accuracy", "exact_match", "bleu", "rouge1", "rougeL")})
+            row[f"{decoding}/duplicates"] = int(scores["duplicates"])
+            row[f"{decoding}/relative_distance"] = float(found["distance"] / batch.gradient_norm2)
+        rows.append(row)
+    return rows
+
+
+def point_outcome(rows: list[dict]) -> str:
+    """One line on a finished point's rows: recovered targets and mean PSNR (images), or the refined
+    decoding's token accuracy and ROUGE-L (text)."""
+    if rows[0].get("kind") == "text":
+        return (f"refined+bag token accuracy {np.mean([r['refined+bag/token_accuracy'] for r in rows]):.0%}, "
+                f"ROUGE-L {np.mean([r['refined+bag/rougeL'] for r in rows]):.2f} ({rows[0]['point_wall_seconds']:.0f} s)")
+    return (f"recovered {sum(r['success'] for r in rows)}/{len(rows)}, PSNR {np.mean([r['psnr'] for r in rows]):.1f} dB "
+            f"({rows[0]['point_wall_seconds']:.1f} s)")
+
+
+def point_rows(point: Point, progress: Callable[[Progress], None] | None = None) -> list[dict]:
+    """The rows of one grid point: :func:`text_rows` for a text point, else :func:`attack_rows`."""
+    return (text_rows if point.text else attack_rows)(point, progress)
 
 
 def run_points(store: Store, points: Iterable[Any], compute: Callable[[Any], list[dict]], executor=None,
@@ -163,32 +276,8 @@ def run_grid(points: list[Point], store: Store, *, resume: bool = False, executo
     if memory_budget is not None:
         points = [dataclasses.replace(p, config=dataclasses.replace(p.config, memory_budget=memory_budget))
                   for p in points]
-    compute = attack_rows if progress is None else functools.partial(attack_rows, progress=progress)
+    compute = point_rows if progress is None else functools.partial(point_rows, progress=progress)
     return run_points(store, points, compute, executor, on_point)
-
-
-def point_summaries(rows: list[dict]) -> list[dict]:
-    """One entry per point of ``rows`` (store rows, in order of first appearance): its ``setting``
-    (``attack``, ``defense``, ``strength``, ``defense_options``), per-target ``psnr`` / ``ssim`` lists
-    and their means, ``mse_mean``, ``label_accuracy`` and ``wall_seconds``."""
-    by_point: dict[str, list[dict]] = {}
-    for row in rows:
-        by_point.setdefault(row["point_id"], []).append(row)
-    summaries = []
-    for targets in by_point.values():
-        targets = sorted(targets, key=lambda r: r["target"])
-        key = json.loads(targets[0]["point"])
-        summaries.append({
-            "setting": {"attack": key["attack"], "defense": key["defense"], "strength": key["strength"],
-                        "defense_options": key["defense_options"]},
-            "psnr": [r["psnr"] for r in targets], "ssim": [r["ssim"] for r in targets],
-            "psnr_mean": float(np.mean([r["psnr"] for r in targets])),
-            "ssim_mean": float(np.mean([r["ssim"] for r in targets])),
-            "mse_mean": float(np.mean([r["mse"] for r in targets])),
-            "label_accuracy": float(np.mean([r["label_accuracy"] for r in targets])),
-            "wall_seconds": targets[0]["point_wall_seconds"],
-        })
-    return summaries
 
 
 # ---------------------------------------------------------------------------------------------------

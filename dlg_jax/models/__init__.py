@@ -4,9 +4,11 @@
 ``init(key) -> params`` and ``apply(params, x) -> logits``; params are a plain pytree shared by every
 target and restart of an attack. ``Model.from_flax(module, variables, input_shape)`` wraps any
 ``flax.linen`` classifier of one's own, batch norm included (see :meth:`Model.from_flax`).
+:func:`parse_model_spec` reads the short model specs of the experiments (``"resnet20-sigmoid-bn"``).
 """
 
 import dataclasses
+import re
 from typing import Any
 
 import flax.linen as nn
@@ -27,6 +29,10 @@ from dlg_jax.models.resnet import (
 )
 
 MODEL_NAMES = ("lenet", "resnet20", "resnet32", "resnet56", "mlp")
+# Model spec tokens after the name (parse_model_spec) and the build_model options each one sets.
+MODEL_TOKENS = {"relu": {"activation": "relu"}, "sigmoid": {"activation": "sigmoid"},
+                "bn": {"norm": "batch"}, "gn": {"norm": "group"}, "nostride": {"strides": False},
+                "dlginit": {"init": "dlg"}, "dlg": dlg_resnet()}
 
 
 class FixedCollections:
@@ -193,6 +199,42 @@ def _named_leaves(tree: Any) -> list[tuple[str, Any]]:
             for path, leaf in jax.tree_util.tree_leaves_with_path(tree)]
 
 
+def parse_model_spec(spec: str) -> tuple[str, dict]:
+    """A model spec ``name[-token...]`` -> ``(name, build_model options)``. Tokens (:data:`MODEL_TOKENS`):
+    ``relu``/``sigmoid`` (activation), ``bn``/``gn`` (batch / group norm), ``nostride``, ``dlginit``
+    (U(-0.5, 0.5)), ``dlg`` (all of DLG's ResNet options), ``c<N>`` (``N`` outputs, e.g. ``lenet-c100``:
+    DLG's CIFAR-100 head; default: the dataset's classes). ``"resnet20-relu" -> ("resnet20",
+    {"activation": "relu"})``, ``"resnet56-dlg"``: DLG's ResNet-56, ``"lenet" -> ("lenet", {})``."""
+    name, *tokens = str(spec).split("-")
+    check_choice("model", name, MODEL_NAMES)
+    options = {}
+    for token in tokens:
+        classes = re.fullmatch(r"c([0-9]+)", token)
+        if classes and int(classes.group(1)) >= 2:
+            options["num_classes"] = int(classes.group(1))
+            continue
+        check_choice("model option", token, [*MODEL_TOKENS, "c<N> (N >= 2 classes)"])
+        options.update(MODEL_TOKENS[token])
+    return name, options
+
+
+def model_label(name: str, options: dict) -> str:
+    """The short name of model ``name`` with ``options``: its spec (``"resnet20-sigmoid-bn"``, ``"resnet56-dlg"``,
+    ``"lenet-c100"``) and any option no token names in brackets; inverse of :func:`parse_model_spec`."""
+    options = dict(options)
+    if all(options.get(k) == v for k, v in dlg_resnet().items()):
+        tokens = ["dlg"]
+        options = {k: v for k, v in options.items() if k not in dlg_resnet()}
+    else:
+        tokens = [token for token, sets in MODEL_TOKENS.items()
+                  if token != "dlg" and all(options.get(k) == v for k, v in sets.items())]
+        options = {k: v for k, v in options.items() if not any(k in MODEL_TOKENS[t] for t in tokens)}
+    if "num_classes" in options:
+        tokens.append(f"c{options.pop('num_classes')}")
+    rest = ", ".join(f"{k}={v}" for k, v in sorted(options.items()))
+    return "-".join([name, *tokens]) + (f" ({rest})" if rest else "")
+
+
 def build_model(
     name: str,
     input_shape: tuple[int, int, int],
@@ -236,5 +278,5 @@ def build_model(
     return Model(name, module, tuple(int(d) for d in input_shape), int(num_classes))
 
 
-__all__ = ["MODEL_NAMES", "FixedCollections", "Model", "build_model", "check_same_tree", "Conv2D", "LeNet", "CifarResNet", "MLP",
+__all__ = ["MODEL_NAMES", "MODEL_TOKENS", "FixedCollections", "Model", "build_model", "parse_model_spec", "model_label", "check_same_tree", "Conv2D", "LeNet", "CifarResNet", "MLP",
            "dlg_resnet"]
