@@ -34,7 +34,7 @@ evaluate the objective once per iteration; ``optax-lbfgs`` / ``jaxopt-lbfgs`` ru
 recorded as well.
 
     python -m benchmarks.attack_throughput [--quick] [--restarts 128] [--iterations 200] [--solvers ...]
-        [--lockstep-restarts 32,128] [--device cpu]
+        [--lockstep-restarts 32 128] [--device cpu]
 """
 
 import math
@@ -331,10 +331,10 @@ def build_parser():
                         help="iteration budget per restart (default: 200; quick: 20)")
     parser.add_argument("--torch-restarts", type=common.positive_int("torch restarts", MAX_RESTARTS), default=None,
                         help="sequential PyTorch restarts timed (default: 4; quick: 2)")
-    parser.add_argument("--solvers", type=common.name_list("solver", SOLVER_NAMES), default=None,
-                        help=f"comma-separated subset of {','.join(SOLVER_NAMES)} "
+    parser.add_argument("--solvers", nargs="+", action=common.Distinct, type=common.one_of("solver", SOLVER_NAMES), default=None,
+                        help=f"one or more of {','.join(SOLVER_NAMES)} "
                              f"(default: all; quick: {','.join(QUICK_SOLVERS)})")
-    parser.add_argument("--lockstep-restarts", type=common.int_list("lockstep restarts", MAX_RESTARTS), default=None,
+    parser.add_argument("--lockstep-restarts", nargs="+", action=common.Distinct, type=common.positive_int("lockstep restarts", MAX_RESTARTS), default=None,
                         help="R values at which the JAX attack runs beside the same algorithm in PyTorch "
                              f"(default: {','.join(map(str, LOCKSTEP_RESTARTS))})")
     parser.add_argument("--no-torch", action="store_true", help="JAX only")

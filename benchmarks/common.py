@@ -173,34 +173,26 @@ def nonnegative_float(what: str) -> Callable[[str], float]:
     return parse
 
 
-def int_list(what: str, maximum: int | None = None) -> Callable[[str], tuple[int, ...]]:
-    """An argparse ``type`` for a comma-separated list of distinct integers in ``[1, maximum]``."""
-    item = positive_int(what, maximum)
+def one_of(what: str, allowed: tuple[str, ...]) -> Callable[[str], str]:
+    """An argparse ``type`` for one name out of ``allowed`` (lists: ``nargs="+"`` with :class:`Distinct`)."""
 
-    def parse(text: str) -> tuple[int, ...]:
-        values = tuple(item(part.strip()) for part in text.split(",") if part.strip())
-        if not values:
-            raise argparse.ArgumentTypeError(f"{what} must be a comma-separated list of integers, got {text!r}")
-        if len(set(values)) != len(values):
-            raise argparse.ArgumentTypeError(f"{what} has a repeated value: {text!r}")
-        return values
+    def parse(text: str) -> str:
+        if text not in allowed:
+            raise argparse.ArgumentTypeError(f"unknown {what} {text!r}; allowed: {', '.join(allowed)}")
+        return text
 
     return parse
 
 
-def name_list(what: str, allowed: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
-    """An argparse ``type`` for a comma-separated list of names out of ``allowed``."""
+class Distinct(argparse.Action):
+    """Stores ``nargs="+"`` values as a tuple; a value given twice is an error (space-separated lists,
+    as every ``dlg-jax`` command takes them)."""
 
-    def parse(text: str) -> tuple[str, ...]:
-        names = tuple(part.strip() for part in text.split(",") if part.strip())
-        bad = [n for n in names if n not in allowed]
-        if bad or not names:
-            raise argparse.ArgumentTypeError(
-                f"unknown {what} {(bad or [text])[0]!r}; allowed: {', '.join(allowed)}"
-            )
-        return names
-
-    return parse
+    def __call__(self, parser, namespace, values, option_string=None):
+        repeated = [v for i, v in enumerate(values) if v in values[:i]]
+        if repeated:
+            raise argparse.ArgumentError(self, f"{repeated[0]!r} is given twice")
+        setattr(namespace, self.dest, tuple(values))
 
 
 def run_cli(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], Any],

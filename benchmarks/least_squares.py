@@ -24,13 +24,13 @@ the Jacobian at the trial point whether or not the step is accepted, as ours doe
 ``--lm-iterations`` updates at most, its evaluations counted as ``n + 1`` per update, its first update's
 time counted as compilation.
 
-Cases (``--cases``, comma-separated; ``box`` cases start from U(0, 1) and keep the images in [0, 1]:
+Cases (``--cases``, one or more; ``box`` cases start from U(0, 1) and keep the images in [0, 1]:
 projected trial points for Levenberg–Marquardt, clipping after each step for L-BFGS)::
 
     colour-b1 digits-b1 faces-b1 digits-b2 digits-b4 digits-b8 colour-b2 colour-b2-k100 colour-b2-uniform
     colour-b2-box colour-b2-k100-box colour-b4-box colour-b8-k100-box
 
-    python -m benchmarks.least_squares [--cases digits-b2,colour-b1] [--solvers lbfgs,lm,lm-cg] [--targets 2]
+    python -m benchmarks.least_squares [--cases digits-b2 colour-b1] [--solvers lbfgs lm lm-cg] [--targets 2]
         [--restarts 1] [--lbfgs-iterations 3000] [--lm-iterations 40] [--float64] [--out DIR] [--name least_squares]
 
 Writes ``<out>/<name>.json`` (atomically) after every case and solver.
@@ -215,8 +215,8 @@ def run(args) -> dict:
 
 def main(argv=None):
     parser = common.make_parser("least_squares", __doc__.splitlines()[0], timing_options=False)
-    parser.add_argument("--cases", type=common.name_list("case", tuple(CASES)), default=("digits-b2",))
-    parser.add_argument("--solvers", type=common.name_list("solver", SOLVERS), default=SOLVERS[:3])
+    parser.add_argument("--cases", nargs="+", action=common.Distinct, type=common.one_of("case", tuple(CASES)), default=("digits-b2",))
+    parser.add_argument("--solvers", nargs="+", action=common.Distinct, type=common.one_of("solver", SOLVERS), default=SOLVERS[:3])
     parser.add_argument("--targets", type=common.positive_int("targets"), default=2)
     parser.add_argument("--restarts", type=common.positive_int("restarts"), default=1)
     parser.add_argument("--lbfgs-iterations", type=common.positive_int("lbfgs iterations"), default=3000)

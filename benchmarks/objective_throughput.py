@@ -27,7 +27,7 @@ FLOPs (and bytes accessed) per restart-evaluation come from XLA's cost analysis 
 loop-free vmapped program (divided by the restarts it evaluates); the fraction of peak is
 ``flops x evaluations/s / (float32 matmul peak)``.
 
-    python -m benchmarks.objective_throughput [--quick] [--sizes 1,8,32,128,512] [--candidates ...] [--device cpu]
+    python -m benchmarks.objective_throughput [--quick] [--sizes 1 8 32 128 512] [--candidates ...] [--device cpu]
 """
 
 import time
@@ -321,12 +321,12 @@ def run(args) -> dict:
 
 def build_parser():
     parser = common.make_parser(NAME, "Restart-evaluations/s of DLG's objective: JAX vs PyTorch.")
-    parser.add_argument("--sizes", type=common.int_list("restart count", MAX_RESTARTS), default=None,
+    parser.add_argument("--sizes", nargs="+", action=common.Distinct, type=common.positive_int("restart count", MAX_RESTARTS), default=None,
                         help=f"restart counts R (default: {','.join(map(str, SIZES))}; quick: "
                              f"{','.join(map(str, QUICK_SIZES))}; on a GPU/TPU "
                              f"{','.join(map(str, ACCELERATOR_SIZES))}; quick: {','.join(map(str, QUICK_ACCELERATOR_SIZES))})")
-    parser.add_argument("--candidates", type=common.name_list("candidate", CANDIDATES), default=CANDIDATES,
-                        help=f"comma-separated subset of {','.join(CANDIDATES)}")
+    parser.add_argument("--candidates", nargs="+", action=common.Distinct, type=common.one_of("candidate", CANDIDATES), default=CANDIDATES,
+                        help=f"one or more of {','.join(CANDIDATES)}")
     parser.add_argument("--no-variants", action="store_true",
                         help=f"skip the objective_variants record ({', '.join(VARIANTS)} at R = "
                              f"{', '.join(map(str, VARIANT_SIZES))})")

@@ -14,7 +14,7 @@ LeNet keeps DLG's 100-class head; ResNet-20 has 10 classes and ReLU (the model's
 
 On a GPU/TPU backend the default restart count is :data:`ACCELERATOR_RESTARTS`.
 
-    python -m benchmarks.scaling [--quick] [--models lenet,resnet20] [--batch-sizes 1,2,4,8] [--restarts 8] [--device cpu]
+    python -m benchmarks.scaling [--quick] [--models lenet resnet20] [--batch-sizes 1 2 4 8] [--restarts 8] [--device cpu]
 """
 
 from benchmarks import common
@@ -115,15 +115,15 @@ def run(args) -> dict:
 
 def build_parser():
     parser = common.make_parser(NAME, "Objective throughput across models and batch sizes: JAX vs PyTorch.")
-    parser.add_argument("--models", type=common.name_list("model", MODELS), default=None,
-                        help=f"comma-separated subset of {','.join(MODELS)} (default: all)")
-    parser.add_argument("--batch-sizes", type=common.int_list("batch size", MAX_BATCH), default=None,
+    parser.add_argument("--models", nargs="+", action=common.Distinct, type=common.one_of("model", MODELS), default=None,
+                        help=f"one or more of {','.join(MODELS)} (default: all)")
+    parser.add_argument("--batch-sizes", nargs="+", action=common.Distinct, type=common.positive_int("batch size", MAX_BATCH), default=None,
                         help=f"batch sizes B (default: {','.join(map(str, BATCH_SIZES))}; quick: "
                              f"{','.join(map(str, QUICK_BATCH_SIZES))})")
     parser.add_argument("--restarts", type=common.positive_int("restarts", MAX_RESTARTS), default=None,
                         help="restarts R per evaluation (default: 8; quick: 4)")
-    parser.add_argument("--candidates", type=common.name_list("candidate", CANDIDATES), default=CANDIDATES,
-                        help=f"comma-separated subset of {','.join(CANDIDATES)}")
+    parser.add_argument("--candidates", nargs="+", action=common.Distinct, type=common.one_of("candidate", CANDIDATES), default=CANDIDATES,
+                        help=f"one or more of {','.join(CANDIDATES)}")
     return parser
 
 

@@ -9,7 +9,7 @@ kernel gradient, chosen three ways, and attack each defended gradient with DLG a
 Targets: the first ``--targets`` colour images, one per client; weights as ``dlg-jax defend`` draws them
 (seed 0); 2 restarts, 1500 L-BFGS iterations. Prints the PSNR per target and the mean per setting.
 
-    python -m benchmarks.soteria_ranking [--targets 2] [--ratios 0.01,0.1]
+    python -m benchmarks.soteria_ranking [--targets 2] [--ratios 0.01 0.1]
 """
 
 import argparse
@@ -32,9 +32,9 @@ CHOICES = ("soteria", "inverted", "random")
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--targets", type=int, default=2)
-    parser.add_argument("--ratios", default="0.01,0.1")
+    parser.add_argument("--ratios", nargs="+", type=float, default=[0.01, 0.1])
     args = parser.parse_args(argv)
-    ratios = [float(r) for r in args.ratios.split(",")]
+    ratios = args.ratios
     source = get_dataset("colour")
     model = build_model("lenet", source.input_shape, source.num_classes)
     params = victim_params(model, seed=0)  # as dlg-jax attack

@@ -46,6 +46,14 @@ def _median_or_none(values) -> float | None:
     return float(np.median(values)) if len(values) else None
 
 
+def _by_point(rows: list[dict]) -> list[list[dict]]:
+    """``rows`` grouped by point (in order of first appearance), each group sorted by target."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[row["point_id"]].append(row)
+    return [sorted(members, key=lambda r: r["target"]) for members in groups.values()]
+
+
 def point_summaries(rows: list[dict]) -> list[dict]:
     """One entry per point of ``rows`` (store rows; in order of first appearance), its settings and its
     targets' statistics:
@@ -69,12 +77,8 @@ def point_summaries(rows: list[dict]) -> list[dict]:
       ``compile_seconds``, ``wall_seconds``, ``peak_rss_mb``;
     - ``images``: the first target's private images and best reconstruction ``[B, H, W, C]`` float in [0, 1].
     """
-    by_point: dict[str, list[dict]] = defaultdict(list)
-    for row in rows:
-        by_point[row["point_id"]].append(row)
     summaries = []
-    for members in by_point.values():
-        members = sorted(members, key=lambda r: r["target"])
+    for members in _by_point(rows):
         first, key = members[0], json.loads(members[0]["point"])
         threat = ThreatModel(**key.get("threat", {}))
         successes = sum(bool(r["success"]) for r in members)
@@ -131,12 +135,8 @@ def text_summaries(rows: list[dict]) -> list[dict]:
     per decoding the means over the targets' batches ``{decoding: {token_accuracy, exact_match, rougeL,
     bleu}}`` and summed ``duplicates``; ``relative_objective`` (median final objective over ``||dW||^2``),
     ``sentences`` / ``recovered`` (every batch's), ``wall_seconds``."""
-    by_point: dict[str, list[dict]] = defaultdict(list)
-    for row in rows:
-        by_point[row["point_id"]].append(row)
     entries = []
-    for members in by_point.values():
-        members = sorted(members, key=lambda r: r["target"])
+    for members in _by_point(rows):
         first = members[0]
         entries.append({
             "point_id": first["point_id"], "model": first["model"], "dataset": first["dataset"],
@@ -252,7 +252,9 @@ def _error_bars(chosen: list[dict]) -> np.ndarray:
 
 def _bars(axis, groups: dict[tuple, list[dict]], x_key: str, value: str = "success_rate") -> None:
     """Grouped bars of ``value`` against ``x_key``, one bar series per group, Wilson error bars for rates."""
-    xs = sorted({e[x_key] for chosen in groups.values() for e in chosen}, key=lambda v: (str(type(v)), v))
+    xs = list(dict.fromkeys(e[x_key] for chosen in groups.values() for e in chosen))  # in order of appearance,
+    if all(isinstance(x, (int, float)) for x in xs):                                  # numbers ascending
+        xs.sort()
     width = 0.8 / max(len(groups), 1)
     for i, (label, chosen) in enumerate(groups.items()):
         chosen = sorted(chosen, key=lambda e: xs.index(e[x_key]))
