@@ -212,8 +212,9 @@ def test_dlg_attack_counts_iterations_and_evaluations(lenet, dummies):
 
 
 @pytest.mark.parametrize("main, argv", [
-    (objective_throughput.main, ["--sizes", "0,8"]),
-    (objective_throughput.main, ["--sizes", "8,x"]),
+    (objective_throughput.main, ["--sizes", "0", "8"]),
+    (objective_throughput.main, ["--sizes", "8", "x"]),
+    (objective_throughput.main, ["--sizes", "8", "8"]),
     (objective_throughput.main, ["--candidates", "jax-forward"]),
     (attack_throughput.main, ["--restarts", "0"]),
     (attack_throughput.main, ["--solvers", "sgd"]),
@@ -237,7 +238,7 @@ def test_missing_torch_is_one_line(monkeypatch, tmp_path, capsys):
 
 
 def test_objective_benchmark_writes_results(tmp_path):
-    argv = ["--sizes", "2", "--repeats", "1", "--candidates", "jax-reverse_over_forward,torch-eager",
+    argv = ["--sizes", "2", "--repeats", "1", "--candidates", "jax-reverse_over_forward", "torch-eager",
             "--no-variants", "--out", str(tmp_path)]
     assert objective_throughput.main(argv) == 0
     payload = json.loads((tmp_path / "objective_throughput.json").read_text())

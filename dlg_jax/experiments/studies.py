@@ -404,7 +404,9 @@ def write_study(grid: Grid, rows: list[dict], out: str, name: str, *, command: s
         finished = sorted(r["finished_at"] for r in chosen if r.get("finished_at"))
         load = (f"load average {min(loads):.1f}–{max(loads):.1f} as its points finished" if loads else
                 f"load average {(environment.get('load_average_1_5_15') or [float('nan')])[0]:.1f} when written")
-        header += [f"Points run {finished[0][:16]}–{finished[-1][:16]} UTC on {environment.get('cpu', '?')} "
+        first, last = (stamp.replace("T", " ")[:16] for stamp in (finished[0], finished[-1]))
+        span = f"{first}–{last[11:] if last[:10] == first[:10] else last}"
+        header += [f"Points run {span} UTC on {environment.get('cpu', '?')} "
                    f"({environment.get('device_kind', '?')}, {environment.get('threads', {}).get('cpu_count', '?')} "
                    f"CPUs), {load}; dlg-jax {environment['versions'].get('dlg-jax')}, "
                    f"jax {environment['versions'].get('jax')}.", ""]
