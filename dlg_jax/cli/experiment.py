@@ -97,7 +97,6 @@ def run(args) -> int:
 
     from dlg_jax.attack.compile_cache import enable_compilation_cache
     from dlg_jax.cli.sweep import point_label
-    from dlg_jax.environment import environment
     from dlg_jax.experiments.grid import load_spec, spec_names
     from dlg_jax.experiments.store import Store
     from dlg_jax.experiments.studies import write_study
@@ -132,8 +131,7 @@ def run(args) -> int:
             run_grid(list(grid.points), store, resume=True, memory_budget=args.memory_budget, progress=bars,
                      on_point=report)
             bars.close()
-            paths = write_study(grid, store.rows(), out, name, command=command or f"dlg-jax experiment {name}",
-                                environment=environment())
+            paths = write_study(grid, store.rows(), out, name, command=command or f"dlg-jax experiment {name}")
             print(f"## {name} -> {', '.join(paths)}\n")
             with open(paths[0]) as handle:
                 print(handle.read())

@@ -380,7 +380,12 @@ def write_study(grid: Grid, rows: list[dict], out: str, name: str, *, command: s
                 environment: dict | None = None) -> list[str]:
     """Write study ``name``'s page ``NAME.md`` (title, command, table, budgets), figure ``NAME.png`` and
     data ``NAME.json`` (every point's summary, ``environment`` and the date) into ``out`` atomically, from
-    the store ``rows`` of ``grid``'s points (in the grid's order); returns the paths."""
+    the store ``rows`` of ``grid``'s points (in the grid's order); returns the paths. ``environment``:
+    :func:`dlg_jax.environment.environment` of this process unless given."""
+    if environment is None:
+        from dlg_jax.environment import environment as this_environment
+
+        environment = this_environment()
     order = {p.id: i for i, p in enumerate(grid.points)}
     chosen = sorted((r for r in rows if r["point_id"] in order), key=lambda r: (order[r["point_id"]], r["target"]))
     out = prepare_output_dir(out)
@@ -412,7 +417,7 @@ def write_study(grid: Grid, rows: list[dict], out: str, name: str, *, command: s
                    f"jax {environment['versions'].get('jax')}.", ""]
     atomic_write_bytes(paths[0], ("\n".join(header) + "\n" + text).encode())
     atomic_write_json(paths[2], {"study": study, "name": grid.name, "command": command, "date": date,
-                                 "environment": environment or {}, "points": [_json_entry(e) for e in entries]})
+                                 "environment": environment, "points": [_json_entry(e) for e in entries]})
     return paths if study != "sweep" else [paths[0], paths[2]]
 
 
