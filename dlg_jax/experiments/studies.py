@@ -367,7 +367,7 @@ def _text_figure(entries: list[dict]) -> Figure:
                                               f"V={e['vocabulary_size']} {e['distance']}" for e in entries], fontsize=6)
     axis.set_ylim(0, 1.05)
     axis.set_ylabel("ROUGE-L")
-    axis.legend(fontsize=6)
+    axis.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, not over them
     figure.tight_layout()
     return figure
 
