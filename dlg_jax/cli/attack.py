@@ -7,6 +7,7 @@ import time
 from dlg_jax.cli.options import (
     ProgressBar,
     TrainingBar,
+    add_compilation_cache,
     add_memory_budget,
     nonnegative_float,
     nonnegative_int,
@@ -19,7 +20,6 @@ from dlg_jax.environment import environment
 
 def add_attack_options(parser: argparse.ArgumentParser) -> None:
     """The options shared by every command that runs attacks (model, data, solver, budget, seed)."""
-    from dlg_jax.attack.compile_cache import ENVIRONMENT_VARIABLE
     from dlg_jax.attack.engine import BATCH_UPDATES, DUMMY_INITS, AttackConfig
     from dlg_jax.attack.precision import PRECISIONS
     from dlg_jax.attack.presets import attack_preset
@@ -67,8 +67,7 @@ def add_attack_options(parser: argparse.ArgumentParser) -> None:
                         help="matmul/convolution precision of the victim's gradient and the attack; "
                              "'highest' = full float32, which DLG needs on GPUs (TF32 otherwise) "
                              f"(default: {defaults.precision})")
-    parser.add_argument("--no-compilation-cache", action="store_true",
-                        help=f"do not use the persistent compilation cache (also: {ENVIRONMENT_VARIABLE}=off)")
+    add_compilation_cache(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of the model weights and the dummies")
     parser.add_argument("--float64", action="store_true", help="run in double precision")
     parser.add_argument("--batch-update", default=None, choices=BATCH_UPDATES,

@@ -5,7 +5,7 @@ import argparse
 import os
 import time
 
-from dlg_jax.cli.options import ProgressBar, positive_int, wrote
+from dlg_jax.cli.options import ProgressBar, add_compilation_cache, positive_int, wrote
 from dlg_jax.environment import environment
 from dlg_jax.errors import DLGInputError
 
@@ -46,6 +46,7 @@ def register(subparsers):
     parser.add_argument("--labels", default="bias", choices=TEXT_LABELS,
                         help="masked tokens read off the decoder bias gradient (bias) or optimised (joint, DLG)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights, the masking and the dummies")
+    add_compilation_cache(parser)
     parser.add_argument("--out", default="dlg-text-out", help="output directory (default: dlg-text-out)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
@@ -55,6 +56,7 @@ def register(subparsers):
 def run(args) -> int:
     import dataclasses
 
+    from dlg_jax.attack.compile_cache import enable_compilation_cache
     from dlg_jax.data import vocabulary
     from dlg_jax.files import atomic_write_bytes, atomic_write_json, prepare_output_dir
     from dlg_jax.models.bert import TEXT_MODELS
@@ -63,6 +65,8 @@ def run(args) -> int:
     if args.model not in TEXT_MODELS:
         raise DLGInputError(f"model {args.model!r} is not a text model; text models: {', '.join(TEXT_MODELS)}")
     encode_batch(args.sentences, args.max_length)  # bad text fails before anything is written
+    if not args.no_compilation_cache:
+        enable_compilation_cache()
     config = text_attack_config(restarts=args.restarts, iterations=args.iterations, seed=args.seed,
                                 distance=args.distance)
     out = prepare_output_dir(args.out)

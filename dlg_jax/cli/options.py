@@ -150,3 +150,12 @@ def plain(docstring_text: str) -> str:
     """Help text from a docstring: reStructuredText roles and literals (``:mod:`x```, ````x````) as plain words."""
     text = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", docstring_text)
     return text.replace("``", "")
+
+
+def add_compilation_cache(parser: argparse.ArgumentParser) -> None:
+    """``--no-compilation-cache``: every command that compiles an attack keeps its programs in JAX's
+    persistent cache (:mod:`dlg_jax.attack.compile_cache`) unless told not to."""
+    from dlg_jax.attack.compile_cache import ENVIRONMENT_VARIABLE
+
+    parser.add_argument("--no-compilation-cache", action="store_true",
+                        help=f"do not use the persistent compilation cache (also: {ENVIRONMENT_VARIABLE}=off)")
