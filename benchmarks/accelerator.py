@@ -53,12 +53,12 @@ def device_name() -> str:
 
 def _attack_row(name: str, targets: int, restarts: int, iterations: int, precision: str) -> dict:
     """``run_dlg`` on the first ``targets`` colour images (as ``dlg-jax attack --targets T``)."""
-    from dlg_jax.attack.engine import AttackConfig
+    from dlg_jax.attack.engine import AttackConfig, RunOptions
     from dlg_jax.pipeline import run_dlg
 
-    config = AttackConfig(restarts=restarts, iterations=iterations, precision=precision, snapshots=0)
+    config = AttackConfig(restarts=restarts, iterations=iterations, precision=precision)
     started = time.perf_counter()
-    run = run_dlg("lenet", "colour", targets=targets, config=config)
+    run = run_dlg("lenet", "colour", targets=targets, config=config, run=RunOptions(snapshots=0))
     wall = time.perf_counter() - started
     psnr = np.asarray(run.metrics.slot_psnr).min(axis=1)  # every slot of a target
     result = run.result

@@ -63,18 +63,17 @@ QUICK_SOLVERS = ("lbfgs", "optax-lbfgs", "adam")
 def _jax_run(problem, solver: str, restarts: int, iterations: int, seed: int, chunk_size: int | None = None,
              history_size: int | None = None):
     """A warmed-up ``run_attack`` for ``solver`` (``run() -> measurements``) and its compile seconds."""
-    from dlg_jax.attack.engine import AttackConfig, run_attack
+    from dlg_jax.attack.engine import AttackConfig, RunOptions, run_attack
     from dlg_jax.attack.solvers import SolverConfig
 
     solver_config = SolverConfig(name=solver, **({} if history_size is None else {"history_size": history_size}))
-    config = AttackConfig(restarts=restarts, iterations=iterations, solver=solver_config,
-                          tolerance=0.0, snapshots=0, seed=seed,
-                          chunk_size=chunk_size or AttackConfig().chunk_size)
+    config = AttackConfig(restarts=restarts, iterations=iterations, solver=solver_config, tolerance=0.0, seed=seed)
+    options = RunOptions(chunk_size=chunk_size, snapshots=0)
 
     def run():
         started = time.perf_counter()
         with common.jax_precision():
-            result = run_attack(problem.model, problem.params, problem.target_grads, 1, config)
+            result = run_attack(problem.model, problem.params, problem.target_grads, 1, config, run=options)
         return {"seconds": result.run_seconds, "wall_seconds": time.perf_counter() - started,
                 "compile_seconds": result.compile_seconds, "restart_iterations": int(result.restart_iterations),
                 "accepted_iterations": int(result.iterations.sum()), "evaluations": int(result.evaluations.sum()),

@@ -82,7 +82,7 @@ def distinct_solutions(images: np.ndarray, converged: np.ndarray, truth: np.ndar
 
 
 def run_case(name: str, solver: str, args) -> dict:
-    from dlg_jax.attack.engine import AttackConfig, run_attack
+    from dlg_jax.attack.engine import AttackConfig, RunOptions, run_attack
     from dlg_jax.attack.solvers import SolverConfig
     from dlg_jax.data.datasets import get_dataset
     from dlg_jax.metrics import evaluate
@@ -101,10 +101,10 @@ def run_case(name: str, solver: str, args) -> dict:
     iterations = args.lbfgs_iterations if solver == "lbfgs" else args.lm_iterations
     config = AttackConfig(restarts=args.restarts, iterations=iterations, solver=SolverConfig(solver),
                           tolerance=args.tolerance, dummy_init=init, box=(0.0, 1.0) if box else None,
-                          snapshots=0, seed=args.seed, dtype=dtype, chunk_size=args.chunk_size,
-                          block=1 if solver != "lbfgs" else 100)
+                          seed=args.seed, dtype=dtype)
+    options = RunOptions(chunk_size=args.chunk_size, block=1 if solver != "lbfgs" else 100, snapshots=0)
     started = time.perf_counter()
-    result = run_attack(model, params, grads, batch, config)
+    result = run_attack(model, params, grads, batch, config, run=options)
     wall = time.perf_counter() - started
     metrics = evaluate(np.clip(result.best_images, 0, 1), images, result.best_labels, labels)
     best = result.best_restart

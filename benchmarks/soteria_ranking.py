@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlg_jax.attack.engine import AttackConfig, run_attack
+from dlg_jax.attack.engine import AttackConfig, RunOptions, run_attack
 from dlg_jax.data.datasets import get_dataset
 from dlg_jax.metrics import evaluate
 from dlg_jax.models import build_model, victim_params
@@ -59,7 +59,8 @@ def main(argv=None) -> None:
                 settings.append((choice, ratio))
                 owners.append(t)
     stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *defended)
-    result = run_attack(model, params, stacked, 1, AttackConfig(restarts=2, iterations=1500, snapshots=0))
+    result = run_attack(model, params, stacked, 1, AttackConfig(restarts=2, iterations=1500),
+                        run=RunOptions(snapshots=0))
     psnr = evaluate(result.best_images, images[owners], result.best_labels, labels[owners]).psnr
     print("| rows zeroed | fraction | PSNR dB per target | mean |\n|---|---|---|---|")
     for setting in dict.fromkeys(settings):

@@ -58,18 +58,18 @@ def _scores(problem, images: np.ndarray, labels: np.ndarray) -> dict:
 
 def _jax_run(problem, restarts: int, iterations: int, tolerance: float, seed: int, chunk_size: int | None,
              history_size: int):
-    from dlg_jax.attack.engine import AttackConfig, run_attack
+    from dlg_jax.attack.engine import AttackConfig, RunOptions, run_attack
     from dlg_jax.attack.solvers import SolverConfig
 
-    config = AttackConfig(restarts=restarts, iterations=iterations, tolerance=tolerance, snapshots=0, seed=seed,
-                          chunk_size=chunk_size or AttackConfig().chunk_size,
+    config = AttackConfig(restarts=restarts, iterations=iterations, tolerance=tolerance, seed=seed,
                           solver=SolverConfig(history_size=history_size))
+    options = RunOptions(chunk_size=chunk_size, snapshots=0)
 
     def run() -> dict:
         started = time.perf_counter()
         with common.jax_precision():
             result = run_attack(problem.model, problem.params, problem.target_grads, problem.images.shape[1],
-                                config)
+                                config, run=options)
         wall = time.perf_counter() - started
         return {"wall_seconds": wall, "compile_seconds": result.compile_seconds,
                 "seconds": wall - result.compile_seconds, "run_seconds": result.run_seconds,

@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from benchmarks.common import RESULTS_DIR, environment, write_results
+from dlg_jax.attack.engine import RunOptions
 from dlg_jax.attack.presets import attack_preset
 from dlg_jax.data.datasets import get_dataset
 from dlg_jax.models import build_model
@@ -77,10 +78,10 @@ def main(argv=None) -> int:
             train_seconds = time.perf_counter() - started
             for name in args.attacks:
                 iterations = args.dlg_iterations if name == "dlg" else args.ig_iterations
-                config = attack_preset(name, restarts=args.restarts, iterations=iterations, chunk_size=8)
+                config = attack_preset(name, restarts=args.restarts, iterations=iterations)
                 started = time.perf_counter()
                 run = run_dlg(trained.model, source, targets=args.targets, batch_size=batch, config=config,
-                              params=trained.params)
+                              params=trained.params, run=RunOptions(chunk_size=8))
                 summary = run.metrics.summary()
                 row = {"batch_size": batch, "training": amount, "steps": training.total_steps(len(rest)),
                        "train_accuracy": trained.train_accuracy, "train_seconds": train_seconds,

@@ -13,7 +13,7 @@ The package, from the attacker's side inwards:
 - :mod:`dlg_jax.cli`: the ``dlg-jax`` command.
 """
 
-from dlg_jax.attack import AttackConfig, AttackResult, SolverConfig, run_attack
+from dlg_jax.attack import AttackConfig, AttackResult, RunOptions, SolverConfig, run_attack
 from dlg_jax.data import get_dataset
 from dlg_jax.errors import DLGInputError
 from dlg_jax.metrics import evaluate
@@ -21,6 +21,6 @@ from dlg_jax.models import Model, build_model, victim_params
 from dlg_jax.pipeline import run_dlg, save_run
 from dlg_jax.victim import ThreatModel, shared_gradient, shared_gradients
 
-__all__ = ["AttackConfig", "AttackResult", "DLGInputError", "Model", "SolverConfig", "ThreatModel", "build_model",
+__all__ = ["AttackConfig", "AttackResult", "DLGInputError", "Model", "RunOptions", "SolverConfig", "ThreatModel", "build_model",
            "evaluate", "get_dataset", "run_attack", "run_dlg", "save_run", "shared_gradient", "shared_gradients",
            "victim_params"]

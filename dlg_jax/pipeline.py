@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from dlg_jax.attack.engine import AttackConfig, AttackResult, Progress, run_attack
+from dlg_jax.attack.engine import AttackConfig, AttackResult, Progress, RunOptions, run_attack
 from dlg_jax.attack.labels import recover_labels
 from dlg_jax.attack.precision import matmul_precision
 from dlg_jax.data.datasets import DataSource, get_dataset
@@ -128,6 +128,7 @@ def run_dlg(
     split: str | None = None,
     data_dir: str | None = None,
     image_size: int | None = None,
+    run: RunOptions = RunOptions(),
     progress: Callable[[Progress], None] | None = None,
     num_classes: int | None = None,
     threat: ThreatModel = ThreatModel(),
@@ -157,6 +158,7 @@ def run_dlg(
     own gradient); a ``defense`` then acts in every client at its place (per-example defenses in each
     local step, the others on what a client sends). With ``K`` clients, ``K - 1`` other batches join each target's from the same dataset
     (:func:`~dlg_jax.victim.threat_models.co_client_indices`, from ``config.seed``); metrics score the target's.
+    ``run``: how the attack runs (:class:`~dlg_jax.attack.engine.RunOptions`: chunks, devices, snapshots).
     """
     with matmul_precision(config.precision):  # the victim's gradient, label recovery and metrics too
         source = dataset if isinstance(dataset, DataSource) else get_dataset(
@@ -200,7 +202,7 @@ def run_dlg(
                                        jax.random.fold_in(jax.random.key(config.seed), 0xDEF))
         fixed_labels = recover_labels(config.labels, net, params, grads, batch_size)
         result = run_attack(net, params, grads, batch_size, config, fixed_labels=fixed_labels,
-                            bn_statistics=bn_statistics, progress=progress)
+                            bn_statistics=bn_statistics, run=run, progress=progress)
         metrics = evaluate(result.best_images, images, result.best_labels, labels)
         return DLGRun(net, params, source, grid, images, labels, grads, result, metrics, threat, others, config,
                       training_loss)

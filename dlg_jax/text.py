@@ -70,7 +70,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from dlg_jax.attack.engine import AttackConfig, AttackResult, Progress, run_attack
+from dlg_jax.attack.engine import AttackConfig, AttackResult, Progress, RunOptions, run_attack
 from dlg_jax.attack.labels import count_labels
 from dlg_jax.attack.objectives import l2_distance
 from dlg_jax.data import vocabulary as vocabularies
@@ -94,13 +94,15 @@ DISCRETE_CHUNK = 64  # candidate batches per compiled call of the exact distance
 
 
 def text_attack_config(**overrides) -> AttackConfig:
-    """The engine settings for text: DLG's (L-BFGS, l2, N(0, 1) dummies), 4 restarts, 300 iterations,
-    reports at the 6 snapshots only (one compiled block size)."""
-    settings = dict(restarts=4, iterations=300, snapshots=6, tolerance=1e-10)
-    settings.update(overrides)
-    if "block" not in overrides:
-        settings["block"] = max(1, settings["iterations"] // max(1, settings["snapshots"] - 1))
-    return AttackConfig(**settings)
+    """The engine settings for text: DLG's (L-BFGS, l2, N(0, 1) dummies), 4 restarts, 300 iterations."""
+    return AttackConfig(**{**dict(restarts=4, iterations=300, tolerance=1e-10), **overrides})
+
+
+def text_run_options(iterations: int, snapshots: int = 6, **overrides) -> RunOptions:
+    """How a text attack of ``iterations`` runs: it reports at its ``snapshots`` only (one compiled block
+    size, ``iterations / (snapshots - 1)``); ``overrides``: other :class:`RunOptions` fields."""
+    block = max(1, iterations // max(1, snapshots - 1))
+    return RunOptions(**{"snapshots": snapshots, "block": block, **overrides})
 
 
 def masked_positions(length: int, seed: int) -> tuple[int, ...]:
@@ -431,14 +433,17 @@ def attack_batches(
     activation: str = "gelu",
     max_length: int = MAX_LENGTH,
     vocabulary_size: int | None = None,
+    run: RunOptions | None = None,
     progress: Callable[[Progress], None] | None = None,
 ) -> TextAttackRun:
     """Attack each batch's shared MLM gradient (see the module doc); batches of one shape ``(B, L)``
     share one vmapped engine run. ``config.seed`` seeds the weights, the masking and the dummies;
     ``vocabulary_size``: ``None`` for the stored vocabulary, else one built of that size
     (:func:`dlg_jax.data.vocabulary.of_size`). ``compare``: decode the ways worth comparing (nearest over all
-    tokens and over the bag; refined from the bag's, with and without swaps), not just the one asked for."""
+    tokens and over the bag; refined from the bag's, with and without swaps), not just the one asked for.
+    ``run``: how the engine runs (default :func:`text_run_options` of the config's iterations)."""
     config = text_attack_config() if config is None else config
+    run = text_run_options(config.iterations) if run is None else run
     check_choice("text label strategy", labels, TEXT_LABELS)
     if model not in TEXT_MODELS:
         raise DLGInputError(f"model {model!r} is not a text model; text models: {', '.join(TEXT_MODELS)}")
@@ -453,12 +458,12 @@ def attack_batches(
     for shape in sorted({ids.shape for ids in encoded}):
         group = [i for i, ids in enumerate(encoded) if ids.shape == shape]
         results.append(_attack_group(group, [encoded[i] for i in group], [list(batches[i]) for i in group], out,
-                                     model, config, restrict, refine, swaps, compare, labels, activation,
+                                     model, config, run, restrict, refine, swaps, compare, labels, activation,
                                      max_length, vocab, progress))
     return TextAttackRun(out, results, model, restrict, refine, labels)
 
 
-def _attack_group(group, originals, texts, out, model, config, restrict, refine, swaps, compare, labels,
+def _attack_group(group, originals, texts, out, model, config, run, restrict, refine, swaps, compare, labels,
                   activation, max_length, vocab, progress) -> AttackResult:
     """One engine run for the batches ``group`` of one shape; fills ``out[group[t]]``."""
     size, length = originals[0].shape
@@ -479,10 +484,11 @@ def _attack_group(group, originals, texts, out, model, config, restrict, refine,
         owner = np.concatenate([np.full(len(p), t) for t, p in enumerate(placements)])
         fixed = np.asarray([p for ps in placements for p in ps]).reshape(len(owner), size, len(masked))
         result = run_attack(net, params, jax.tree.map(lambda g: g[owner], grads), size,
-                            dataclasses.replace(config, labels="analytic"), fixed_labels=fixed, progress=progress)
+                            dataclasses.replace(config, labels="analytic"), fixed_labels=fixed, run=run,
+                            progress=progress)
     else:
         owner = np.arange(len(group))
-        result = run_attack(net, params, grads, size, config, progress=progress)
+        result = run_attack(net, params, grads, size, config, run=run, progress=progress)
     for t, index in enumerate(group):
         rows = np.flatnonzero(owner == t)
         best = rows[np.argmin(np.where(np.isfinite(result.best_loss[rows]), result.best_loss[rows], np.inf))]

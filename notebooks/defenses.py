@@ -32,7 +32,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import optax
 
-from dlg_jax import AttackConfig, build_model, get_dataset, run_dlg, shared_gradients
+from dlg_jax import AttackConfig, RunOptions, build_model, get_dataset, run_dlg, shared_gradients
 from dlg_jax.victim.defenses import make_defense
 from dlg_jax.victim.training import TrainConfig, train
 
@@ -74,7 +74,7 @@ for name, strength in SETTINGS[1:]:
 attacks = {}
 for name, strength in SETTINGS:
     run = run_dlg(model="lenet", dataset="colour", targets=2, defense=make_defense(name, strength),
-                  config=AttackConfig(restarts=2, iterations=ITERATIONS, snapshots=0))
+                  config=AttackConfig(restarts=2, iterations=ITERATIONS), run=RunOptions(snapshots=0))
     attacks[name, strength] = run
     print(f"{name:9s} {strength!s:8s}: PSNR {run.metrics.summary()['psnr_mean']:5.1f} dB, "
           f"SSIM {run.metrics.summary()['ssim_mean']:.2f}, labels {run.metrics.summary()['label_accuracy']:.0%}")

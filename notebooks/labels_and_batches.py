@@ -36,6 +36,7 @@ import numpy as np
 
 from dlg_jax import (
     AttackConfig,
+    RunOptions,
     build_model,
     evaluate,
     get_dataset,
@@ -73,7 +74,8 @@ for name in DATASETS:
 runs = {}
 for strategy in ("joint", "analytic"):
     runs[strategy] = run_dlg(model="lenet", dataset="colour", targets=4,
-                             config=AttackConfig(restarts=2, iterations=ITERATIONS, labels=strategy, snapshots=0))
+                             config=AttackConfig(restarts=2, iterations=ITERATIONS, labels=strategy),
+                             run=RunOptions(snapshots=0))
     s = runs[strategy].metrics.summary()
     print(f"{strategy:8s}: label accuracy {s['label_accuracy']:.0%}, PSNR {s['psnr_mean']:.1f} dB "
           f"(per target {np.round(runs[strategy].metrics.psnr, 1)}), run {runs[strategy].result.run_seconds:.1f} s")
@@ -102,7 +104,7 @@ plt.show()
 
 # %%
 batch = run_dlg(model="lenet", dataset="digits", indices=[0], batch_size=4,
-                config=attack_preset("ig", restarts=2, iterations=ITERATIONS, snapshots=0))
+                config=attack_preset("ig", restarts=2, iterations=ITERATIONS), run=RunOptions(snapshots=0))
 metrics = batch.metrics
 order = metrics.assignment[0]
 print("true labels", batch.labels[0], "| recovered (slot order)", batch.result.best_labels[0])

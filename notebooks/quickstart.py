@@ -32,6 +32,7 @@ import numpy as np
 
 from dlg_jax import (
     AttackConfig,
+    RunOptions,
     build_model,
     evaluate,
     get_dataset,
@@ -62,13 +63,13 @@ for path, leaf in jax.tree_util.tree_flatten_with_path(grads)[0]:
 # ## One reconstruction, watched as it converges
 #
 # Four restarts (independent random dummies) run in lockstep; the best one is the restart with the
-# lowest final matching loss. `snapshots` keeps the best restart's image at evenly spaced iterations
-# (5 here, so that they fall on the attack's blocks of 100 iterations: each distinct block length is
-# one more compiled program).
+# lowest final matching loss. `AttackConfig` says what is solved; `RunOptions` how it runs: its
+# `snapshots` keeps the best restart's image at evenly spaced iterations (5 here, so that they fall on
+# the attack's blocks of 100 iterations: each distinct block length is one more compiled program).
 
 # %%
 result = run_attack(model, params, grads, batch_size=1,
-                    config=AttackConfig(restarts=4, iterations=ITERATIONS, snapshots=5))
+                    config=AttackConfig(restarts=4, iterations=ITERATIONS), run=RunOptions(snapshots=5))
 scores = evaluate(result.best_images, images[:, None], result.best_labels, labels[:, None])
 print(scores.summary())
 print(f"compile {result.compile_seconds:.1f} s, run {result.run_seconds:.1f} s, "
@@ -105,7 +106,7 @@ plt.show()
 
 # %%
 many = run_attack(model, params, grads, batch_size=1,
-                  config=AttackConfig(restarts=MANY, iterations=ITERATIONS, snapshots=0))
+                  config=AttackConfig(restarts=MANY, iterations=ITERATIONS), run=RunOptions(snapshots=0))
 per_restart = evaluate(many.images[0], np.repeat(images[:, None], MANY, axis=0),   # restarts as targets
                        many.labels[0], np.repeat(labels[:, None], MANY, axis=0))
 best = int(many.best_restart[0])

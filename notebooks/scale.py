@@ -30,7 +30,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import Markdown, display
 
-from dlg_jax import AttackConfig, run_dlg
+from dlg_jax import AttackConfig, RunOptions, run_dlg
 
 SMALL = os.environ.get("DLG_NOTEBOOK_SMALL") == "1"
 TARGETS, RESTARTS = (2, 2) if SMALL else (8, 8)
@@ -40,12 +40,12 @@ ITERATIONS = 20 if SMALL else 1500
 # ## 8 targets × 8 restarts = 64 problems, one call
 #
 # `run_dlg` builds DLG's LeNet, computes each target's shared gradient and attacks all of them.
-# Problems run in chunks of `AttackConfig.chunk_size` (16 on CPU, where small chunks stay in cache;
+# Problems run in chunks of `RunOptions.chunk_size` (16 on CPU, where small chunks stay in cache;
 # 1024 on a GPU); each chunk is one vmapped `lax.scan` over iterations, compiled once and reused.
 
 # %%
 run = run_dlg(model="lenet", dataset="colour", targets=TARGETS,
-              config=AttackConfig(restarts=RESTARTS, iterations=ITERATIONS, snapshots=0))
+              config=AttackConfig(restarts=RESTARTS, iterations=ITERATIONS), run=RunOptions(snapshots=0))
 result = run.result
 print(f"images {result.images.shape}  (targets, restarts, batch, H, W, C)")
 print(f"{TARGETS * RESTARTS} problems: compile {result.compile_seconds:.1f} s, run {result.run_seconds:.1f} s, "

@@ -33,12 +33,12 @@ import numpy as np
 from IPython.display import Markdown, display
 
 from dlg_jax.data import vocabulary
-from dlg_jax.text import attack_sentences, text_attack_config
+from dlg_jax.text import attack_sentences, text_attack_config, text_run_options
 
 SMALL = os.environ.get("DLG_NOTEBOOK_SMALL") == "1"
 MODEL = "bert-tiny" if SMALL else "bert-small"
-CONFIG = (text_attack_config(restarts=1, iterations=20) if SMALL else
-          text_attack_config(restarts=4, iterations=300, snapshots=11))   # a snapshot every 30 iterations
+CONFIG = text_attack_config(restarts=1, iterations=20) if SMALL else text_attack_config(restarts=4, iterations=300)
+RUN = text_run_options(CONFIG.iterations, snapshots=11)   # 11 snapshots: one every 30 of 300 iterations
 SENTENCE = "the meeting starts at nine in the morning"
 
 # %% [markdown]
@@ -49,7 +49,7 @@ SENTENCE = "the meeting starts at nine in the morning"
 # runs in one vmapped, compiled program.
 
 # %%
-run = attack_sentences([SENTENCE], MODEL, CONFIG, compare=True)   # compare: every decoding, below
+run = attack_sentences([SENTENCE], MODEL, CONFIG, run=RUN, compare=True)   # compare: every decoding, below
 sentence = run.sentences[0]
 print("original :", vocabulary.tokens(sentence.original))
 print("masked positions:", sentence.masked, "| bag of tokens:", sentence.bag_size, "of", vocabulary.vocab_size())

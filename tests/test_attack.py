@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 from conftest import psnr, recovery_chunk
 
-from dlg_jax.attack.engine import AttackConfig, run_attack
+from dlg_jax.attack.engine import AttackConfig, RunOptions, run_attack
 from dlg_jax.attack.solvers import SolverConfig
 from dlg_jax.errors import DLGInputError
 
-QUICK = AttackConfig(restarts=3, iterations=40, block=20, snapshots=3, chunk_size=6)
+QUICK = AttackConfig(restarts=3, iterations=40)
+QUICK_RUN = RunOptions(block=20, snapshots=3, chunk_size=6)
 
 
 @pytest.mark.recovery
@@ -21,13 +22,14 @@ def test_dlg_recovers_a_32x32_image_and_its_label(colour, lenet, two_targets):
     restart has converged, so the margin costs nothing where it is not needed."""
     model, params = lenet
     images, labels, grads = two_targets
-    config = AttackConfig(restarts=2, iterations=6000, chunk_size=recovery_chunk(4), block=250)
-    result = run_attack(model, params, grads, 1, config)
+    config = AttackConfig(restarts=2, iterations=6000)
+    options = RunOptions(chunk_size=recovery_chunk(4), block=250)
+    result = run_attack(model, params, grads, 1, config, run=options)
     for t in range(2):
         assert psnr(result.best_images[t], images[t]) >= 30.0
         assert result.best_labels[t, 0] == labels[t, 0]
     assert result.images.shape == (2, 2, 1, 32, 32, 3) and result.loss_history.shape[:2] == (2, 2)
-    assert result.snapshots.shape == (2, config.snapshots, 1, 32, 32, 3)
+    assert result.snapshots.shape == (2, options.snapshots, 1, 32, 32, 3)
     assert result.converged.any(axis=1).all()  # the tolerance was reached within the budget
     # every restart's objective went down by orders of magnitude
     assert np.all(result.loss_history[..., -1] < 1e-3 * result.loss_history[..., 0])
@@ -40,8 +42,8 @@ def test_vmapped_restarts_equal_each_restart_run_alone(lenet, two_targets, solve
     model, params = lenet
     _, _, grads = two_targets
     config = dataclasses.replace(QUICK, iterations=iterations, solver=SolverConfig(solver, history_size=10))
-    together = run_attack(model, params, grads, 1, config)
-    alone = run_attack(model, params, grads, 1, dataclasses.replace(config, chunk_size=1))
+    together = run_attack(model, params, grads, 1, config, run=QUICK_RUN)
+    alone = run_attack(model, params, grads, 1, config, run=dataclasses.replace(QUICK_RUN, chunk_size=1))
     np.testing.assert_allclose(together.loss_history, alone.loss_history, rtol=rtol)
     np.testing.assert_allclose(together.images, alone.images, atol=10 * rtol)  # restarts differ by O(1)
     np.testing.assert_array_equal(together.best_restart, alone.best_restart)
@@ -50,11 +52,11 @@ def test_vmapped_restarts_equal_each_restart_run_alone(lenet, two_targets, solve
 def test_same_seed_same_result_and_other_seed_differs(lenet, two_targets):
     model, params = lenet
     _, _, grads = two_targets
-    first = run_attack(model, params, grads, 1, QUICK)
-    second = run_attack(model, params, grads, 1, QUICK)
+    first = run_attack(model, params, grads, 1, QUICK, run=QUICK_RUN)
+    second = run_attack(model, params, grads, 1, QUICK, run=QUICK_RUN)
     np.testing.assert_array_equal(first.images, second.images)
     np.testing.assert_array_equal(first.loss_history, second.loss_history)
-    other = run_attack(model, params, grads, 1, dataclasses.replace(QUICK, seed=1))
+    other = run_attack(model, params, grads, 1, dataclasses.replace(QUICK, seed=1), run=QUICK_RUN)
     assert not np.allclose(first.images, other.images)
 
 
@@ -63,8 +65,8 @@ def test_a_failing_restart_is_frozen_and_does_not_poison_the_others(lenet, two_t
     model, params = lenet
     _, _, grads = two_targets
     poisoned = jax.tree.map(lambda g: g.at[0].multiply(3e19), grads)
-    mixed = run_attack(model, params, poisoned, 1, QUICK)
-    clean = run_attack(model, params, grads, 1, QUICK)
+    mixed = run_attack(model, params, poisoned, 1, QUICK, run=QUICK_RUN)
+    clean = run_attack(model, params, grads, 1, QUICK, run=QUICK_RUN)
     assert mixed.failed[0].all() and not mixed.failed[1].any()
     assert np.all(np.isfinite(mixed.images))
     np.testing.assert_allclose(mixed.loss_history[1], clean.loss_history[1], rtol=1e-3, atol=1e-6)
@@ -75,9 +77,8 @@ def test_a_failing_restart_is_frozen_and_does_not_poison_the_others(lenet, two_t
 def test_every_solver_reduces_the_objective_under_vmap(lenet, two_targets, solver):
     model, params = lenet
     _, _, grads = two_targets
-    config = dataclasses.replace(QUICK, restarts=2, iterations=30, block=30, snapshots=0,
-                                 solver=SolverConfig(solver, history_size=10))
-    result = run_attack(model, params, grads, 1, config)
+    config = dataclasses.replace(QUICK, restarts=2, iterations=30, solver=SolverConfig(solver, history_size=10))
+    result = run_attack(model, params, grads, 1, config, run=RunOptions(block=30, snapshots=0, chunk_size=6))
     assert np.all(result.loss < 0.5 * result.loss_history[..., 0])
     assert np.all(result.evaluations >= result.iterations)
 
@@ -88,7 +89,7 @@ def test_batch_of_two_reconstructs_jointly(colour, lenet):
     model, params = lenet
     images, labels = colour.examples([2, 3])
     grads = shared_gradients(model, params, images[None], labels[None])
-    result = run_attack(model, params, grads, 2, dataclasses.replace(QUICK, restarts=1, iterations=20))
+    result = run_attack(model, params, grads, 2, dataclasses.replace(QUICK, restarts=1, iterations=20), run=QUICK_RUN)
     assert result.images.shape == (1, 1, 2, 32, 32, 3) and result.labels.shape == (1, 1, 2)
 
 
@@ -100,9 +101,9 @@ def test_bad_attack_input(lenet, two_targets):
     with pytest.raises(DLGInputError, match="unknown solver 'bfgs'"):
         SolverConfig("bfgs")
     with pytest.raises(DLGInputError, match="batch size must be an integer >= 1, got 0"):
-        run_attack(model, params, grads, 0, QUICK)
+        run_attack(model, params, grads, 0, QUICK, run=QUICK_RUN)
     with pytest.raises(DLGInputError, match="model params"):
-        run_attack(model, {"Dense_0": params["Dense_0"]}, grads, 1, QUICK)
+        run_attack(model, {"Dense_0": params["Dense_0"]}, grads, 1, QUICK, run=QUICK_RUN)
     with pytest.raises(DLGInputError, match="float64"):
         AttackConfig(dtype="float64")
 
@@ -115,8 +116,8 @@ def test_snapshots_say_which_iteration_they_show_when_the_run_stops_early(lenet,
 
     model, params = lenet
     images, _, grads = two_targets
-    config = AttackConfig(restarts=2, iterations=3000, tolerance=1e-2, block=10, snapshots=4, chunk_size=4)
-    result = run_attack(model, params, grads, 1, config)
+    config = AttackConfig(restarts=2, iterations=3000, tolerance=1e-2)
+    result = run_attack(model, params, grads, 1, config, run=RunOptions(block=10, snapshots=4, chunk_size=4))
     stopped = result.iterations[np.arange(2), result.best_restart]
     assert np.all(stopped < 1000)  # budget 3000: snapshots scheduled at 0, 1000, 2000, 3000
     np.testing.assert_array_equal(result.snapshot_iterations, np.minimum([0, 1000, 2000, 3000], stopped[:, None]))
@@ -140,10 +141,11 @@ def test_compiled_programs_are_bounded_and_recompile_to_the_same_result(lenet, t
     grads = two_targets[2]
     monkeypatch.setattr(engine, "COMPILED_LIMIT", 2)
     engine.clear_compiled()
-    configs = [AttackConfig(restarts=2, iterations=3, block=3, snapshots=0, chunk_size=c) for c in (1, 2, 4)]
-    first = run_attack(model, params, grads, 1, configs[0])
-    for config in configs[1:]:  # other chunk sizes: other executables
-        run_attack(model, params, grads, 1, config)
+    config = AttackConfig(restarts=2, iterations=3)
+    runs = [RunOptions(block=3, snapshots=0, chunk_size=c) for c in (1, 2, 4)]
+    first = run_attack(model, params, grads, 1, config, run=runs[0])
+    for options in runs[1:]:  # other chunk sizes: other executables
+        run_attack(model, params, grads, 1, config, run=options)
     assert 0 < len(engine._COMPILED) <= 2
-    again = run_attack(model, params, grads, 1, configs[0])  # evicted, compiled again
+    again = run_attack(model, params, grads, 1, config, run=runs[0])  # evicted, compiled again
     np.testing.assert_array_equal(again.loss, first.loss)

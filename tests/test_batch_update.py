@@ -7,6 +7,7 @@ import pytest
 
 from dlg_jax.attack.engine import (
     AttackConfig,
+    RunOptions,
     initial_dummy,
     run_attack,
     slot_restricted,
@@ -49,8 +50,8 @@ def test_cyclic_update_moves_slot_zero_alone_first(digits_pair):
     start = initial_dummy(0, 0, 0, 3, model.input_shape, 10, True, jnp.float32)
     moved = {}
     for update, solver in (("joint", "lbfgs"), ("cyclic", "lbfgs"), ("cyclic", "adam")):
-        config = AttackConfig(restarts=1, iterations=1, snapshots=0, batch_update=update, solver=SolverConfig(solver))
-        result = run_attack(model, params, grads, 3, config)
+        config = AttackConfig(restarts=1, iterations=1, batch_update=update, solver=SolverConfig(solver))
+        result = run_attack(model, params, grads, 3, config, run=RunOptions(snapshots=0))
         moved[update, solver] = [bool(np.any(result.images[0, 0, b] != start.images[b])) or
                                  bool(np.any(result.label_logits[0, 0, b] != start.label_logits[b])) for b in range(3)]
     assert moved == {("joint", "lbfgs"): [True, True, True], ("cyclic", "lbfgs"): [True, False, False],

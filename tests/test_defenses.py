@@ -10,7 +10,7 @@ import optax
 import pytest
 from conftest import recovery_chunk
 
-from dlg_jax.attack.engine import AttackConfig, run_attack
+from dlg_jax.attack.engine import AttackConfig, RunOptions, run_attack
 from dlg_jax.cli import main
 from dlg_jax.errors import DLGInputError
 from dlg_jax.experiments.store import Store
@@ -210,8 +210,8 @@ def test_dlg_paper_defense_claims_on_lenet(colour, lenet):
     settings = [("precision", "float16"), ("prune", 0.3), ("gaussian", 1e-1), ("gaussian", 1e-4)]
     defended = [make_defense(*s)(grads, jax.random.key(7)) for s in settings]
     stacked = jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *defended)
-    config = AttackConfig(restarts=2, iterations=1500, chunk_size=recovery_chunk(8), snapshots=0)
-    result = run_attack(model, params, stacked, 1, config)
+    config = AttackConfig(restarts=2, iterations=1500)
+    result = run_attack(model, params, stacked, 1, config, run=RunOptions(chunk_size=recovery_chunk(8), snapshots=0))
     psnr = dict(zip(settings, evaluate(result.best_images, np.repeat(images, 4, 0), result.best_labels,
                                        np.repeat(labels, 4, 0)).psnr))
     assert psnr[("precision", "float16")] >= 30.0

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from dlg_jax.attack.engine import AttackConfig
+from dlg_jax.attack.engine import AttackConfig, RunOptions
 from dlg_jax.attack.presets import attack_preset, ig_decay_steps
 from dlg_jax.attack.solvers import SolverConfig, make_solver
 from dlg_jax.cli import build_parser, main
@@ -118,8 +118,8 @@ def test_collapsed_slots_are_flagged_as_duplicates():
 @pytest.mark.recovery
 def test_inverting_gradients_recovers_recognisable_digits():
     # measured: 19.4, 27.7, 22.2 dB after 400 signed-Adam iterations (one restart); a black image scores ~9 dB
-    run = run_dlg("lenet", "digits", indices=[0, 5, 11], config=attack_preset("ig", restarts=1, iterations=400,
-                                                                               snapshots=0))
+    run = run_dlg("lenet", "digits", indices=[0, 5, 11], config=attack_preset("ig", restarts=1, iterations=400),
+                  run=RunOptions(snapshots=0))
     assert run.result.label_logits is None and np.all(run.metrics.label_accuracy == 1.0)
     black = 10 * np.log10(1.0 / np.mean(run.images**2, axis=(1, 2, 3, 4)))
     assert np.all(run.metrics.psnr > 17.0) and np.all(run.metrics.psnr > black + 8.0)

@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("flwr")
 
-from dlg_jax import AttackConfig, build_model, evaluate, get_dataset, run_attack  # noqa: E402
+from dlg_jax import AttackConfig, RunOptions, build_model, evaluate, get_dataset, run_attack  # noqa: E402
 from dlg_jax.victim.federation import observed_gradient, run_federation  # noqa: E402
 from dlg_jax.victim.gradients import shared_gradient  # noqa: E402
 
@@ -29,7 +29,7 @@ def test_flower_fedsgd_server_records_gradients_and_the_attack_recovers_a_client
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-7)
     x, y = data[0]
     result = run_attack(model, first[0].weights, observed_gradient(first[0]), 1,
-                        AttackConfig(restarts=2, iterations=1000, chunk_size=2), fixed_labels=y[None])
+                        AttackConfig(restarts=2, iterations=1000), fixed_labels=y[None], run=RunOptions(chunk_size=2))
     assert evaluate(result.best_images, x[None], result.best_labels, y[None]).summary()["psnr_mean"] >= 30.0
 
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dlg_jax.attack.engine import AttackConfig, group_means, run_attack
+from dlg_jax.attack.engine import AttackConfig, RunOptions, group_means, run_attack
 from dlg_jax.attack.objectives import (
     Context,
     Dummy,
@@ -123,29 +123,29 @@ def _spread(result):
 @pytest.mark.parametrize("solver", ["adam", "lbfgs"])
 def test_group_consistency_pulls_restarts_of_each_target_together(solver):
     params, images, labels, grads = _problem(targets=2)
-    config = AttackConfig(restarts=3, iterations=40, block=40, group_every=10, snapshots=0, tolerance=0.0,
-                          labels="analytic", solver=SolverConfig(solver, learning_rate=0.05), box=(0.0, 1.0),
-                          dummy_init="uniform", chunk_size=4)  # rounded to whole targets: 3
+    config = AttackConfig(restarts=3, iterations=40, group_every=10, tolerance=0.0, labels="analytic",
+                          solver=SolverConfig(solver, learning_rate=0.05), box=(0.0, 1.0), dummy_init="uniform")
+    options = RunOptions(block=40, snapshots=0, chunk_size=4)  # rounded to whole targets: 3
     fixed = np.asarray(labels)
-    plain = run_attack(TINY, params, grads, 2, config, fixed_labels=fixed)
+    plain = run_attack(TINY, params, grads, 2, config, fixed_labels=fixed, run=options)
     grouped = run_attack(TINY, params, grads, 2, dataclasses.replace(config, group_consistency=50.0),
-                         fixed_labels=fixed)
+                         fixed_labels=fixed, run=options)
     (plain_within, plain_between), (group_within, group_between) = _spread(plain), _spread(grouped)
     assert group_within < 0.5 * plain_within
     assert group_between > 0.5 * plain_between  # the targets' means are not pulled onto one another
     assert np.all(grouped.evaluations >= grouped.iterations) and np.all(grouped.iterations > 0)
     if solver == "lbfgs":
         return  # one chunk of both targets vs chunks of one: checked once (a compile each)
-    again = run_attack(TINY, params, grads, 2, dataclasses.replace(config, group_consistency=50.0, chunk_size=6),
-                       fixed_labels=fixed)
+    again = run_attack(TINY, params, grads, 2, dataclasses.replace(config, group_consistency=50.0),
+                       fixed_labels=fixed, run=dataclasses.replace(options, chunk_size=6))
     np.testing.assert_allclose(again.images, grouped.images, atol=2e-3)  # chunk rounding only
 
 
 def test_bn_prior_attack_runs_and_bad_inputs_are_one_clear_line():
     params, images, labels, grads = _problem()
     stored = reference_statistics(TINY, params, jax.random.uniform(jax.random.key(9), (8, *SHAPE)))
-    config = AttackConfig(restarts=2, iterations=3, block=3, snapshots=0, bn_prior=0.1)
-    result = run_attack(TINY, params, grads, 2, config, bn_statistics=stored)
+    config = AttackConfig(restarts=2, iterations=3, bn_prior=0.1)
+    result = run_attack(TINY, params, grads, 2, config, bn_statistics=stored, run=RunOptions(block=3, snapshots=0))
     assert np.all(np.isfinite(result.loss))
     with pytest.raises(DLGInputError, match="needs bn_statistics"):
         run_attack(TINY, params, grads, 2, config)

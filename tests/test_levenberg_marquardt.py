@@ -103,7 +103,7 @@ def test_recovers_a_digits_batch_of_two_from_its_gradient():
     """DLG's LeNet, digits B = 2, labels fixed (as iDLG / the count rule give them), DLG's N(0, 1) start:
     Levenberg–Marquardt reaches both images (>= 30 dB; runs give ~100 dB after 7 iterations) within 20
     iterations through the attack engine."""
-    from dlg_jax.attack.engine import AttackConfig, run_attack
+    from dlg_jax.attack.engine import AttackConfig, RunOptions, run_attack
     from dlg_jax.attack.solvers import SolverConfig
     from dlg_jax.data.datasets import get_dataset
     from dlg_jax.models import build_model
@@ -114,10 +114,9 @@ def test_recovers_a_digits_batch_of_two_from_its_gradient():
     params = model.init(jax.random.key(0))
     images, labels = digits.examples([0, 1])
     images, labels = images[None], labels[None]
-    config = AttackConfig(restarts=1, iterations=20, solver=SolverConfig("lm"), labels="count", block=5,
-                          snapshots=0)
+    config = AttackConfig(restarts=1, iterations=20, solver=SolverConfig("lm"), labels="count")
     result = run_attack(model, params, shared_gradients(model, params, images, labels), 2, config,
-                        fixed_labels=labels)
+                        fixed_labels=labels, run=RunOptions(block=5, snapshots=0))
     assert result.converged[0, 0] and result.iterations[0, 0] < 20
     error = np.mean((np.clip(result.best_images[0], 0, 1) - images[0]) ** 2, axis=(1, 2, 3))
     assert np.all(10 * np.log10(1.0 / error) >= 30.0)

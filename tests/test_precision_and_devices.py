@@ -70,19 +70,21 @@ SHARDED = textwrap.dedent("""
     import dataclasses, json, sys
     import jax, numpy as np
     from dlg_jax import build_model, get_dataset, shared_gradients
-    from dlg_jax.attack.engine import AttackConfig, run_attack
+    from dlg_jax.attack.engine import AttackConfig, RunOptions, run_attack
     from dlg_jax.errors import DLGInputError
     data = get_dataset("digits")
     images, labels = data.examples([0, 1])
     model = build_model("lenet", data.input_shape, data.num_classes)
     params = model.init(jax.random.key(0))
     grads = shared_gradients(model, params, images[:, None], labels[:, None])
-    short = AttackConfig(restarts=4, iterations=12, block=6, snapshots=2, chunk_size=2)
-    one, four = (run_attack(model, params, grads, 1, dataclasses.replace(short, devices=d)) for d in (1, 4))
-    long = run_attack(model, params, grads, 1, AttackConfig(restarts=2, iterations=1500, chunk_size=1, devices=4))
+    short = AttackConfig(restarts=4, iterations=12)
+    one, four = (run_attack(model, params, grads, 1, short, run=RunOptions(block=6, snapshots=2, chunk_size=2, devices=d))
+                 for d in (1, 4))
+    long = run_attack(model, params, grads, 1, AttackConfig(restarts=2, iterations=1500),
+                      run=RunOptions(chunk_size=1, devices=4))
     mse = np.mean((np.clip(long.best_images[:, 0], 0, 1) - images) ** 2, axis=(1, 2, 3))
     try:
-        run_attack(model, params, grads, 1, AttackConfig(restarts=1, devices=4))
+        run_attack(model, params, grads, 1, AttackConfig(restarts=1), run=RunOptions(devices=4))
         error = None
     except DLGInputError as e:
         error = str(e)

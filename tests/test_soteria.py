@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import recovery_chunk
 
-from dlg_jax.attack.engine import AttackConfig, run_attack
+from dlg_jax.attack.engine import AttackConfig, RunOptions, run_attack
 from dlg_jax.cli import main
 from dlg_jax.data.datasets import get_dataset
 from dlg_jax.errors import DLGInputError
@@ -68,8 +68,8 @@ def test_soteria_stops_dlg_at_equal_budget():
     grads = [defended_gradients(make_defense(*setting), model, params, images, labels, 0)
              for setting in (("none",), ("soteria", 0.4))]
     stacked = jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *grads)
-    result = run_attack(model, params, stacked, 1, AttackConfig(restarts=2, iterations=500, chunk_size=recovery_chunk(8),
-                                                                snapshots=0))
+    result = run_attack(model, params, stacked, 1, AttackConfig(restarts=2, iterations=500),
+                        run=RunOptions(chunk_size=recovery_chunk(8), snapshots=0))
     none, soteria = evaluate(result.best_images, np.repeat(images, 2, 0), result.best_labels,
                              np.repeat(labels, 2, 0)).psnr
     assert none >= 30.0

@@ -7,7 +7,6 @@ so they share one compiled program) and a shared JAX compilation cache, so that 
 at most once.
 """
 
-import dataclasses
 import json
 import os
 import random
@@ -174,7 +173,7 @@ labels = "analytic"
     assert len(points) == 2 * 2 * 4
     assert {(p.defense, p.strength) for p in points} == {("none", None), ("gaussian", 1e-4), ("gaussian", 1e-2),
                                                         ("prune", 0.3)}
-    assert all(p.config.restarts == 3 and p.config.labels == "analytic" and p.config.snapshots == 0 for p in points)
+    assert all(p.config.restarts == 3 and p.config.labels == "analytic" and p.run.snapshots == 0 for p in points)
     ig = next(p for p in points if p.attack == "ig")
     assert ig.config.distance == "cosine" and ig.config.solver.signed  # the preset, with the grid on top
     assert len({p.id for p in points}) == len(points)
@@ -214,7 +213,8 @@ def test_a_point_is_what_it_computes_not_how_it_runs():
     # chunks, devices, memory budget and host checks change no number: a stored point is found again
     base = parse_grid("[budget]\niterations = 50").points[0]
     for how in ("chunk_size = 3", "devices = 1", "memory_budget = '64MiB'", "block = 7"):
-        assert parse_grid(f"[budget]\niterations = 50\n{how}").points[0].id == base.id, how
+        point = parse_grid(f"[budget]\niterations = 50\n{how}").points[0]
+        assert point.id == base.id and point.run != base.run, how
     for what in ("tolerance = 1e-6", "restarts = 3", "history_size = 50"):
         assert parse_grid(f"[budget]\niterations = 50\n{what}").points[0].id != base.id, what
 
@@ -324,6 +324,7 @@ def test_memory_budget_chunks_the_attack_without_changing_results():
 
     from dlg_jax import (
         AttackConfig,
+        RunOptions,
         SolverConfig,
         build_model,
         get_dataset,
@@ -338,16 +339,16 @@ def test_memory_budget_chunks_the_attack_without_changing_results():
     model = build_model("mlp", data.input_shape, data.num_classes)
     params = model.init(jax.random.key(0))
     grads = shared_gradients(model, params, images[:, None], labels[:, None])
-    config = AttackConfig(restarts=3, iterations=10, snapshots=0, solver=SolverConfig("adam"))
-    one, two, three = (compiled_bytes(lower_attack_step(model, params, grads, 1, dataclasses.replace(
-        config, chunk_size=n), steps=config.iterations).compile()) for n in (1, 2, 3))
+    config = AttackConfig(restarts=3, iterations=10, solver=SolverConfig("adam"))
+    one, two, three = (compiled_bytes(lower_attack_step(model, params, grads, 1, config, run=RunOptions(
+        chunk_size=n, snapshots=0), steps=config.iterations).compile()) for n in (1, 2, 3))
     assert one < two < three  # each problem adds its dummy and solver state
     budget = three + (two - one) // 2  # room for 3 problems, not 4
-    chunked = run_attack(model, params, grads, 1, dataclasses.replace(config, memory_budget=budget))
-    whole = run_attack(model, params, grads, 1, config)
+    chunked = run_attack(model, params, grads, 1, config, run=RunOptions(memory_budget=budget, snapshots=0))
+    whole = run_attack(model, params, grads, 1, config, run=RunOptions(snapshots=0))
     np.testing.assert_allclose(chunked.loss, whole.loss, rtol=1e-5)
     with pytest.raises(DLGInputError, match="too small for one problem"):
-        run_attack(model, params, grads, 1, dataclasses.replace(config, memory_budget=one - 1))
+        run_attack(model, params, grads, 1, config, run=RunOptions(memory_budget=one - 1))
 
 
 def test_cli_memory_budget_too_small_is_one_line_exit_2(tmp_path, capsys):
@@ -360,7 +361,7 @@ def test_cli_memory_budget_too_small_is_one_line_exit_2(tmp_path, capsys):
     assert Store(tmp_path / "s").finished() == set()
 
 
-@pytest.mark.parametrize("command", [["attack"], ["experiment", "batch"], ["defend", "sweep"], ["defend", "tradeoff"],
+@pytest.mark.parametrize("command", [["attack"], ["attack-text", "a sentence"], ["experiment", "batch"], ["defend", "sweep"], ["defend", "tradeoff"],
                                      ["sweep", "grid.toml", "--store", "store"]])
 def test_every_attacking_command_takes_a_memory_budget(command, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -161,11 +161,12 @@ def test_every_defense_composes_with_k_clients_and_local_steps_as_a_plain_loop(c
 
 
 def test_run_dlg_with_a_defense_and_four_clients_of_two_local_steps(lenet):
-    from dlg_jax.attack.engine import AttackConfig
+    from dlg_jax.attack.engine import AttackConfig, RunOptions
     from dlg_jax.victim.defenses import make_defense
 
     run = run_dlg(defense=make_defense("dp", 0.1), threat=ThreatModel(clients=4, local_steps=2),
-                  config=AttackConfig(restarts=1, iterations=20, chunk_size=1), batch_size=2, indices=[0])
+                  config=AttackConfig(restarts=1, iterations=20), run=RunOptions(chunk_size=1), batch_size=2,
+                  indices=[0])
     assert run.client_indices.shape == (1, 3, 2) and np.isfinite(run.metrics.psnr).all()
 
 

@@ -116,12 +116,12 @@ def test_compiled_objective_and_closure_equal_eager(lenet, dummies):
 def lockstep_runs():
     """One digit (LeNet, 100 classes, B = 1), two restarts from the same dummies: the JAX attack and
     :func:`tr.lockstep_attack` (eager), both with the attack's default tolerance, stopping once converged."""
-    from dlg_jax.attack import AttackConfig, run_attack
+    from dlg_jax.attack import AttackConfig, RunOptions, run_attack
 
     problem = common.make_problem("lenet", 1, 1, seed=0, dataset="digits")
     budget = 1500  # both converge after ~600 iterations (2 x 2 restarts seen: 576-637)
     jax_result = run_attack(problem.model, problem.params, problem.target_grads, 1,
-                            AttackConfig(restarts=2, iterations=budget, snapshots=0))
+                            AttackConfig(restarts=2, iterations=budget), run=RunOptions(snapshots=0))
     net = tr.twin(problem.model, problem.params)
     images, logits = (a[0] for a in common.initial_dummies(0, 1, 2, 1, problem.model))
     torch_result = tr.lockstep_attack(net, tr.shared_gradient(net, problem.images[0], problem.labels[0]),

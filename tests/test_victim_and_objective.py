@@ -110,9 +110,10 @@ def test_shared_gradient_checks(lenet, two_targets):
 def test_the_python_api_and_the_cli_attack_the_same_victim_weights():
     """``victim_params(model, seed)`` (the README's example) gives the weights ``run_dlg`` / ``dlg-jax attack
     --seed`` use, and another seed other weights."""
-    from dlg_jax import AttackConfig, run_dlg, victim_params
+    from dlg_jax import AttackConfig, RunOptions, run_dlg, victim_params
 
-    run = run_dlg("lenet", "digits", indices=[0], config=AttackConfig(restarts=1, iterations=1, snapshots=0, seed=3))
+    run = run_dlg("lenet", "digits", indices=[0], config=AttackConfig(restarts=1, iterations=1, seed=3),
+                  run=RunOptions(snapshots=0))
     for ours, theirs in zip(jax.tree.leaves(victim_params(run.model, seed=3)), jax.tree.leaves(run.params)):
         np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
     other = jax.tree.leaves(victim_params(run.model, seed=4))[0]

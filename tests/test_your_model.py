@@ -13,6 +13,7 @@ from dlg_jax import (
     AttackConfig,
     DLGInputError,
     Model,
+    RunOptions,
     run_attack,
     run_dlg,
     save_run,
@@ -121,8 +122,9 @@ def test_run_dlg_attacks_a_users_module_and_writes_metrics(tmp_path):
     module = TinyCNN(batch_norm=False)
     variables = module.init(jax.random.key(0), jnp.zeros((1, 16, 16, 1)))
     model = Model.from_flax(module, variables, (16, 16, 1), name="tiny")
-    config = AttackConfig(restarts=2, iterations=1000, chunk_size=2, block=200, labels="analytic")
-    run = run_dlg(model, "digits", image_size=16, params=variables["params"], indices=[0, 1], config=config)
+    config = AttackConfig(restarts=2, iterations=1000, labels="analytic")
+    run = run_dlg(model, "digits", image_size=16, params=variables["params"], indices=[0, 1], config=config,
+                  run=RunOptions(chunk_size=2, block=200))
     summary = run.metrics.summary()
     assert summary["label_accuracy"] == 1.0
     assert summary["psnr_mean"] >= 30.0, summary
@@ -138,8 +140,9 @@ def test_run_attack_on_a_batch_normalised_module_in_eval_mode_recovers_the_image
     variables = trained_variables(module, x[0])
     model = Model.from_flax(module, variables, (8, 8, 3), train=False)
     grads = shared_gradients(model, variables["params"], x, jnp.array([[4]]))
-    config = AttackConfig(restarts=2, iterations=600, chunk_size=2, block=200)
-    result = run_attack(model, variables["params"], grads, 1, config, fixed_labels=np.array([[4]]))
+    config = AttackConfig(restarts=2, iterations=600)
+    result = run_attack(model, variables["params"], grads, 1, config, fixed_labels=np.array([[4]]),
+                        run=RunOptions(chunk_size=2, block=200))
     psnr = dlg_jax.evaluate(result.best_images, x, result.best_labels, np.array([[4]])).summary()["psnr_mean"]
     assert psnr >= 30.0, psnr
 

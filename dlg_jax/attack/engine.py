@@ -4,8 +4,8 @@ A *problem* is one restart ``r`` of one target ``t`` (``N = T * R`` problems). E
 ``z = (x' [B, *input_shape], y' [B, *label_axes, K])`` (images ``[B, H, W, C]``, ``[B, K]``; text
 embeddings ``[B, L, E]``, masked-token logits ``[B, M, V]``) drawn from N(0, 1) with key ``fold_in(fold_in(key(seed), t), r)``
 (so results do not depend on the chunking), and its own shared gradient ``dW_t``; the model parameters
-are shared. Problems run in chunks of ``chunk_size``: inside a chunk, ``jax.vmap`` runs the solver's
-step for every problem in lockstep, ``lax.scan`` runs ``block`` iterations per compiled call, and the
+are shared. Problems run in chunks of ``RunOptions.chunk_size``: inside a chunk, ``jax.vmap`` runs the solver's
+step for every problem in lockstep, ``lax.scan`` runs ``RunOptions.block`` iterations per compiled call, and the
 host loop between blocks reports progress and stops once every problem is done.
 
 Per problem and iteration: a problem whose objective is below its threshold (``AttackConfig.tolerance``) is *converged* and frozen; one
@@ -63,32 +63,50 @@ BATCH_UPDATES = ("joint", "cyclic")
 DUMMY_INITS = ("randn", "uniform")
 
 
-# AttackConfig fields that choose how an attack runs, not what it solves: where the problems go (chunks,
-# devices, a memory budget), how often the host checks in (block: converged restarts are frozen, so a later
-# check changes no number) and what is kept for figures (snapshots). Results agree across them up to
-# rounding, so a stored point is the same point whatever they were.
-RUN_FIELDS = ("chunk_size", "devices", "memory_budget", "block", "snapshots")
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """How an attack runs, not what it solves: results agree across these up to float rounding, so a
+    stored result (a sweep point) is the same whatever they were (validated on construction).
+
+    ``chunk_size``: problems (target x restart pairs) per device in one vmapped batch (``None``: 16 on
+    CPU, where small chunks stay in cache, 1024 on GPU/TPU, where large batches fill the chip;
+    :func:`default_chunk_size`). ``devices``: how many local devices share each chunk (its problem axis is
+    sharded over a 1-D mesh; ``None``: all of them). ``memory_budget``: bytes per device; if set, the chunk
+    is the largest whose compiled step fits it (:func:`dlg_jax.attack.memory.chunk_for_budget`) and
+    ``chunk_size`` is not used. ``block``: iterations per compiled call between progress reports and
+    early-stop checks (converged restarts are frozen, so a later check changes no number; the
+    least-squares solvers' iterations cost a Jacobian each and converge in tens, so use a small block with
+    them: the CLI sets 1). ``snapshots``: how many intermediate images (at evenly spaced iterations, first
+    = initial dummy) are kept for the best restart. The persistent compilation cache is a setting of the
+    process, not of one attack: :func:`dlg_jax.attack.compile_cache.enable_compilation_cache`.
+    """
+
+    chunk_size: int | None = None
+    devices: int | None = None
+    memory_budget: int | None = None
+    block: int = 100
+    snapshots: int = 6
+
+    def __post_init__(self):
+        for name in ("chunk_size", "devices", "memory_budget"):
+            if getattr(self, name) is not None:
+                check_positive_int(name, getattr(self, name))
+        check_positive_int("block", self.block)
+        if isinstance(self.snapshots, bool) or not isinstance(self.snapshots, int) or self.snapshots < 0:
+            raise DLGInputError(f"snapshots must be an integer >= 0, got {self.snapshots!r}")
 
 
 @dataclasses.dataclass(frozen=True)
 class AttackConfig:
-    """Everything that defines an attack run (validated on construction).
+    """What an attack solves: every field can change its numbers (validated on construction; how it runs,
+    e.g. chunking and devices, is :class:`RunOptions`).
 
     ``tolerance``: a restart is converged (and frozen) once its objective is at or below
     ``tolerance * ||dW||^2`` (l2 and tag matching: relative to the shared gradient's squared norm, so that a
     target whose gradient is small is held to the same standard) or ``tolerance`` (cosine matching).
-    ``chunk_size``: problems (target x restart pairs) per device in one vmapped batch (``None``: 16 on
-    CPU, where small chunks stay in cache, 1024 on GPU/TPU, where large batches fill the chip).
-    ``devices``: how many local devices share each chunk (its problem axis is sharded over a 1-D mesh;
-    ``None``: all of them). ``precision``: the matmul/convolution precision of every program the attack
+    ``precision``: the matmul/convolution precision of every program the attack
     traces (:mod:`dlg_jax.attack.precision`; ``highest`` = full float32, which DLG needs on GPUs).
-    ``block``: iterations per compiled call between progress reports / early-stop checks (a finished chunk
-    stops at the next check; the least-squares solvers' iterations cost a Jacobian each and converge in
-    tens, so use a small block with them: the CLI sets 1).
-    ``snapshots``: how many intermediate images (at evenly spaced iterations, first = initial dummy)
-    are kept for the best restart. ``box``: clip the images to ``[low, high]`` after every step.
-    ``memory_budget``: bytes per device; if set, the chunk is the largest whose compiled step fits it
-    (:func:`dlg_jax.attack.memory.chunk_for_budget`) and ``chunk_size`` is not used.
+    ``box``: clip the images to ``[low, high]`` after every step.
     ``batch_update``: ``"joint"`` (every slot of the dummy batch follows the full gradient) or
     ``"cyclic"`` (DLG's batch algorithm: at iteration ``i`` only slot ``i mod B`` is updated; see
     :func:`slot_restricted`). ``dummy_init``: the dummy images start ~ N(0, 1) (``"randn"``, DLG) or
@@ -112,32 +130,20 @@ class AttackConfig:
     box: tuple[float, float] | None = None
     second_order: str = "reverse_over_forward"
     tolerance: float = 1e-8
-    chunk_size: int | None = None
-    devices: int | None = None
     precision: str = DEFAULT_PRECISION
-    block: int = 100
-    snapshots: int = 6
     seed: int = 0
     dtype: str = "float32"
-    memory_budget: int | None = None
     batch_update: str = "joint"
     dummy_init: str = "randn"
 
     def __post_init__(self):
         check_positive_int("restarts", self.restarts)
         check_positive_int("iterations", self.iterations)
-        if self.chunk_size is not None:
-            check_positive_int("chunk_size", self.chunk_size)
-        if self.devices is not None:
-            check_positive_int("devices", self.devices)
         check_precision(self.precision)
-        check_positive_int("block", self.block)
         check_choice("distance", self.distance, DISTANCES)
         check_choice("label strategy", self.labels, LABEL_STRATEGIES)
         check_choice("second-order mode", self.second_order, SECOND_ORDER_MODES)
         check_choice("dtype", self.dtype, DTYPES)
-        if self.memory_budget is not None:
-            check_positive_int("memory_budget", self.memory_budget)
         check_choice("batch update", self.batch_update, BATCH_UPDATES)
         check_choice("dummy init", self.dummy_init, DUMMY_INITS)
         if not isinstance(self.solver, SolverConfig):
@@ -159,8 +165,6 @@ class AttackConfig:
         check_number("tolerance", self.tolerance, low=0.0)
         for weight in self.layer_weights or ():
             check_number("layer weight", weight, low=0.0)
-        if self.snapshots < 0:
-            raise DLGInputError(f"snapshots must be >= 0, got {self.snapshots}")
         if self.box is not None and not (len(self.box) == 2 and check_number("box bound", self.box[0])
                                          < check_number("box bound", self.box[1])):
             raise DLGInputError(f"box must be (low, high) with low < high, got {self.box!r}")
@@ -388,11 +392,10 @@ def _programs(model: Model, config: AttackConfig, mesh: jax.sharding.Mesh | None
 
 
 def shared_programs(model: Model, config: AttackConfig, mesh: jax.sharding.Mesh | None):
-    """:func:`_programs` of ``config`` with the fields they never read (budget, seed, chunking, devices,
-    group schedule) reset, so that attacks (e.g. the points of a sweep) differing only there share one
-    compilation. ``precision`` stays: it is how the programs are traced."""
-    return _programs(model, dataclasses.replace(config, restarts=2, iterations=1, chunk_size=1, devices=1,
-                                                block=1, snapshots=0, seed=0, memory_budget=None, dummy_init="randn",
+    """:func:`_programs` of ``config`` with the fields they never read (budget, seed, start, group schedule)
+    reset, so that attacks (e.g. the points of a sweep) differing only there share one compilation.
+    ``precision`` stays: it is how the programs are traced."""
+    return _programs(model, dataclasses.replace(config, restarts=2, iterations=1, seed=0, dummy_init="randn",
                                                 group_every=1), mesh)
 
 
@@ -434,7 +437,7 @@ def _block_schedule(iterations: int, block: int, snapshot_iterations: np.ndarray
 
 class _Plan(NamedTuple):
     """A validated attack: inputs cast to the config's dtype, and how the ``problems = T * R`` problems
-    are split into chunks of ``chunk`` (a multiple of the mesh's size) and placed on devices."""
+    are split into chunks of ``chunk`` (a multiple of the mesh's size) and placed on devices (``run``)."""
 
     model: Model
     params: Any
@@ -444,15 +447,18 @@ class _Plan(NamedTuple):
     bn_statistics: Any          # reference batch-norm statistics (BN prior) or None
     batch_size: int
     config: AttackConfig
+    run: RunOptions
     joint: bool
     problems: int
     chunk: int
     mesh: jax.sharding.Mesh | None
 
 
-def _plan(model, params, target_grads, batch_size, config, fixed_labels, bn_statistics=None) -> _Plan:
+def _plan(model, params, target_grads, batch_size, config, run, fixed_labels, bn_statistics=None) -> _Plan:
     if not isinstance(config, AttackConfig):
         raise DLGInputError(f"config must be an AttackConfig, got {type(config).__name__}")
+    if not isinstance(run, RunOptions):
+        raise DLGInputError(f"run must be RunOptions, got {type(run).__name__}")
     if config.tv_weight and model.modality != "image":
         raise DLGInputError(f"the TV prior is for images; model {model.name!r} is a {model.modality} model")
     if config.bn_prior:
@@ -484,17 +490,17 @@ def _plan(model, params, target_grads, batch_size, config, fixed_labels, bn_stat
     bn_statistics = jax.tree.map(lambda s: jnp.asarray(s, dtype), bn_statistics) if config.bn_prior else None
     fixed_targets = (one_hot(jnp.asarray(fixed_labels), model.num_classes, dtype) if not joint
                      else jnp.zeros((targets, batch_size, *model.label_axes, model.num_classes), dtype))
-    mesh = problem_mesh(config.devices)
+    mesh = problem_mesh(run.devices)
     devices = 1 if mesh is None else mesh.size
     problems = targets * config.restarts
     if devices > problems:
         raise DLGInputError(f"devices {devices} is more than the {problems} problems (targets x restarts) to "
                             f"share among them; use at most {problems} devices")
     per_device = -(-problems // devices)
-    plan = _Plan(model, params, target_grads, fixed_targets, fixed_labels, bn_statistics, batch_size, config,
-                 joint, problems, _whole_targets(min(config.chunk_size or default_chunk_size(), per_device) * devices,
+    plan = _Plan(model, params, target_grads, fixed_targets, fixed_labels, bn_statistics, batch_size, config, run,
+                 joint, problems, _whole_targets(min(run.chunk_size or default_chunk_size(), per_device) * devices,
                                                  config, devices), mesh)
-    if config.memory_budget is None:
+    if run.memory_budget is None:
         return plan
     from dlg_jax.attack.memory import chunk_for_budget, compiled_bytes, format_bytes
 
@@ -503,19 +509,19 @@ def _plan(model, params, target_grads, batch_size, config, fixed_labels, bn_stat
                                  + joint * math.prod(model.label_axes) * model.num_classes)
         residuals = sum(leaf.size for leaf in jax.tree.leaves(params))
         need = (residuals * unknowns + (config.solver.damping_trials + 1) * unknowns**2) * dtype.itemsize
-        if config.memory_budget < need:
+        if run.memory_budget < need:
             raise DLGInputError(
-                f"memory budget {format_bytes(config.memory_budget)} is below one problem's Jacobian: solver 'lm' "
+                f"memory budget {format_bytes(run.memory_budget)} is below one problem's Jacobian: solver 'lm' "
                 f"needs {format_bytes(need)} ({residuals} residuals x {unknowns} unknowns, and J^T J); raise "
                 f"--memory-budget or use the matrix-free --solver lm-cg")
 
-    steps = min(config.block, config.iterations)
+    steps = min(run.block, config.iterations)
 
     def step_bytes(n: int) -> int:  # one device's share of the attack step over n problems per device
         with matmul_precision(config.precision):
             return compiled_bytes(_compiled(*_step_arguments(plan._replace(chunk=n * devices), steps)))
 
-    return plan._replace(chunk=_whole_targets(chunk_for_budget(config.memory_budget, per_device, step_bytes) * devices,
+    return plan._replace(chunk=_whole_targets(chunk_for_budget(run.memory_budget, per_device, step_bytes) * devices,
                                               config, devices))
 
 
@@ -529,7 +535,7 @@ def _whole_targets(chunk: int, config: AttackConfig, devices: int) -> int:
 
 
 def default_chunk_size() -> int:
-    """Problems per device per vmapped batch when ``AttackConfig.chunk_size`` is ``None``: 16 on CPU
+    """Problems per device per vmapped batch when ``RunOptions.chunk_size`` is ``None``: 16 on CPU
     (chunks of ~8-24 restarts stay in cache; docs/design.md), 1024 on accelerators (1024 problems ran at
     144k restart-iterations/s on an H200, 8 x 16 at 51k)."""
     return 16 if jax.default_backend() == "cpu" else 1024
@@ -595,6 +601,7 @@ def run_attack(
     *,
     fixed_labels: np.ndarray | None = None,
     bn_statistics: Any = None,
+    run: RunOptions = RunOptions(),
     progress: Callable[[Progress], None] | None = None,
 ) -> AttackResult:
     """Reconstruct the private batches behind ``T`` shared gradients.
@@ -603,19 +610,21 @@ def run_attack(
     :func:`dlg_jax.victim.gradients.shared_gradients`). ``fixed_labels [T, B]``: labels to hold fixed (for label
     strategies other than ``joint``; ``[T, B, *model.label_axes]`` for text models). ``bn_statistics``:
     the BN prior's reference statistics (with ``config.bn_prior``; the tree of
-    :func:`~dlg_jax.models.batchnorm.reference_statistics`). Returns an :class:`AttackResult`.
+    :func:`~dlg_jax.models.batchnorm.reference_statistics`). ``run``: how it runs (chunks, devices, memory
+    budget, progress blocks, snapshots; :class:`RunOptions`). Returns an :class:`AttackResult`.
     """
-    plan = _plan(model, params, target_grads, batch_size, config, fixed_labels, bn_statistics)
+    plan = _plan(model, params, target_grads, batch_size, config, run, fixed_labels, bn_statistics)
     with matmul_precision(config.precision):
         return _solve(plan, progress)
 
 
 def lower_attack_step(model: Model, params: Any, target_grads: Any, batch_size: int,
                       config: AttackConfig = AttackConfig(), *, fixed_labels: np.ndarray | None = None,
-                      bn_statistics: Any = None, steps: int = 1) -> jax.stages.Lowered:
+                      bn_statistics: Any = None, run: RunOptions = RunOptions(),
+                      steps: int = 1) -> jax.stages.Lowered:
     """The program :func:`run_attack` compiles for ``steps`` iterations of its first chunk, lowered (not
     run): ``.as_text()`` is its StableHLO, ``.compile()`` gives XLA's cost and memory analysis."""
-    plan = _plan(model, params, target_grads, batch_size, config, fixed_labels, bn_statistics)
+    plan = _plan(model, params, target_grads, batch_size, config, run, fixed_labels, bn_statistics)
     with matmul_precision(config.precision):
         program, state, context = _step_arguments(plan, check_positive_int("steps", steps))
         return program.lower(state, context)
@@ -634,10 +643,10 @@ def _solve(plan: _Plan, progress) -> AttackResult:
     config, problems, chunk = plan.config, plan.problems, plan.chunk
     batched_init, batched_run, batched_objective, batched_regroup = shared_programs(plan.model, config, plan.mesh)
     chunks = -(-problems // chunk)
-    snapshot_iterations = (np.unique(np.round(np.linspace(0, config.iterations, config.snapshots)).astype(int))
-                           if config.snapshots else np.zeros((0,), int))
+    snapshot_iterations = (np.unique(np.round(np.linspace(0, config.iterations, plan.run.snapshots)).astype(int))
+                           if plan.run.snapshots else np.zeros((0,), int))
     regroup_at = set(range(config.group_every, config.iterations, config.group_every)) if config.group_consistency else set()
-    schedule = sorted(set(_block_schedule(config.iterations, config.block, snapshot_iterations)) | regroup_at)
+    schedule = sorted(set(_block_schedule(config.iterations, plan.run.block, snapshot_iterations)) | regroup_at)
     snapshot = to_uint8 if plan.model.modality == "image" else np.array
     outputs = []
     compile_seconds = run_seconds = 0.0

@@ -167,8 +167,7 @@ def attack_config_from_args(args, **overrides):
     options = {name: getattr(args, name, None) for name in ("restarts", "iterations", "tolerance", "labels",
                                                    "batch_update", "dummy_init", "bn_prior", "group_consistency")}
     options = {name: value for name, value in options.items() if value is not None}
-    options.update(chunk_size=args.chunk_size, devices=args.devices, precision=args.precision, seed=args.seed,
-                   dtype="float64" if args.float64 else "float32")
+    options.update(precision=args.precision, seed=args.seed, dtype="float64" if args.float64 else "float32")
     options.update(overrides)
     config = attack_preset(getattr(args, "attack", "dlg"), **options)
     solver_options = {name: getattr(args, name, None) for name in ("history_size", "learning_rate", "damping",
@@ -180,8 +179,16 @@ def attack_config_from_args(args, **overrides):
         solver = SolverConfig(args.solver, **solver_options)
     else:
         solver = dataclasses.replace(config.solver, **solver_options)
-    # A least-squares iteration costs a Jacobian: check for convergence after every one.
-    return dataclasses.replace(config, solver=solver, **({"block": 1} if solver.least_squares else {}))
+    return dataclasses.replace(config, solver=solver)
+
+
+def run_options_from_args(args, config):
+    """How the attack ``config`` runs: the command line's chunk size, devices and memory budget; a
+    least-squares solver checks for convergence after every iteration (each costs a Jacobian)."""
+    from dlg_jax.attack.engine import RunOptions
+
+    return RunOptions(chunk_size=args.chunk_size, devices=args.devices, memory_budget=args.memory_budget,
+                      **({"block": 1} if config.solver.least_squares else {}))
 
 
 def run(args) -> int:
@@ -195,7 +202,7 @@ def run(args) -> int:
 
     threat = ThreatModel(clients=args.clients, aggregate=args.aggregate, local_steps=args.local_steps,
                          local_lr=args.local_lr)
-    config = attack_config_from_args(args, memory_budget=args.memory_budget)
+    config = attack_config_from_args(args)
     training = None
     if args.train_steps is not None or args.train_epochs is not None:
         training = VictimTraining(steps=args.train_steps, epochs=args.train_epochs, batch_size=args.train_batch_size,
@@ -206,7 +213,8 @@ def run(args) -> int:
     started = time.perf_counter()
     try:
         result = run_dlg(args.model, args.dataset, indices=args.index, targets=args.targets,
-                         batch_size=args.batch_size, config=config, model_options=model_options,
+                         batch_size=args.batch_size, config=config, run=run_options_from_args(args, config),
+                         model_options=model_options,
                          split=args.split, data_dir=args.data_dir, image_size=args.image_size, progress=bar,
                          threat=threat, num_classes=args.classes, checkpoint=args.checkpoint, training=training,
                          training_progress=training_bar)

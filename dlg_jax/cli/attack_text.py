@@ -5,7 +5,7 @@ import argparse
 import os
 import time
 
-from dlg_jax.cli.options import ProgressBar, add_compilation_cache, positive_int, wrote
+from dlg_jax.cli.options import ProgressBar, add_compilation_cache, add_memory_budget, positive_int, wrote
 from dlg_jax.environment import environment
 from dlg_jax.errors import DLGInputError
 
@@ -46,6 +46,7 @@ def register(subparsers):
     parser.add_argument("--labels", default="bias", choices=TEXT_LABELS,
                         help="masked tokens read off the decoder bias gradient (bias) or optimised (joint, DLG)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights, the masking and the dummies")
+    add_memory_budget(parser)
     add_compilation_cache(parser)
     parser.add_argument("--out", default="dlg-text-out", help="output directory (default: dlg-text-out)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -60,7 +61,7 @@ def run(args) -> int:
     from dlg_jax.data import vocabulary
     from dlg_jax.files import atomic_write_bytes, atomic_write_json, prepare_output_dir
     from dlg_jax.models.bert import TEXT_MODELS
-    from dlg_jax.text import attack_batches, encode_batch, text_attack_config
+    from dlg_jax.text import attack_batches, encode_batch, text_attack_config, text_run_options
 
     if args.model not in TEXT_MODELS:
         raise DLGInputError(f"model {args.model!r} is not a text model; text models: {', '.join(TEXT_MODELS)}")
@@ -75,7 +76,8 @@ def run(args) -> int:
     try:
         attack = attack_batches([args.sentences], args.model, config, restrict=args.restrict_tokens,
                                 refine=args.refine, swaps=args.swaps, labels=args.labels,
-                                activation=args.activation, max_length=args.max_length, progress=bar)
+                                activation=args.activation, max_length=args.max_length, progress=bar,
+                                run=text_run_options(config.iterations, memory_budget=args.memory_budget))
     finally:
         bar.close()
     wall = time.perf_counter() - started

@@ -57,7 +57,7 @@ import re
 import tomllib
 from typing import Any
 
-from dlg_jax.attack.engine import RUN_FIELDS, AttackConfig
+from dlg_jax.attack.engine import AttackConfig, RunOptions
 from dlg_jax.attack.memory import parse_bytes
 from dlg_jax.attack.presets import ATTACK_NAMES, attack_preset
 from dlg_jax.attack.solvers import SolverConfig
@@ -73,13 +73,14 @@ SOLVER_KEYS = ("solver", "history_size", "learning_rate")
 # ThreatModel fields: K clients and FedAvg's S local steps (dlg_jax.victim.threat_models)
 THREAT_KEYS = ("clients", "aggregate", "local_steps", "local_lr")
 # AttackConfig fields a grid may set (precision and any later scalar field join automatically).
-CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(AttackConfig)
-                    if f.name not in ("solver", "layer_weights", "box", "snapshots"))
+CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(AttackConfig) if f.name not in ("solver", "layer_weights", "box"))
+# RunOptions fields a grid may set: how its points run, not part of their identity (points keep no snapshots).
+RUN_KEYS = tuple(f.name for f in dataclasses.fields(RunOptions) if f.name != "snapshots")
 BUDGET_KEYS = ("targets", "restarts", "iterations", "tolerance", "chunk_size", "devices", "block", "memory_budget",
                *SOLVER_KEYS)
 # Data options that may also be axes of their own (every dataset of the point at each value).
 DATA_AXIS_KEYS = ("image_size",)
-AXIS_KEYS = tuple(dict.fromkeys((*POINT_KEYS, *CONFIG_KEYS, *SOLVER_KEYS, *THREAT_KEYS, *DATA_AXIS_KEYS)))
+AXIS_KEYS = tuple(dict.fromkeys((*POINT_KEYS, *CONFIG_KEYS, *RUN_KEYS, *SOLVER_KEYS, *THREAT_KEYS, *DATA_AXIS_KEYS)))
 TOP_KEYS = ("name", "study", "budget", "axes", "quick", "grids")
 PART_KEYS = ("budget", "axes", "quick")
 MODEL_OPTIONS = ("activation", "norm", "strides", "init", "num_classes")
@@ -97,7 +98,8 @@ _NUMBER_KEYS = {"tolerance", "tv_weight", "learning_rate", "local_lr"}
 class Point:
     """One point of a grid: the attack ``config`` on the first ``targets`` batches of ``batch_size``
     images of ``dataset``, seen through ``defense`` at ``strength`` by ``model``; ``threat``: the
-    :class:`~dlg_jax.victim.threat_models.ThreatModel` fields that differ from one client's one step."""
+    :class:`~dlg_jax.victim.threat_models.ThreatModel` fields that differ from one client's one step.
+    ``run``: how it runs (chunks, devices, memory budget), which is not part of its identity."""
 
     attack: str
     model: str
@@ -111,6 +113,7 @@ class Point:
     data_options: tuple[tuple[str, Any], ...] = ()
     defense_options: tuple[tuple[str, Any], ...] = ()
     threat: tuple[tuple[str, Any], ...] = ()
+    run: RunOptions = RunOptions(snapshots=0)
 
     @property
     def text(self) -> bool:
@@ -119,7 +122,7 @@ class Point:
 
     def key(self) -> dict:
         """Everything that determines this point's numbers, as plain JSON data (sorted keys)."""
-        config = {k: v for k, v in dataclasses.asdict(self.config).items() if k not in RUN_FIELDS}
+        config = dataclasses.asdict(self.config)
         return json.loads(json.dumps({
             "attack": self.attack, "model": self.model, "model_options": dict(self.model_options),
             "dataset": self.dataset, "data_options": dict(self.data_options), "batch_size": self.batch_size,
@@ -282,6 +285,8 @@ def _values(key: str, value) -> list:
                 check_choice("attack", entry, ATTACK_NAMES)
             elif key in CONFIG_KEYS:
                 AttackConfig(**{key: entry})  # the field's own checks
+            elif key in RUN_KEYS:
+                RunOptions(**{key: entry})
             elif key in SOLVER_KEYS:
                 SolverConfig(**{("name" if key == "solver" else key): entry})
             elif key in THREAT_KEYS:
@@ -292,7 +297,7 @@ def _values(key: str, value) -> list:
 
 def point_config(attack: str, values: dict, text: bool = False) -> AttackConfig:
     """The :class:`AttackConfig` of preset ``attack`` with the config and solver keys of ``values``
-    on top (a new ``solver`` name starts from that solver's defaults), without snapshots; ``text``: the
+    on top (a new ``solver`` name starts from that solver's defaults); ``text``: the
     text attack's settings (:func:`dlg_jax.text.text_attack_config`; ``attack`` must be ``dlg``)."""
     settings = {k: v for k, v in values.items() if k in CONFIG_KEYS}
     if text:
@@ -302,7 +307,7 @@ def point_config(attack: str, values: dict, text: bool = False) -> AttackConfig:
             raise DLGInputError(f"attack {attack!r} is not a text attack; text models take attack 'dlg'")
         config = text_attack_config(**settings)
     else:
-        config = attack_preset(attack, snapshots=0, **settings)
+        config = attack_preset(attack, **settings)
     solver = {("name" if k == "solver" else k): v for k, v in values.items() if k in SOLVER_KEYS}
     if solver.get("name", config.solver.name) != config.solver.name:
         return dataclasses.replace(config, solver=SolverConfig(**solver))
@@ -350,8 +355,9 @@ def expand(axes: dict, budget: dict | None = None, *, name: str = "", where=None
         if any(k in values for k in DATA_AXIS_KEYS):
             data_options = tuple(sorted({**dict(data_options), **{k: values[k] for k in DATA_AXIS_KEYS
                                                                    if k in values}}.items()))
+        run = RunOptions(snapshots=0, **{k: values[k] for k in RUN_KEYS if k in values})
         points.append(Point(values["attack"], model, dataset, values["batch_size"], values["targets"], defense,
-                            strength, config, model_options, data_options, defense_options, threat))
+                            strength, config, model_options, data_options, defense_options, threat, run))
     unique = list({p.id: p for p in points}.values())
     return Grid(name, tuple(unique))
 

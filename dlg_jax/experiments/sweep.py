@@ -96,7 +96,7 @@ def attack_rows(point: Point, progress: Callable[[Progress], None] | None = None
     started = time.perf_counter()
     run = run_dlg(point.model, point.dataset, targets=point.targets, batch_size=point.batch_size, config=config,
                   model_options=model_options, num_classes=num_classes, defense=defense, threat=threat,
-                  progress=progress, **dict(point.data_options))
+                  run=point.run, progress=progress, **dict(point.data_options))
     wall = time.perf_counter() - started
     result, metrics = run.result, run.metrics
     restarts = result.loss.shape[1]
@@ -119,7 +119,7 @@ def attack_rows(point: Point, progress: Callable[[Progress], None] | None = None
         "point_wall_seconds": wall, "point_compile_seconds": result.compile_seconds,
         "point_run_seconds": result.run_seconds, "point_restart_iterations": int(result.restart_iterations),
         "restart_iterations_per_second": result.restart_iterations / max(result.run_seconds, 1e-9),
-        "chunk_memory_budget": config.memory_budget, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "chunk_memory_budget": point.run.memory_budget, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "load_average": os.getloadavg()[0],
         "classes": run.model.num_classes, "image_shape": list(run.images.shape[2:]),
@@ -162,13 +162,15 @@ def text_rows(point: Point, progress: Callable[[Progress], None] | None = None) 
     ``D/relative_distance`` (its exact gradient distance over ``||dW||^2``), the continuous objective
     over ``||dW||^2``, the sentences and their recoveries, the point's timings and environment."""
     from dlg_jax.data.sentences import sentence_batches
-    from dlg_jax.text import attack_batches
+    from dlg_jax.text import attack_batches, text_run_options
 
     batches = sentence_batches(point.dataset, point.targets, point.batch_size)
     options = dict(point.model_options)
+    placement = {k: getattr(point.run, k) for k in ("chunk_size", "devices", "memory_budget")}
     started = time.perf_counter()
     run = attack_batches(batches, point.model, point.config, compare=True, progress=progress,
-                         vocabulary_size=options.get("vocabulary_size"))
+                         vocabulary_size=options.get("vocabulary_size"),
+                         run=text_run_options(point.config.iterations, **placement))
     wall = time.perf_counter() - started
     shared = {
         "point_id": point.id, "point": _json(point.key()), "kind": "text", "attack": point.attack,
@@ -274,8 +276,7 @@ def run_grid(points: list[Point], store: Store, *, resume: bool = False, executo
     memory (:mod:`dlg_jax.attack.memory`); it is not part of a point's identity. Returns the points run."""
     check_resume(points, store, resume)
     if memory_budget is not None:
-        points = [dataclasses.replace(p, config=dataclasses.replace(p.config, memory_budget=memory_budget))
-                  for p in points]
+        points = [dataclasses.replace(p, run=dataclasses.replace(p.run, memory_budget=memory_budget)) for p in points]
     compute = point_rows if progress is None else functools.partial(point_rows, progress=progress)
     return run_points(store, points, compute, executor, on_point)
 
