@@ -11,6 +11,8 @@ and stops a restart once ``J <= tolerance * ||dW||^2``. Reported per case and so
   by :func:`dlg_jax.metrics.evaluate`);
 - ``evaluations``: of the best restart, until it converged or the budget ran out (a Jacobian counts as
   its ``n`` JVPs; one JVP, VJP or residual ~ one objective+gradient evaluation of L-BFGS);
+- ``outside_data_range``: the share of the best restart's pixels outside [0, 1] (a solution just outside
+  the data range is a batch no camera took; the box excludes it);
 - ``run_seconds`` / ``compile_seconds``: wall time of :func:`~dlg_jax.attack.engine.run_attack` (all targets x
   restarts; ``run`` excludes compilation);
 - ``exact_solutions``: for each target, how many *distinct* exact solutions its converged restarts found
@@ -119,6 +121,7 @@ def run_case(name: str, solver: str, args) -> dict:
         "slot_psnr": np.round(metrics.slot_psnr, 2).tolist(),
         "label_accuracy": metrics.label_accuracy.tolist(),
         "relative_objective": (result.loss[rows, best] / norm).tolist(),
+        "outside_data_range": np.mean((result.best_images < 0) | (result.best_images > 1), axis=(1, 2, 3, 4)).tolist(),
         "iterations": result.iterations[rows, best].tolist(),
         "evaluations": result.evaluations[rows, best].tolist(),
         "evaluations_all_restarts": int(result.evaluations.sum()),
@@ -190,6 +193,7 @@ def run_jaxopt(name: str, args) -> dict:
         "recovered": int(np.sum(np.all(metrics.slot_psnr >= 30.0, axis=1))),
         "slot_psnr": np.round(metrics.slot_psnr, 2).tolist(), "label_accuracy": metrics.label_accuracy.tolist(),
         "relative_objective": [r[2] for r in rows], "iterations": [r[0] for r in rows],
+        "outside_data_range": [float(np.mean((x < 0) | (x > 1))) for x in best_images],
         "evaluations": [r[1] for r in rows], "evaluations_all_restarts": sum(r[1] for r in rows),
         "converged_restarts": [int(r[3]) for r in rows], "exact_solutions": [], "exact_at_truth": [],
         "run_seconds": run_seconds, "compile_seconds": compile_seconds, "wall_seconds": run_seconds + compile_seconds,
