@@ -379,10 +379,12 @@ def jax_variants(problem, names) -> dict:
     return {name: variants[name] for name in names if name in variants}
 
 
-def measure_variants(problem, sizes, repeats: int, seed: int, names=tuple(VARIANTS)) -> list[dict]:
-    """The entries ``names`` of :data:`VARIANTS` timed in alternation with the default program at each
-    of ``sizes``: rows with ``restart_evaluations_per_second``, ``ratio_vs_default`` and the description.
-    On a GPU/TPU backend the XLA CPU options are left out."""
+def measure_variants(problem, sizes, repeats: int, seed: int, names=tuple(VARIANTS), torch_names=(),
+                     device="cpu") -> list[dict]:
+    """The entries ``names`` of :data:`VARIANTS` timed in alternation with the default program (and the
+    PyTorch candidates ``torch_names``, e.g. ``torch-compile``, the bar to reach, on ``device``) at each of
+    ``sizes``: rows with ``restart_evaluations_per_second``, ``ratio_vs_default`` and the description. On a
+    GPU/TPU backend the XLA CPU options are left out."""
     from dlg_jax.models import build_model
 
     model = problem.model
@@ -395,24 +397,24 @@ def measure_variants(problem, sizes, repeats: int, seed: int, names=tuple(VARIAN
                      for name, v in chosen.items()})
     rows = []
     for restarts in sizes:
-        measured = measure_objective(problem, restarts, repeats, seed, programs, (), float("nan"),
+        measured = measure_objective(problem, restarts, repeats, seed, programs, torch_names, float("nan"), device,
                                      compare_with="jax-reverse_over_forward")
         default = measured[0]["restart_evaluations_per_second"]
         for row in measured:
             name = row["candidate"]
-            rows.append({"variant": name, "restarts": restarts,
-                         "description": chosen[name].description if name in chosen else "the default (patches, one vmap)",
-                         "options": programs[name].options,
+            description = (chosen[name].description if name in chosen else "the default (patches, one vmap)"
+                           if name in programs else f"PyTorch ({name}), timed in the same alternation")
+            rows.append({"variant": name, "restarts": restarts, "description": description,
+                         "options": programs[name].options if name in programs else None,
                          "restart_evaluations_per_second": row["restart_evaluations_per_second"],
                          "ratio_vs_default": row["restart_evaluations_per_second"] / default,
-                         "compile_seconds": row["compile_seconds"],
-                         "bytes_accessed_per_evaluation": row["bytes_accessed_per_evaluation"],
-                         "flops_per_evaluation": row["flops_per_evaluation"],
-                         "max_relative_difference_vs_default": row["max_relative_difference_vs_default"],
-                         "max_relative_gradient_difference_vs_default": row["max_relative_gradient_difference_vs_default"]})
+                         **{key: row.get(key) for key in (
+                             "compile_seconds", "bytes_accessed_per_evaluation", "flops_per_evaluation",
+                             "max_relative_difference_vs_default", "max_relative_gradient_difference_vs_default")}})
+            versus = (f"vs default: J {row['max_relative_difference_vs_default']:.1e}, grad "
+                      f"{row['max_relative_gradient_difference_vs_default']:.1e}" if name in programs else "PyTorch")
             print(f"variant R={restarts:4d} {name:26s} {row['restart_evaluations_per_second']:9.1f} restart-evals/s "
-                  f"(x{rows[-1]['ratio_vs_default']:.2f}; vs default: J {row['max_relative_difference_vs_default']:.1e},"
-                  f" grad {row['max_relative_gradient_difference_vs_default']:.1e})", flush=True)
+                  f"(x{rows[-1]['ratio_vs_default']:.2f}; {versus})", flush=True)
     return rows
 
 
@@ -549,8 +551,9 @@ def run(args) -> dict:
             print(f"R={restarts:5d} {row['candidate']:26s} {row['restart_evaluations_per_second']:10.1f} restart-evals/s",
                   flush=True)
     variant_sizes = args.variant_sizes or VARIANT_SIZES
-    variants_rows = [] if args.no_variants else measure_variants(problem, variant_sizes, repeats, args.seed,
-                                                                 args.variants)
+    variants_rows = [] if args.no_variants else measure_variants(
+        problem, variant_sizes, repeats, args.seed, args.variants,
+        [name for name in torch_names if name == "torch-compile"], device)
     payload = {
         "benchmark": NAME, "quick": args.quick,
         "config": {"model": "lenet", "num_classes": problem.model.num_classes, "batch_size": 1,
