@@ -144,3 +144,30 @@ def test_projected_steps_stay_in_the_box_and_never_raise_the_cost():
         assert float(dummy["z"][2]) == pytest.approx(0.3)
     finally:
         jax.config.update("jax_enable_x64", False)
+
+
+def test_with_a_bound_the_free_variables_converge_to_the_constrained_optimum():
+    """The step is taken in the free variables (``c`` held at its bound 0.3): the iterates reach the optimum
+    of the problem with ``c = 0.3`` fixed (by-hand Gauss–Newton in numpy) to float64 accuracy."""
+    jax.config.update("jax_enable_x64", True)
+    try:
+        a, b = 2.0, -1.3
+        for _ in range(100):  # Gauss-Newton over (a, b) with c = 0.3
+            e = np.exp(b * TIMES)
+            J = np.stack([e, a * TIMES * e], axis=1)
+            a, b = np.array([a, b]) + np.linalg.lstsq(J, -(a * e + 0.3 - OBSERVED), rcond=None)[0]
+
+        def project(dummy):
+            return {"z": dummy["z"].at[2].set(jnp.minimum(dummy["z"][2], 0.3))}
+
+        for mode in ("materialised", "cg"):
+            init, step, _ = make_levenberg_marquardt(_residual, mode=mode, damping=1e-3, project=project, cg_steps=3)
+            context = (jnp.asarray(TIMES), jnp.asarray(OBSERVED))
+            dummy = {"z": jnp.asarray([5.0, -4.0, -1.0])}
+            state = init(dummy, context)
+            step = jax.jit(step)
+            for _ in range(40):
+                dummy, state, _ = step(dummy, state, context)
+            np.testing.assert_allclose(np.asarray(dummy["z"]), [a, b, 0.3], rtol=1e-9, err_msg=mode)
+    finally:
+        jax.config.update("jax_enable_x64", False)

@@ -21,7 +21,12 @@ decreases, then divided by 3) gives the same iterates as long as it would succee
 the ``K`` tries are evaluated side by side, so every call does the same work for every problem (no
 data-dependent loop, accept/reject by masks). ``P`` projects onto the box (the data range) when the attack
 has one: a projected Levenberg–Marquardt step (Kanzow, Yamashita & Fukushima 2004), accepted only if the
-projected point lowers the cost.
+projected point lowers the cost. With a box the step is taken in the *free* variables only (Bertsekas'
+projected Newton): a variable is *held* when it sits at a bound and the descent direction ``-g`` points out
+of the box (``P(x - g)_i = x_i``); the held rows and columns of the normal equations are replaced by the
+identity and their right-hand side by 0, so ``d_i = 0`` there and the damped Gauss–Newton model is solved
+exactly over the rest. Without this, the projection of a full step is not the model's minimiser once many
+pixels sit at a bound, and the quadratic convergence is lost.
 
 Two ways to solve the damped normal equations:
 
@@ -139,23 +144,33 @@ def make_levenberg_marquardt(
         n = flat.shape[0]
         r, linear = jax.linearize(lambda x: flat_residual(x, unravel, context), flat)
         lambdas = state.damping * GROWTH ** jnp.arange(trials, dtype=flat.dtype)
+
+        def free_of(gradient):  # [n] 1.0 where the step may move (module docstring), 0.0 where it is held
+            if project is None:
+                return jnp.ones_like(flat)
+            return (flat_project(flat - gradient, unravel) != flat).astype(flat.dtype)
+
         if mode == "materialised":
             rows = jacobian_rows(linear, n, flat.dtype, jacobian_chunk)
-            normal, gradient = rows @ rows.T, rows @ r
+            gradient = rows @ r
+            free = free_of(gradient)
+            normal = (rows @ rows.T) * jnp.outer(free, free)
             scale = jnp.diagonal(normal)
             scale = scale + DIAGONAL_FLOOR * jnp.max(scale)
 
             def solve(lam):
-                factor = jax.scipy.linalg.cho_factor(normal + lam * jnp.diag(scale))
-                return jax.scipy.linalg.cho_solve(factor, -gradient)
+                factor = jax.scipy.linalg.cho_factor(normal + jnp.diag(lam * scale * free + (1.0 - free)))
+                return jax.scipy.linalg.cho_solve(factor, -gradient * free)
 
             evaluations = 1 + n + trials
         else:
             transpose = jax.linear_transpose(linear, flat)
             (gradient,) = transpose(r)
+            free = free_of(gradient)
 
             def solve(lam):
-                return conjugate_gradient(lambda v: transpose(linear(v))[0] + lam * v, -gradient, cg_steps)
+                return conjugate_gradient(lambda v: free * transpose(linear(free * v))[0] + lam * v,
+                                          -gradient * free, cg_steps)
 
             evaluations = 2 + trials * (2 * cg_steps + 1)
         candidates = jax.vmap(lambda lam: flat_project(flat + solve(lam), unravel))(lambdas)   # [K, n]
