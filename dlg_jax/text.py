@@ -14,10 +14,19 @@ embeddings ``W_emb[input ids]`` with one-hot targets at the masked positions (me
 positions were masked (drawn from ``(seed, L)`` by :func:`masked_positions`, as a server that seeds the
 clients' masking would know). Not the tokens, nor where a shorter sentence of a batch ends.
 
-**The attack** runs the one engine, :func:`dlg_jax.attack.engine.run_attack`: the dummy is continuous word
-embeddings ``x' [B, L, E] ~ N(0, 1)`` (the engine's ``images``) matched on the encoder's gradient
-(``dW`` without ``dW_emb``: the dummy has no lookup) with L-BFGS (``distance="l2"``, DLG's, or
-``"tag"``, TAG's L2 + L1), all restarts and batches of one shape vmapped together. The labels:
+**The attack** runs the one engine, :func:`dlg_jax.attack.engine.run_attack`, with L-BFGS
+(``distance="l2"``, DLG's, or ``"tag"``, TAG's L2 + L1) on one of two dummies:
+
+- ``bag`` (default): the non-zero rows of ``dW_emb`` name the ``n`` input tokens (the bag), so the dummy
+  is token weights ``w' [B, L, n] ~ N(0, 1)`` with embeddings ``x' = w' W_emb[bag] / sqrt(n)``
+  (:class:`dlg_jax.models.bert.BagWeightsMLM`; ``[CLS]``, ``[MASK]`` and, for one sentence, ``[SEP]``
+  at their known places), matched on the encoder's gradient *and* the bag's rows of ``dW_emb``, which
+  are ``sum_{b,l} w'_blv u_bl / sqrt(n)`` for ``u = dloss/dx``: ``n E`` more equations, which tie each
+  token's row to the positions it is placed at. One engine run per batch (each has its own bag).
+- ``embeddings`` (DLG's): free word embeddings ``x' [B, L, E] ~ N(0, 1)`` matched on the encoder's
+  gradient only (the dummy has no lookup); all restarts and batches of one shape vmapped together.
+
+The labels:
 
 - ``bias`` (default; iDLG's idea for MLM): the decoder bias gradient is
   ``db = (1/BM) sum_{b,m} (softmax(logits_bm) - onehot(y_bm))``, so the ``BM`` masked tokens are the
@@ -26,7 +35,9 @@ embeddings ``x' [B, L, E] ~ N(0, 1)`` (the engine's ``images``) matched on the e
   has at most ``MAX_ORDERINGS`` distinct orderings, each is one more target of the same vmapped run and
   the ordering whose best restart matches ``dW`` best wins; beyond that (long sentences, batches) the
   slots' label logits are optimised as DLG's (below) and the bag of masked tokens is placed on the slots
-  by an optimal assignment (Hungarian) on those logits.
+  by an optimal assignment (Hungarian) on those logits. With the ``bag`` dummy those logits range over
+  the label bag's ``k`` tokens and one class for the rest of the vocabulary (``BagWeightsMLM``'s
+  ``label_tokens``: the same cross-entropy, ``k + 1`` logits per slot instead of ``V``).
 - ``joint`` (DLG's): dummy label logits ``[B, M, V]`` optimised with the embeddings; the label is their
   argmax.
 
@@ -80,6 +91,7 @@ from dlg_jax.models.bert import (
     DEFAULT_TEXT_MODEL,
     MAX_LENGTH,
     TEXT_MODELS,
+    BagWeightsMLM,
     build_text_model,
     init_text_weights,
 )
@@ -87,6 +99,7 @@ from dlg_jax.victim.gradients import batch_loss, one_hot
 
 MASK_RATE = 0.15
 TEXT_LABELS = ("bias", "joint")
+TEXT_DUMMIES = ("bag", "embeddings")  # token weights over the bag of input tokens, or free word embeddings
 REPRODUCED = 1e-6  # a token batch whose gradient distance is <= this x ||dW||^2 reproduces the gradient
 MAX_ORDERINGS = 24  # label placements enumerated as targets; more: labels optimised, then assigned
 CANDIDATES = 8  # substitutions per position tried by the refinement (its nearest tokens)
@@ -197,14 +210,15 @@ def _mean_prediction(model: Model, params: Any, count: int = 16) -> jnp.ndarray:
     return jnp.mean(jax.nn.softmax(model.apply(params, x), -1), axis=(0, 1))
 
 
-def assign_labels(label_logits: np.ndarray, bag: Sequence[int]) -> np.ndarray:
+def assign_labels(label_logits: np.ndarray, bag: Sequence[int], classes: np.ndarray | None = None) -> np.ndarray:
     """Place the multiset ``bag`` (``B M`` token ids) on the ``B x M`` masked slots: the assignment
-    maximising ``sum log_softmax(label_logits [B, M, V])`` at the placed tokens (Hungarian). Returns
-    ``[B, M]``."""
+    maximising ``sum log_softmax(label_logits [B, M, K])`` at the placed tokens (Hungarian); ``classes [K]``
+    (sorted): the token of each logit (default: logit ``v`` is token ``v``). Returns ``[B, M]``."""
     logits = np.asarray(label_logits, np.float64)
     log_p = logits - logits.max(-1, keepdims=True)
     log_p = log_p - np.log(np.exp(log_p).sum(-1, keepdims=True))
-    slots = log_p.reshape(-1, log_p.shape[-1])[:, np.asarray(bag)]  # [BM slots, BM bag entries]
+    columns = np.asarray(bag) if classes is None else np.searchsorted(classes, np.asarray(bag))
+    slots = log_p.reshape(-1, log_p.shape[-1])[:, columns]  # [BM slots, BM bag entries]
     rows, cols = linear_sum_assignment(-slots)
     placed = np.empty(len(rows), np.int64)
     placed[rows] = np.asarray(bag)[cols]
@@ -332,9 +346,9 @@ class BatchResult:
     ``recovered [B, L]`` (slot order, decoded as the run asked), the masked positions, the decoded
     snapshots ``[S, B, L]`` at ``snapshot_iterations``, the continuous objective ``loss``, the shared
     gradient's ``||dW||^2``, ``orderings`` (label placements run as targets; 0: labels optimised, then
-    assigned), and every decoding (``nearest`` / ``refined``,
+    assigned), and every decoding (``nearest`` / ``refined`` / ``peeled`` (:func:`peel_sentences`),
     each over all tokens or the bag ``+bag``; refined ones also without swaps ``-swaps``) with its ids,
-    scores (:func:`score`) and exact gradient ``distance``."""
+    scores (:func:`score`) and exact gradient ``distance``; ``decoding``: the one reported as ``recovered``."""
 
     texts: list[str]
     original: np.ndarray
@@ -348,6 +362,7 @@ class BatchResult:
     orderings: int
     scores: dict
     decodings: dict
+    decoding: str
     vocab: vocabularies.Vocabulary = dataclasses.field(repr=False, default=None)
 
     @property
@@ -430,6 +445,8 @@ def attack_batches(
     swaps: bool = True,
     compare: bool = False,
     labels: str = "bias",
+    dummy: str = "bag",
+    peel: bool = True,
     activation: str = "gelu",
     max_length: int = MAX_LENGTH,
     vocabulary_size: int | None = None,
@@ -441,10 +458,15 @@ def attack_batches(
     ``vocabulary_size``: ``None`` for the stored vocabulary, else one built of that size
     (:func:`dlg_jax.data.vocabulary.of_size`). ``compare``: decode the ways worth comparing (nearest over all
     tokens and over the bag; refined from the bag's, with and without swaps), not just the one asked for.
-    ``run``: how the engine runs (default :func:`text_run_options` of the config's iterations)."""
+    ``run``: how the engine runs (default :func:`text_run_options` of the config's iterations). ``dummy``:
+    ``"bag"`` (token weights over the bag of input tokens, one engine run per batch) or ``"embeddings"``
+    (free word embeddings, DLG's; batches of one shape in one run); see the module doc. ``peel``: with the
+    bag dummy and refinement, a batch the refinement leaves unreproduced is solved again sentence by
+    sentence (:func:`peel_sentences`)."""
     config = text_attack_config() if config is None else config
     run = text_run_options(config.iterations) if run is None else run
     check_choice("text label strategy", labels, TEXT_LABELS)
+    check_choice("text dummy", dummy, TEXT_DUMMIES)
     if model not in TEXT_MODELS:
         raise DLGInputError(f"model {model!r} is not a text model; text models: {', '.join(TEXT_MODELS)}")
     if config.labels != "joint":
@@ -457,15 +479,16 @@ def attack_batches(
     results = []
     for shape in sorted({ids.shape for ids in encoded}):
         group = [i for i, ids in enumerate(encoded) if ids.shape == shape]
-        results.append(_attack_group(group, [encoded[i] for i in group], [list(batches[i]) for i in group], out,
-                                     model, config, run, restrict, refine, swaps, compare, labels, activation,
-                                     max_length, vocab, progress))
+        results += _attack_group(group, [encoded[i] for i in group], [list(batches[i]) for i in group], out,
+                                 model, config, run, dummy, peel, restrict, refine, swaps, compare, labels, activation,
+                                 max_length, vocab, progress)
     return TextAttackRun(out, results, model, restrict, refine, labels)
 
 
-def _attack_group(group, originals, texts, out, model, config, run, restrict, refine, swaps, compare, labels,
-                  activation, max_length, vocab, progress) -> AttackResult:
-    """One engine run for the batches ``group`` of one shape; fills ``out[group[t]]``."""
+def _attack_group(group, originals, texts, out, model, config, run, dummy, peel, restrict, refine, swaps, compare,
+                  labels, activation, max_length, vocab, progress) -> list[AttackResult]:
+    """The batches ``group`` of one shape (one engine run for all, or one per batch with the bag dummy);
+    fills ``out[group[t]]``, returns the engine runs."""
     size, length = originals[0].shape
     masked = masked_positions(length, config.seed)
     net = build_text_model(model, length, masked, vocab.size, activation=activation, max_length=max_length)
@@ -479,34 +502,29 @@ def _attack_group(group, originals, texts, out, model, config, run, restrict, re
         q = np.asarray(_mean_prediction(net, params), np.float64)
         bias = np.asarray(grads["decoder"]["bias"], np.float64)
         label_bags = count_labels(bias, q, size * len(masked))  # [T, BM] sorted
-    if labels == "bias" and max(_orderings(bag.tolist()) for bag in label_bags) <= MAX_ORDERINGS:
-        placements = [sorted(set(itertools.permutations(bag.tolist()))) for bag in label_bags]
-        owner = np.concatenate([np.full(len(p), t) for t, p in enumerate(placements)])
-        fixed = np.asarray([p for ps in placements for p in ps]).reshape(len(owner), size, len(masked))
-        result = run_attack(net, params, jax.tree.map(lambda g: g[owner], grads), size,
-                            dataclasses.replace(config, labels="analytic"), fixed_labels=fixed, run=run,
-                            progress=progress)
+    fixed_positions = np.zeros((size, length), bool)
+    fixed_positions[:, [0, *masked]] = True
+    if size == 1:
+        fixed_positions[:, length - 1] = True  # one sentence: L is its length, [SEP] ends it
+    if dummy == "embeddings":
+        solved, results = _embedding_runs(net, params, grads, size, config, run, progress, label_bags)
     else:
-        owner = np.arange(len(group))
-        result = run_attack(net, params, grads, size, config, run=run, progress=progress)
+        known = [(0, vocabularies.CLS), *((m, vocabularies.MASK) for m in masked)]
+        if size == 1:
+            known.append((length - 1, vocabularies.SEP))
+        solved, results = [], []
+        for t in range(len(group)):
+            one, result = _bag_run(net, table, params, np.flatnonzero(bag_of_tokens(embedding_grads[t])),
+                                   np.asarray(embedding_grads[t]), jax.tree.map(lambda g: g[t:t + 1], grads), size,
+                                   config, run, progress, None if label_bags is None else label_bags[t], known)
+            solved.append(one)
+            results.append(result)
     for t, index in enumerate(group):
-        rows = np.flatnonzero(owner == t)
-        best = rows[np.argmin(np.where(np.isfinite(result.best_loss[rows]), result.best_loss[rows], np.inf))]
-        if result.label_logits is None:
-            slot_labels = result.best_labels[best]
-        elif labels == "bias":
-            slot_labels = assign_labels(result.label_logits[best, result.best_restart[best]], label_bags[t])
-        else:
-            slot_labels = result.best_labels[best]
+        embeddings, slot_labels = solved[t].embeddings, solved[t].labels
         bag = bag_of_tokens(embedding_grads[t])
         target = (embedding_grads[t], jax.tree.map(lambda g: g[t], grads))
         distance_fn = discrete_distance_fn(net, masked, table, params, *target)
         scale = sum(float(jnp.vdot(g, g)) for g in jax.tree.leaves(target))
-        embeddings = result.best_images[best]  # [B, L, E]
-        fixed_positions = np.zeros((size, length), bool)
-        fixed_positions[:, [0, *masked]] = True
-        if size == 1:
-            fixed_positions[:, length - 1] = True  # one sentence: L is its length, [SEP] ends it
         free = ~fixed_positions
         bag_ids = bag & (np.arange(vocab.size) != vocabularies.MASK)
         k = int(min(bag_ids.sum(), CANDIDATES))
@@ -517,11 +535,7 @@ def _attack_group(group, originals, texts, out, model, config, run, restrict, re
         for refined, restricted in variants:
             suffix = "+bag" if restricted else ""
             candidates = bag_ids if restricted else None
-            ids = nearest_tokens(embeddings, table, candidates)
-            ids[:, 0] = vocabularies.CLS
-            if size == 1:
-                ids[:, length - 1] = vocabularies.SEP
-            ids[:, list(masked)] = slot_labels
+            ids = _decoded(embeddings, table, candidates, slot_labels, masked, sep_last=size == 1)
             decodings["nearest" + suffix] = {"ids": ids, "scores": score(originals[t], ids, vocab),
                                              "distance": float(distance_fn(ids[None])[0])}
             if not refined:
@@ -535,13 +549,225 @@ def _attack_group(group, originals, texts, out, model, config, run, restrict, re
                     tolerance=REPRODUCED * scale, shift_groups=groups[:size] if swap_groups else ())
                 decodings[name + suffix] = {"ids": better, "scores": score(originals[t], better, vocab),
                                             "distance": distance, "moves": moves}
-        chosen = decodings[("refined" if refine else "nearest") + ("+bag" if restrict else "")]
+        name = ("refined" if refine else "nearest") + ("+bag" if restrict else "")
+        if (refine and peel and dummy == "bag" and label_bags is not None and size > 1
+                and decodings[name]["distance"] > REPRODUCED * scale):
+            peeled, distance, rounds = peel_sentences(net, table, params, masked, target, decodings[name]["ids"],
+                                                      decodings[name]["distance"], label_bags[t], config, run,
+                                                      swaps, scale)
+            name = "peeled" + ("+bag" if restrict else "")
+            decodings[name] = {"ids": peeled, "scores": score(originals[t], peeled, vocab), "distance": distance,
+                               "rounds": rounds}
+        chosen = decodings[name]
         out[index] = BatchResult(
             texts=texts[t], original=originals[t], recovered=chosen["ids"], masked=masked,
-            snapshots=nearest_tokens(result.snapshots[best], table, bag_ids if restrict else None),
-            snapshot_iterations=result.snapshot_iterations[best], bag_size=int(bag.sum()),
-            loss=float(result.best_loss[best]), gradient_norm2=scale,
-            orderings=len(rows) if result.label_logits is None else 0,
-            scores=chosen["scores"], decodings=decodings, vocab=vocab,
+            snapshots=nearest_tokens(solved[t].snapshots, table, bag_ids if restrict else None),
+            snapshot_iterations=solved[t].snapshot_iterations, bag_size=int(bag.sum()),
+            loss=solved[t].loss, gradient_norm2=scale, orderings=solved[t].orderings,
+            scores=chosen["scores"], decodings=decodings, decoding=name, vocab=vocab,
         )
-    return result
+    return results
+
+
+def _decoded(embeddings, table, candidates, slot_labels, masked, sep_last: bool) -> np.ndarray:
+    """``[B, L]`` ids: each embedding's nearest token (among ``candidates``), ``[CLS]`` first, the masked
+    slots' labels and, with ``sep_last``, ``[SEP]`` last."""
+    ids = nearest_tokens(embeddings, table, candidates)
+    ids[:, 0] = vocabularies.CLS
+    if sep_last:
+        ids[:, -1] = vocabularies.SEP
+    ids[:, list(masked)] = slot_labels
+    return ids
+
+
+@dataclasses.dataclass
+class _Solved:
+    """One target's continuous match: the best restart's ``embeddings [B, L, E]`` and ``snapshots
+    [S, B, L, E]`` at ``snapshot_iterations [S]``, the masked slots' ``labels [B, M]``, its objective
+    ``loss`` and how many label ``orderings`` ran as targets (0: labels optimised, then assigned)."""
+
+    embeddings: np.ndarray
+    snapshots: np.ndarray
+    snapshot_iterations: np.ndarray
+    labels: np.ndarray
+    loss: float
+    orderings: int
+
+
+def _best_of(result: AttackResult, rows: np.ndarray) -> int:
+    """The row of ``rows`` (targets of ``result``) whose best restart matches best."""
+    losses = result.best_loss[rows]
+    return int(rows[np.argmin(np.where(np.isfinite(losses), losses, np.inf))])
+
+
+def _label_placements(bag: np.ndarray, size: int, masked_count: int) -> np.ndarray:
+    """``[P, B, M]``: every distinct placement of the multiset ``bag`` on the ``B x M`` masked slots."""
+    return np.asarray(sorted(set(itertools.permutations(bag.tolist())))).reshape(-1, size, masked_count)
+
+
+def _embedding_runs(net, params, grads, size, config, run, progress, label_bags):
+    """The dummy as free embeddings: one engine run for every target of a group (and, when every target's
+    ``label_bags`` has at most ``MAX_ORDERINGS`` placements, each placement as one more target)."""
+    targets, masked_count = len(jax.tree.leaves(grads)[0]), net.label_axes[0]
+    if label_bags is not None and max(_orderings(bag.tolist()) for bag in label_bags) <= MAX_ORDERINGS:
+        placements = [_label_placements(bag, size, masked_count) for bag in label_bags]
+        owner = np.concatenate([np.full(len(p), t) for t, p in enumerate(placements)])
+        result = run_attack(net, params, jax.tree.map(lambda g: g[owner], grads), size,
+                            dataclasses.replace(config, labels="analytic"), fixed_labels=np.concatenate(placements),
+                            run=run, progress=progress)
+    else:
+        owner = np.arange(targets)
+        result = run_attack(net, params, grads, size, config, run=run, progress=progress)
+    solved = []
+    for t in range(targets):
+        rows = np.flatnonzero(owner == t)
+        best = _best_of(result, rows)
+        if result.label_logits is not None and label_bags is not None:
+            slot_labels = assign_labels(result.label_logits[best, result.best_restart[best]], label_bags[t])
+        else:
+            slot_labels = result.best_labels[best]
+        solved.append(_Solved(result.best_images[best], result.snapshots[best], result.snapshot_iterations[best],
+                              slot_labels, float(result.best_loss[best]),
+                              len(rows) if result.label_logits is None else 0))
+    return solved, [result]
+
+
+def _bag_run(net, table, params, bag, embedding_grad, grads, size, config, run, progress, label_bag, known
+             ) -> tuple[_Solved, AttackResult]:
+    """The dummy as token weights over ``bag`` (token ids; :class:`~dlg_jax.models.bert.BagWeightsMLM`),
+    matched on the encoder's gradient and the bag's rows of ``dW_emb``, for one target (``grads`` with a
+    leading axis of 1); ``known``: ``(position, token)`` pairs the attacker knows. With ``label_bag`` the
+    labels are restricted to its tokens, and their placements are enumerated as targets when there are
+    at most ``MAX_ORDERINGS``."""
+    row = {int(v): i for i, v in enumerate(bag)}
+    enumerate_labels = label_bag is not None and _orderings(list(label_bag)) <= MAX_ORDERINGS
+    label_tokens = None if label_bag is None else np.unique(label_bag)
+    module = BagWeightsMLM(net.module, len(bag), tuple(p for p, _ in known), tuple(row[v] for _, v in known),
+                           None if label_tokens is None else tuple(int(v) for v in label_tokens))
+    classes = net.num_classes if label_tokens is None else len(label_tokens) + 1
+    model = Model(f"{net.name}-bag", module, (net.input_shape[0], len(bag)), classes, label_axes=net.label_axes,
+                  modality="text")
+    weights = {"bag_embeddings": table[bag], "encoder": params}
+    target = {"bag_embeddings": jnp.asarray(embedding_grad[bag])[None], "encoder": grads}
+    if enumerate_labels:
+        placements = _label_placements(label_bag, size, net.label_axes[0])
+        result = run_attack(model, weights, jax.tree.map(lambda g: jnp.repeat(g, len(placements), 0), target), size,
+                            dataclasses.replace(config, labels="analytic"),
+                            fixed_labels=np.searchsorted(label_tokens, placements), run=run, progress=progress)
+        best = _best_of(result, np.arange(len(placements)))
+        slot_labels = label_tokens[result.best_labels[best]]
+    else:
+        result = run_attack(model, weights, target, size, config, run=run, progress=progress)
+        best = 0
+        if label_tokens is None:
+            slot_labels = result.best_labels[0]
+        else:
+            slot_labels = assign_labels(result.label_logits[0, result.best_restart[0]][..., :-1], label_bag,
+                                        classes=label_tokens)
+    rows = np.asarray(table, np.float64)[bag] / math.sqrt(len(bag))
+    solved = _Solved(np.asarray(result.best_images[best], np.float64) @ rows,
+                     np.asarray(result.snapshots[best], np.float64) @ rows, result.snapshot_iterations[best],
+                     slot_labels, float(result.best_loss[best]), len(placements) if enumerate_labels else 0)
+    return solved, result
+
+
+def peel_sentences(net, table, params, masked, target, ids, distance, label_bag, config, run, swaps, scale,
+                   rounds: int | None = None) -> tuple[np.ndarray, float, int]:
+    """Solve a batch sentence by sentence: keep the recovered sentences the gradient certifies and attack
+    the rest again as a smaller batch (the bag dummy, then the refinement), for ``rounds`` rounds (default
+    ``B``); a new batch is kept only if its exact distance is lower. Returns ``(ids [B, L], distance,
+    rounds run)``.
+
+    The batch's gradient is a sum over its sentences, ``dW = sum_b g_b`` with ``g_b`` the gradient of
+    ``loss_b / B`` (no batch statistics couple them). A token that occurs once in the recovered inputs
+    ``s`` has its row of ``dW_emb`` from one position alone: ``dW_emb[s_bl] = u_bl`` (``u_b = dg_b/dx_b``,
+    :func:`sentence_input_gradients`) if sentence ``b`` is the private one (and no other private sentence
+    holds the token). A sentence is *certified* when this holds, to ``1e-3`` relative, at two or more such
+    positions (``u_b`` depends on the whole sentence and its labels through attention, so a wrong token
+    anywhere moves every ``u_bl``: a wrong sentence matches at none). The
+    certified sentences' ``g_b`` are subtracted: ``B / B'`` times the residual is the gradient of the
+    ``B'`` others, whose bag is the rows of ``dW_emb`` still above ``1e-3`` of their norm and whose label
+    bag is ``label_bag`` less the certified sentences' labels."""
+    embedding_grad, grads = (np.asarray(target[0], np.float64), jax.tree.map(lambda g: np.asarray(g, np.float64),
+                                                                                target[1]))
+    size, length = ids.shape
+    distance_fn = discrete_distance_fn(net, masked, table, params, *target)
+    done = 0
+    for done in range(1, (size if rounds is None else rounds) + 1):
+        u, encoder = sentence_input_gradients(net, masked, table, params, jnp.asarray(ids))
+        u, encoder = np.asarray(u, np.float64), jax.tree.map(lambda g: np.asarray(g, np.float64), encoder)
+        inputs = ids.copy()
+        inputs[:, list(masked)] = vocabularies.MASK
+        certified = _certified(inputs, u, embedding_grad)
+        rest = np.flatnonzero(~certified)
+        labels_left = Counter(label_bag.tolist())
+        labels_left.subtract(Counter(ids[certified][:, list(masked)].ravel().tolist()))
+        if not certified.any() or not len(rest) or min(labels_left.values()) < 0:
+            break
+        residual = embedding_grad.copy()
+        np.add.at(residual, inputs[certified].ravel(), -u[certified].reshape(-1, u.shape[-1]))
+        factor = size / len(rest)
+        sub_embedding = residual * factor
+        sub_grads = jax.tree.map(lambda g, e: (g - e[certified].sum(0)) * factor, grads, encoder)
+        used = np.linalg.norm(embedding_grad, axis=-1)
+        bag = np.union1d(np.flatnonzero(np.linalg.norm(residual, axis=-1) > 1e-3 * np.maximum(used, 1e-30)),
+                         [vocabularies.CLS, vocabularies.MASK])
+        sub_labels = np.asarray(sorted(labels_left.elements()))
+        known = [(0, vocabularies.CLS), *((m, vocabularies.MASK) for m in masked)]
+        dtype = jnp.dtype(config.dtype)
+        sub_target = (jnp.asarray(sub_embedding, dtype), jax.tree.map(lambda g: jnp.asarray(g, dtype), sub_grads))
+        solved, _ = _bag_run(net, table, params, bag, sub_target[0], jax.tree.map(lambda g: g[None], sub_target[1]),
+                             len(rest), config, run, None, sub_labels, known)
+        candidates = np.zeros(len(table), bool)
+        candidates[bag] = True
+        candidates[vocabularies.MASK] = False
+        sub_ids = _decoded(solved.embeddings, table, candidates, solved.labels, masked, sep_last=False)
+        free = np.ones(sub_ids.shape, bool)
+        free[:, [0, *masked]] = False
+        groups = [[(b, l) for l in range(length) if free[b, l]] for b in range(len(rest))]
+        groups.append([(b, l) for b in range(len(rest)) for l in masked])
+        sub_distance = discrete_distance_fn(net, masked, table, params, *sub_target)
+        sub_ids, _, _ = refine_tokens(
+            sub_distance, sub_ids, free, _nearest_k(solved.embeddings, table, min(CANDIDATES, len(bag)), candidates),
+            groups if swaps else [], max_moves=2 * len(rest) * length, tolerance=REPRODUCED * scale,
+            shift_groups=groups[:-1] if swaps else ())
+        trial = ids.copy()
+        trial[rest] = sub_ids
+        value = float(distance_fn(trial[None])[0])
+        if not value < distance:
+            break
+        ids, distance = trial, value
+        if distance <= REPRODUCED * scale:
+            break
+    return ids, distance, done
+
+
+def _certified(inputs: np.ndarray, u: np.ndarray, embedding_grad: np.ndarray, tolerance: float = 1e-3,
+               positions: int = 2) -> np.ndarray:
+    """``[B]`` bool: sentences of ``inputs [B, L]`` whose input gradients ``u [B, L, E]`` equal the rows of
+    ``embedding_grad [V, E]`` (to ``tolerance`` relative) at ``positions`` or more positions holding a token
+    that occurs once in ``inputs`` (see :func:`peel_sentences`). Such a position that does not match is no
+    evidence against the sentence: the private batch may hold its token again, where another recovered
+    sentence has it wrong."""
+    tokens, counts = np.unique(inputs, return_counts=True)
+    once = np.isin(inputs, tokens[counts == 1]) & (inputs != vocabularies.CLS) & (inputs != vocabularies.MASK)
+    rows = embedding_grad[inputs]
+    error = np.linalg.norm(u - rows, axis=-1) / np.maximum(np.linalg.norm(rows, axis=-1), 1e-30)
+    return np.sum(once & (error <= tolerance), axis=1) >= positions
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def sentence_input_gradients(model: Model, masked: tuple[int, ...], table, params, ids):
+    """Each sentence's share of a batch's gradient: for ``ids [B, L]`` (masked positions holding their
+    labels), ``u [B, L, E]`` and the encoder's gradient (leading axis ``B``) of ``loss_b / B``, ``loss_b``
+    the masked-LM loss of sentence ``b`` alone; their sum over ``b`` is the batch's gradient (``dW_emb`` is
+    ``sum_bl onehot(s_bl) u_bl``)."""
+    positions = np.asarray(masked)
+    inputs = ids.at[:, positions].set(vocabularies.MASK)
+    targets = one_hot(ids[:, positions], model.num_classes, table.dtype)
+    size = ids.shape[0]
+
+    def one(x, t):
+        return jax.grad(lambda x, p: batch_loss(model, p, x[None], t[None]) / size, argnums=(0, 1))(x, params)
+
+    return jax.vmap(one)(table[inputs], targets)

@@ -16,7 +16,8 @@ from dlg_jax.attack.objectives import TAG_L1, tag_distance
 from dlg_jax.cli import main
 from dlg_jax.data import vocabulary
 from dlg_jax.errors import DLGInputError
-from dlg_jax.models.bert import build_text_model, init_text_weights
+from dlg_jax.models import Model
+from dlg_jax.models.bert import BagWeightsMLM, build_text_model, init_text_weights
 from dlg_jax.text import (
     attack_sentences,
     bag_of_tokens,
@@ -24,12 +25,14 @@ from dlg_jax.text import (
     encode_batch,
     masked_positions,
     nearest_tokens,
+    peel_sentences,
     refine_tokens,
     score,
     text_attack_config,
+    text_run_options,
     text_shared_gradients,
 )
-from dlg_jax.victim.gradients import soft_cross_entropy
+from dlg_jax.victim.gradients import batch_loss, one_hot, soft_cross_entropy
 
 SENTENCE = "please send the password to the office"
 
@@ -118,18 +121,46 @@ def test_masked_lm_loss_and_bag_of_tokens():
     assert grads["decoder"]["kernel"].shape[0] == 1
 
 
+def test_bag_weights_model_at_one_hot_weights_gives_the_victims_gradient():
+    """Token weights over the bag, one-hot (times sqrt(n)), reproduce the victim's gradient: the encoder's
+    and the bag's rows of dW_emb; restricted to the label bag (plus one class for the rest), too."""
+    ids = encode_batch(["the cat sat on the warm mat", "a dog ran to the old red barn"], 64)
+    masked = masked_positions(ids.shape[1], 0)
+    net = build_text_model("bert-tiny", ids.shape[1], masked, vocabulary.vocab_size())
+    table, params = init_text_weights(net, jax.random.key(1))
+    inputs = ids.copy()
+    inputs[:, list(masked)] = vocabulary.MASK
+    labels = ids[:, list(masked)]
+    embedding_grads, grads = text_shared_gradients(net, table, params, inputs[None], labels[None])
+    bag = np.flatnonzero(bag_of_tokens(embedding_grads[0]))
+    rows = np.searchsorted(bag, inputs)
+    weights = jax.nn.one_hot(rows, len(bag)) * np.sqrt(len(bag))
+    reference = {"bag_embeddings": embedding_grads[0][bag], "encoder": jax.tree.map(lambda g: g[0], grads)}
+    mask_row = int(np.searchsorted(bag, vocabulary.MASK))
+    label_tokens = tuple(np.unique(labels).tolist())
+    for tokens, targets in ((None, labels), (label_tokens, np.searchsorted(label_tokens, labels))):
+        module = BagWeightsMLM(net.module, len(bag), masked, (mask_row,) * len(masked), tokens)
+        classes = net.num_classes if tokens is None else len(tokens) + 1
+        model = Model("bag", module, (ids.shape[1], len(bag)), classes, label_axes=net.label_axes, modality="text")
+        got = jax.grad(lambda w: batch_loss(model, w, weights, one_hot(jnp.asarray(targets), classes)))(
+            {"bag_embeddings": table[bag], "encoder": params})
+        largest = max(float(jnp.abs(b).max()) for b in jax.tree.leaves(reference))
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(reference)):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * largest)
+
+
 @pytest.fixture(scope="module")
 def default_run():
     """The CLI's default attack (bert-small, default config) on the done-when sentence, run once."""
     return attack_sentences([SENTENCE])
 
 
-def test_engine_runs_on_embeddings_with_label_axes(default_run):
-    result, length = default_run.results[0], len(default_run.sentences[0].original)
-    restarts = text_attack_config().restarts
-    assert result.images.shape == (1, restarts, 1, length, 64)  # [T, R, B, L, E]
+def test_engine_runs_on_token_weights_with_label_axes(default_run):
+    result, sentence = default_run.results[0], default_run.sentences[0]
+    length, restarts, bag = len(sentence.original), text_attack_config().restarts, sentence.bag_size
+    assert result.images.shape == (1, restarts, 1, length, bag)  # [T, R, B, L, n]: weights over the bag
     assert result.labels.shape == (1, restarts, 1, 1)  # [T, R, B, M]: the masked token, read off the bias
-    assert result.snapshots.dtype == np.float32 and result.snapshots.shape == (1, 6, 1, length, 64)
+    assert result.snapshots.dtype == np.float32 and result.snapshots.shape == (1, 6, 1, length, bag)
     model = build_text_model("bert-small", length, (2,), vocabulary.vocab_size())
     params = jax.eval_shape(model.init, jax.random.key(0))
     grads = jax.tree.map(lambda p: jnp.zeros((1, *p.shape)), params)
@@ -160,11 +191,12 @@ def test_restricted_attack_recovers_a_longer_sentence_with_pieces():
     assert sentence.bag_size <= len(sentence.original)
 
 
-def test_joint_labels_are_optimised_with_the_embeddings():
+def test_joint_labels_are_optimised_with_free_embeddings():
     run = attack_sentences([SENTENCE], "bert-tiny", text_attack_config(restarts=1, iterations=2), labels="joint",
-                           refine=False)
+                           refine=False, dummy="embeddings")
     result, sentence = run.results[0], run.sentences[0]
     assert result.label_logits.shape == (1, 1, 1, len(sentence.masked), vocabulary.vocab_size())
+    assert result.images.shape[-1] == 32  # [T, R, B, L, E]: bert-tiny's embeddings
     masked = list(sentence.masked)
     assert sentence.decodings["nearest+bag"]["ids"][0, masked].tolist() == result.best_labels[0, 0].tolist()
 
@@ -240,6 +272,32 @@ def test_refinement_keeps_only_changes_that_lower_the_exact_distance(tiny_victim
     # a budget of one change: the result is never worse than where it started
     _, one, _ = refine_tokens(distance, wrong, free, candidates, groups, max_moves=1)
     assert one < start
+
+
+def test_peeling_keeps_the_certified_sentence_and_solves_the_other_again():
+    """A batch of two with the second sentence wrong (two words exchanged): the first is certified by its
+    input gradients, its share is subtracted, and the second is recovered alone from the residual."""
+    ids = encode_batch(["the cat sat on the warm mat", "a dog ran to the old red barn"], 64)
+    masked = masked_positions(ids.shape[1], 0)
+    net = build_text_model("bert-small", ids.shape[1], masked, vocabulary.vocab_size())
+    table, params = init_text_weights(net, jax.random.key(0))
+    inputs = ids.copy()
+    inputs[:, list(masked)] = vocabulary.MASK
+    embedding_grads, grads = text_shared_gradients(net, table, params, inputs[None], ids[None][..., list(masked)])
+    target = (embedding_grads[0], jax.tree.map(lambda g: g[0], grads))
+    scale = sum(float(jnp.vdot(g, g)) for g in jax.tree.leaves(target))
+    wrong = ids.copy()
+    wrong[1, [2, 6]] = ids[1, [6, 2]]
+    distance = float(discrete_distance_fn(net, masked, table, params, *target)(wrong[None])[0])
+    config = text_attack_config(restarts=2, iterations=300)
+    peeled, value, rounds = peel_sentences(net, table, params, masked, target, wrong, distance,
+                                           np.sort(ids[:, list(masked)].ravel()), config,
+                                           text_run_options(300), True, scale, rounds=1)
+    assert peeled.tolist() == ids.tolist() and value < 1e-6 * scale and rounds == 1
+    # from the private batch, every sentence is certified: nothing is left to attack again
+    same, value, _ = peel_sentences(net, table, params, masked, target, ids, 1.0, np.sort(ids[:, list(masked)].ravel()),
+                                    config, text_run_options(300), True, scale)
+    assert same.tolist() == ids.tolist() and value == 1.0
 
 
 def test_small_budget_refinement_never_loses_to_the_decoded_sentence():

@@ -12,14 +12,15 @@ from dlg_jax.errors import DLGInputError
 
 def register(subparsers):
     from dlg_jax.models.bert import DEFAULT_TEXT_MODEL, MAX_LENGTH, TEXT_ACTIVATIONS
-    from dlg_jax.text import TEXT_LABELS, text_attack_config
+    from dlg_jax.text import TEXT_DUMMIES, TEXT_LABELS, text_attack_config
 
     defaults = text_attack_config()
     parser = subparsers.add_parser(
         "attack-text", help="recover sentences from the gradient of one masked-LM step",
         description="DLG on text: a BERT-style model takes one masked-LM step on a batch of SENTENCEs (one "
-                    "gradient for all of them); the attack matches the shared gradient with dummy word "
-                    "embeddings and maps them to the nearest tokens. Words outside the vocabulary are split into "
+                    "gradient for all of them); the attack matches the shared gradient with dummy tokens "
+                    "(weights over the bag of input tokens, or free word embeddings) and maps them to the nearest "
+                    "tokens. Words outside the vocabulary are split into "
                     "WordPiece pieces; a character that maps to [UNK] is an error.")
     parser.add_argument("sentences", nargs="+", metavar="sentence",
                         help="the private sentences, one batch (English words, digits, punctuation)")
@@ -33,6 +34,10 @@ def register(subparsers):
                         help=f"random restarts (default: {defaults.restarts})")
     parser.add_argument("--iterations", type=positive_int, default=defaults.iterations,
                         help=f"L-BFGS iterations per restart (default: {defaults.iterations})")
+    parser.add_argument("--dummy", default="bag", choices=TEXT_DUMMIES,
+                        help="what is optimised: bag (weights over the bag of input tokens, read off the "
+                             "embedding gradient, whose rows are matched too) or embeddings (free word "
+                             "embeddings, DLG's) (default: bag)")
     parser.add_argument("--restrict-tokens", action=argparse.BooleanOptionalAction, default=True,
                         help="decode only to the tokens whose embedding-gradient row is non-zero, the bag of "
                              "tokens (default: on; --no-restrict-tokens: the whole vocabulary)")
@@ -41,6 +46,9 @@ def register(subparsers):
                              "it lowers the exact gradient distance (default: on)")
     parser.add_argument("--swaps", action=argparse.BooleanOptionalAction, default=True,
                         help="the refinement also swaps two tokens of a sentence or two masked labels (default: on)")
+    parser.add_argument("--peel", action=argparse.BooleanOptionalAction, default=True,
+                        help="a batch the refinement leaves unreproduced: keep the sentences the gradient "
+                             "certifies, subtract their share and attack the rest again (bag dummy; default: on)")
     parser.add_argument("--distance", default="l2", choices=("l2", "tag"),
                         help="gradient matching: l2 (DLG) or tag (L2 + L1, TAG) (default: l2)")
     parser.add_argument("--labels", default="bias", choices=TEXT_LABELS,
@@ -75,7 +83,8 @@ def run(args) -> int:
     started = time.perf_counter()
     try:
         attack = attack_batches([args.sentences], args.model, config, restrict=args.restrict_tokens,
-                                refine=args.refine, swaps=args.swaps, labels=args.labels,
+                                refine=args.refine, swaps=args.swaps, labels=args.labels, dummy=args.dummy,
+                                peel=args.peel,
                                 activation=args.activation, max_length=args.max_length, progress=bar,
                                 run=text_run_options(config.iterations, memory_budget=args.memory_budget))
     finally:
@@ -99,15 +108,18 @@ def run(args) -> int:
                  + (f", duplicates {scores['duplicates']}" if several else "")
                  + f"; objective {batch.loss:.2e}; bag of tokens {batch.bag_size}; "
                  f"wall {wall:.1f} s (compile {result.compile_seconds:.1f} s)")
-    chosen = batch.decodings[("refined" if args.refine else "nearest") + ("+bag" if args.restrict_tokens else "")]
+    chosen = batch.decodings[batch.decoding]
     if args.refine:
         start = batch.decodings["nearest" + ("+bag" if args.restrict_tokens else "")]
-        lines.append(f"gradient distance of the recovered tokens {chosen['distance']:.2e} after {chosen['moves']} "
-                     f"changes (decoded {start['distance']:.2e}; |dW|^2 = {batch.gradient_norm2:.3g})")
+        refined = batch.decodings["refined" + ("+bag" if args.restrict_tokens else "")]
+        peeled = (f", then {chosen['rounds']} round(s) of sentence by sentence" if "rounds" in chosen else "")
+        lines.append(f"gradient distance of the recovered tokens {chosen['distance']:.2e} after {refined['moves']} "
+                     f"changes{peeled} (decoded {start['distance']:.2e}; |dW|^2 = {batch.gradient_norm2:.3g})")
     report = "\n".join(lines) + "\n"
     payload = {
         "command": "attack-text", "model": args.model, "activation": args.activation, "max_length": args.max_length,
         "restrict_tokens": args.restrict_tokens, "refine": args.refine, "swaps": args.swaps, "labels": args.labels,
+        "dummy": args.dummy, "peel": args.peel, "decoding": batch.decoding,
         "config": dataclasses.asdict(config), "sentences": args.sentences, "vocabulary_size": batch.vocab.size,
         "original_tokens": [vocabulary.tokens(ids) for ids in batch.original],
         "recovered_tokens": [vocabulary.tokens(s.recovered) for s in attack.sentences],

@@ -84,7 +84,8 @@ AXIS_KEYS = tuple(dict.fromkeys((*POINT_KEYS, *CONFIG_KEYS, *RUN_KEYS, *SOLVER_K
 TOP_KEYS = ("name", "study", "budget", "axes", "quick", "grids")
 PART_KEYS = ("budget", "axes", "quick")
 MODEL_OPTIONS = ("activation", "norm", "strides", "init", "num_classes")
-TEXT_MODEL_OPTIONS = ("vocabulary_size",)  # text models (a masked-LM BERT, dlg_jax.text): its vocabulary
+# text models (a masked-LM BERT, dlg_jax.text): its vocabulary and the attack's dummy (default: embeddings)
+TEXT_MODEL_OPTIONS = ("vocabulary_size", "dummy")
 DATA_OPTIONS = ("split", "data_dir", "image_size")
 DEFAULTS = {"attack": "dlg", "model": "lenet", "dataset": "colour", "batch_size": 1, "defense": "none",
             "targets": 1}

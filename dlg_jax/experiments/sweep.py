@@ -157,7 +157,7 @@ def attack_rows(point: Point, progress: Callable[[Progress], None] | None = None
 
 def text_rows(point: Point, progress: Callable[[Progress], None] | None = None) -> list[dict]:
     """Run one text point (:func:`dlg_jax.text.attack_batches` on the first ``targets`` batches of its
-    sentence set, every decoding compared); one row per target: per decoding ``D`` the batch's mean
+    sentence set, every decoding compared; the model option ``dummy``, default ``"embeddings"``); one row per target: per decoding ``D`` the batch's mean
     ``D/token_accuracy``, ``D/exact_match``, ``D/bleu``, ``D/rouge1``, ``D/rougeL``, ``D/duplicates`` and
     ``D/relative_distance`` (its exact gradient distance over ``||dW||^2``), the continuous objective
     over ``||dW||^2``, the sentences and their recoveries, the point's timings and environment."""
@@ -168,8 +168,9 @@ def text_rows(point: Point, progress: Callable[[Progress], None] | None = None) 
     options = dict(point.model_options)
     placement = {k: getattr(point.run, k) for k in ("chunk_size", "devices", "memory_budget")}
     started = time.perf_counter()
+    # a text point runs DLG's free-embedding dummy unless its model option says otherwise ("bag")
     run = attack_batches(batches, point.model, point.config, compare=True, progress=progress,
-                         vocabulary_size=options.get("vocabulary_size"),
+                         vocabulary_size=options.get("vocabulary_size"), dummy=options.get("dummy", "embeddings"),
                          run=text_run_options(point.config.iterations, **placement))
     wall = time.perf_counter() - started
     shared = {

@@ -76,6 +76,47 @@ class BertMLM(nn.Module):
         return nn.Dense(self.vocab_size, name="decoder")(h)
 
 
+class BagWeightsMLM(nn.Module):
+    """:class:`BertMLM` on *token weights* over a bag of ``n`` tokens instead of free embeddings: the
+    attack's dummy for text when the bag of input tokens is known (the non-zero rows of ``dW_emb``).
+
+    ``w [B, L, n] -> x = w T / sqrt(n)`` with ``T [n, E]`` (the parameter ``bag_embeddings``: the bag's rows
+    of ``W_emb``); positions ``fixed_positions`` take the rows ``fixed_rows`` of ``T`` instead (``[CLS]``,
+    ``[MASK]``: known to the attacker), then ``encoder(x)``. For one-hot ``w`` (times ``sqrt(n)``) this is
+    the victim's lookup, and the gradient of the loss in ``T`` is ``sum_{b,l} w_bl u_bl / sqrt(n)`` with
+    ``u_bl = dloss/dx_bl``: the bag's rows of ``dW_emb``, which the attack then matches as well (``n E``
+    more equations than the encoder's gradient gives). ``w`` is not constrained to the simplex: a softmax
+    saturates and L-BFGS stalls on it.
+
+    ``label_tokens`` (sorted token ids, ``k`` of them; ``None``: all ``V`` classes): the masked slots' labels
+    restricted to those tokens (the bag read off the decoder's bias gradient). The output is then
+    ``[log p_v for v in label_tokens, log sum_{v not in label_tokens} p_v]`` (``k + 1`` classes, ``p`` the
+    model's softmax): its log-softmax is itself, so the cross-entropy of a target on the ``k`` tokens is
+    the full model's, and so is its gradient in every weight."""
+
+    encoder: BertMLM
+    bag_size: int
+    fixed_positions: tuple[int, ...] = ()
+    fixed_rows: tuple[int, ...] = ()
+    label_tokens: tuple[int, ...] | None = None
+
+    @nn.compact
+    def __call__(self, w: jnp.ndarray) -> jnp.ndarray:
+        rows = self.param("bag_embeddings", nn.initializers.normal(1.0), (self.bag_size, self.encoder.width))
+        rows = rows.astype(w.dtype)
+        x = w @ rows / jnp.sqrt(jnp.asarray(self.bag_size, w.dtype))
+        if self.fixed_positions:
+            x = x.at[:, jnp.asarray(self.fixed_positions)].set(rows[jnp.asarray(self.fixed_rows)])
+        logits = self.encoder(x)
+        if self.label_tokens is None:
+            return logits
+        log_p = jax.nn.log_softmax(logits, -1)
+        tokens = jnp.asarray(self.label_tokens)
+        others = jnp.ones(log_p.shape[-1], bool).at[tokens].set(False)
+        rest = jax.nn.logsumexp(jnp.where(others, log_p, -jnp.inf), -1, keepdims=True)
+        return jnp.concatenate([log_p[..., tokens], rest], -1)
+
+
 def build_text_model(name: str, sequence_length: int, masked_positions, vocab_size: int, *,
                      activation: str = "gelu", max_length: int = MAX_LENGTH):
     """A :class:`~dlg_jax.models.Model` for sentences of ``sequence_length`` tokens whose
