@@ -19,9 +19,10 @@
 # DLG's second domain. A client takes one masked-language-model step of a small BERT-style model on a
 # private sentence (`[CLS] tokens [SEP]`, 15% of the words replaced by `[MASK]` and predicted) and
 # shares the gradient. The attacker knows the weights, the sentence length and which positions were
-# masked, and runs the same engine as for images: continuous dummy word embeddings `[1, L, E]`
-# optimised by L-BFGS until their gradient matches, then each position decoded to its nearest
-# vocabulary token (docs/text.md).
+# masked, and runs the same engine as for images. The non-zero rows of the embedding gradient name the
+# sentence's tokens (the bag), so the dummy is a weight per position and bag token, `[1, L, n]`, whose
+# embeddings (the weighted bag rows) are optimised by L-BFGS until their gradient, the embedding rows'
+# included, matches; then each position is decoded to its nearest token (docs/text.md).
 #
 # Full settings take a minute or two on 2 CPU cores; `DLG_NOTEBOOK_SMALL=1` runs a few iterations.
 
