@@ -29,12 +29,13 @@ def test_attack_writes_grid_plot_and_metrics(tmp_path, capsys):
 
 def test_attack_with_more_classes_and_levenberg_marquardt(tmp_path):
     """``--classes 100`` widens the model's head (DLG's CIFAR LeNet); ``--solver lm-cg`` runs the
-    matrix-free least-squares solver through the same command."""
+    matrix-free least-squares solver through the same command, ``--box 0 1`` in the data range."""
     out = tmp_path / "run"
     assert main(["attack", "--iterations", "2", "--restarts", "1", "--quiet", "--classes", "100",
-                 "--solver", "lm-cg", "--cg-steps", "2", "--out", str(out)]) == 0
+                 "--solver", "lm-cg", "--cg-steps", "2", "--box", "0", "1", "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["classes"] == 100 and metrics["config"]["solver"]["name"] == "lm-cg"
+    assert metrics["config"]["box"] == [0.0, 1.0]
     assert metrics["config"]["solver"]["cg_steps"] == 2 and metrics["targets"][0]["evaluations_best"] > 2
 
 
@@ -55,6 +56,8 @@ def test_attack_with_more_classes_and_levenberg_marquardt(tmp_path):
     (["--solver", "lm", "--damping", "nan"], "argument --damping: expected a finite number > 0, got 'nan'"),
     (["--solver", "lm", "--damping", "0"], "argument --damping: expected a finite number > 0, got '0'"),
     (["--solver", "lm-cg", "--cg-steps", "0"], "argument --cg-steps: expected an integer >= 1, got '0'"),
+    (["--box", "1", "0"], "box must be (low, high) with low < high, got (1.0, 0.0)"),
+    (["--box", "0", "inf"], "box bound must be a finite number, got inf"),
     (["--solver", "lm", "--memory-budget", "100MB"],
      "is below one problem's Jacobian: solver 'lm' needs 385 MB (15826 residuals x 3082 unknowns, and J^T J); "
      "raise --memory-budget or use the matrix-free --solver lm-cg"),

@@ -121,17 +121,29 @@ def test_masked_lm_loss_and_bag_of_tokens():
     assert grads["decoder"]["kernel"].shape[0] == 1
 
 
+TWO = ["the cat sat on the warm mat", "a dog ran to the old red barn"]
+
+
+def _victim(model: str, seed: int, texts=TWO):
+    """A masked-LM victim on one batch: ``(ids [B, L], masked, model, W_emb, params, dW_emb [1, V, E],
+    encoder gradient with a leading axis of 1)``."""
+    ids = encode_batch(texts, 64)
+    masked = masked_positions(ids.shape[1], 0)
+    net = build_text_model(model, ids.shape[1], masked, vocabulary.vocab_size())
+    table, params = init_text_weights(net, jax.random.key(seed))
+    inputs = ids.copy()
+    inputs[:, list(masked)] = vocabulary.MASK
+    embedding_grads, grads = text_shared_gradients(net, table, params, inputs[None], ids[None][..., list(masked)])
+    return ids, masked, net, table, params, embedding_grads, grads
+
+
 def test_bag_weights_model_at_one_hot_weights_gives_the_victims_gradient():
     """Token weights over the bag, one-hot (times sqrt(n)), reproduce the victim's gradient: the encoder's
     and the bag's rows of dW_emb; restricted to the label bag (plus one class for the rest), too."""
-    ids = encode_batch(["the cat sat on the warm mat", "a dog ran to the old red barn"], 64)
-    masked = masked_positions(ids.shape[1], 0)
-    net = build_text_model("bert-tiny", ids.shape[1], masked, vocabulary.vocab_size())
-    table, params = init_text_weights(net, jax.random.key(1))
+    ids, masked, net, table, params, embedding_grads, grads = _victim("bert-tiny", 1)
     inputs = ids.copy()
     inputs[:, list(masked)] = vocabulary.MASK
     labels = ids[:, list(masked)]
-    embedding_grads, grads = text_shared_gradients(net, table, params, inputs[None], labels[None])
     bag = np.flatnonzero(bag_of_tokens(embedding_grads[0]))
     rows = np.searchsorted(bag, inputs)
     weights = jax.nn.one_hot(rows, len(bag)) * np.sqrt(len(bag))
@@ -237,14 +249,7 @@ def test_scores_match_sentences_to_slots_and_report_duplicates():
 @pytest.fixture(scope="module")
 def tiny_victim():
     """bert-tiny on a batch of two sentences of 8 tokens: ids, masked positions and the exact distance."""
-    ids = encode_batch(["the cat sat on the warm mat", "a dog ran to the old red barn"], 64)
-    length = ids.shape[1]
-    masked = masked_positions(length, 0)
-    model = build_text_model("bert-tiny", length, masked, vocabulary.vocab_size())
-    table, params = init_text_weights(model, jax.random.key(0))
-    inputs = ids.copy()
-    inputs[:, list(masked)] = vocabulary.MASK
-    embedding_grads, grads = text_shared_gradients(model, table, params, inputs[None], ids[None][..., list(masked)])
+    ids, masked, model, table, params, embedding_grads, grads = _victim("bert-tiny", 0)
     distance = discrete_distance_fn(model, masked, table, params, embedding_grads[0],
                                     jax.tree.map(lambda g: g[0], grads))
     return ids, masked, distance
@@ -277,13 +282,7 @@ def test_refinement_keeps_only_changes_that_lower_the_exact_distance(tiny_victim
 def test_peeling_keeps_the_certified_sentence_and_solves_the_other_again():
     """A batch of two with the second sentence wrong (two words exchanged): the first is certified by its
     input gradients, its share is subtracted, and the second is recovered alone from the residual."""
-    ids = encode_batch(["the cat sat on the warm mat", "a dog ran to the old red barn"], 64)
-    masked = masked_positions(ids.shape[1], 0)
-    net = build_text_model("bert-small", ids.shape[1], masked, vocabulary.vocab_size())
-    table, params = init_text_weights(net, jax.random.key(0))
-    inputs = ids.copy()
-    inputs[:, list(masked)] = vocabulary.MASK
-    embedding_grads, grads = text_shared_gradients(net, table, params, inputs[None], ids[None][..., list(masked)])
+    ids, masked, net, table, params, embedding_grads, grads = _victim("bert-small", 0)
     target = (embedding_grads[0], jax.tree.map(lambda g: g[0], grads))
     scale = sum(float(jnp.vdot(g, g)) for g in jax.tree.leaves(target))
     wrong = ids.copy()

@@ -74,6 +74,10 @@ def add_attack_options(parser: argparse.ArgumentParser) -> None:
                         help="joint: every slot each iteration (default); cyclic: slot i mod B at iteration i (DLG)")
     parser.add_argument("--dummy-init", default=None, choices=DUMMY_INITS,
                         help="dummy images ~ N(0, 1) (default, DLG) or ~ U(0, 1)")
+    parser.add_argument("--box", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
+                        help="keep the dummy images in [LOW, HIGH], e.g. the data range 0 1: L-BFGS and Adam clip "
+                             "after every step, Levenberg-Marquardt takes free-variable steps (default: the "
+                             "preset's; dlg: none, ig: 0 1)")
     parser.add_argument("--bn-prior", type=nonnegative_float, default=None,
                         help="weight of GradInversion's batch-norm statistics prior (models with batch norm; "
                              "reference statistics from the dataset's other images) (default: 0)")
@@ -167,6 +171,8 @@ def attack_config_from_args(args, **overrides):
     options = {name: getattr(args, name, None) for name in ("restarts", "iterations", "tolerance", "labels",
                                                    "batch_update", "dummy_init", "bn_prior", "group_consistency")}
     options = {name: value for name, value in options.items() if value is not None}
+    if getattr(args, "box", None) is not None:
+        options["box"] = tuple(args.box)
     options.update(precision=args.precision, seed=args.seed, dtype="float64" if args.float64 else "float32")
     options.update(overrides)
     config = attack_preset(getattr(args, "attack", "dlg"), **options)
