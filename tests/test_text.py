@@ -180,6 +180,7 @@ def test_engine_runs_on_token_weights_with_label_axes(default_run):
         run_attack(model, params, grads, 1, text_attack_config(restarts=1, iterations=1, tv_weight=1e-3))
 
 
+@pytest.mark.recovery
 def test_recovers_the_sentence_on_the_default_model(default_run, tmp_path):
     sentence = default_run.sentences[0]
     assert sentence.recovered.tolist() == sentence.original.tolist()
@@ -279,6 +280,7 @@ def test_refinement_keeps_only_changes_that_lower_the_exact_distance(tiny_victim
     assert one < start
 
 
+@pytest.mark.recovery
 def test_peeling_keeps_the_certified_sentence_and_solves_the_other_again():
     """A batch of two with the second sentence wrong (two words exchanged): the first is certified by its
     input gradients, its share is subtracted, and the second is recovered alone from the residual."""
