@@ -403,7 +403,7 @@ class SentenceResult:
 @dataclasses.dataclass
 class TextAttackRun:
     batches: list[BatchResult]
-    results: list[AttackResult]  # one engine run per batch shape (B, L)
+    results: list[AttackResult]  # the engine runs: one per batch shape (B, L), or per batch with the bag dummy
     model: str
     restrict: bool
     refine: bool
@@ -461,7 +461,7 @@ def attack_batches(
     ``run``: how the engine runs (default :func:`text_run_options` of the config's iterations). ``dummy``:
     ``"bag"`` (token weights over the bag of input tokens, one engine run per batch) or ``"embeddings"``
     (free word embeddings, DLG's; batches of one shape in one run); see the module doc. ``peel``: with the
-    bag dummy and refinement, a batch the refinement leaves unreproduced is solved again sentence by
+    bag dummy, the ``bias`` labels and refinement, a batch the refinement leaves unreproduced is solved again sentence by
     sentence (:func:`peel_sentences`)."""
     config = text_attack_config() if config is None else config
     run = text_run_options(config.iterations) if run is None else run
