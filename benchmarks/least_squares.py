@@ -20,6 +20,12 @@ and stops a restart once ``J <= tolerance * ||dW||^2``. Reported per case and so
   slots), and how many of those are the private batch (``exact_at_truth``): with several restarts this
   counts the zeros of the residual that the starts reach.
 
+``lbfgs+lm`` is a two-stage strategy: ``--lbfgs-iterations`` of the lockstep L-BFGS (with ``--tv-weight``,
+Inverting Gradients' total-variation prior, in this stage only), then ``--lm-iterations`` of the materialised
+Levenberg–Marquardt on the plain l2 residual from every restart's L-BFGS end
+(:func:`dlg_jax.attack.engine.continue_from`): L-BFGS restarts choose the basin, Levenberg–Marquardt
+finishes it to an exact zero; its row reports both stages (``stage1_*``: the L-BFGS end).
+
 ``jaxopt-lm`` runs ``jaxopt.LevenbergMarquardt`` (materialised Jacobian, Cholesky; no box) on the same
 residual (:func:`dlg_jax.attack.objectives.make_residual`) and starts, one problem at a time (its update computes
 the Jacobian at the trial point whether or not the step is accepted, as ours does at the current point),
@@ -30,10 +36,11 @@ Cases (``--cases``, one or more; ``box`` cases start from U(0, 1) and keep the i
 projected trial points for Levenberg–Marquardt, clipping after each step for L-BFGS)::
 
     colour-b1 digits-b1 faces-b1 digits-b2 digits-b4 digits-b8 colour-b2 colour-b2-k100 colour-b2-uniform
-    colour-b2-box colour-b2-k100-box colour-b4-box colour-b8-k100-box
+    colour-b2-box colour-b2-k100-box colour-b4-box colour-b4-k100-box colour-b8-box colour-b8-k100-box
 
     python -m benchmarks.least_squares [--cases digits-b2 colour-b1] [--solvers lbfgs lm lm-cg] [--targets 2]
-        [--restarts 1] [--lbfgs-iterations 3000] [--lm-iterations 40] [--float64] [--out DIR] [--name least_squares]
+        [--restarts 1] [--lbfgs-iterations 3000] [--lm-iterations 40] [--tv-weight 0] [--float64] [--out DIR]
+        [--name least_squares]
 
 Writes ``<out>/<name>.json`` (atomically) after every case and solver.
 """
@@ -59,9 +66,11 @@ CASES = {
     "colour-b2-box": ("colour", 2, None, "uniform", True),
     "colour-b2-k100-box": ("colour", 2, 100, "uniform", True),
     "colour-b4-box": ("colour", 4, None, "uniform", True),
+    "colour-b4-k100-box": ("colour", 4, 100, "uniform", True),
+    "colour-b8-box": ("colour", 8, None, "uniform", True),
     "colour-b8-k100-box": ("colour", 8, 100, "uniform", True),
 }
-SOLVERS = ("lbfgs", "lm", "lm-cg", "jaxopt-lm")
+SOLVERS = ("lbfgs", "lm", "lm-cg", "jaxopt-lm", "lbfgs+lm")
 SAME_SOLUTION_PSNR = 30.0
 
 
@@ -84,7 +93,7 @@ def distinct_solutions(images: np.ndarray, converged: np.ndarray, truth: np.ndar
 
 
 def run_case(name: str, solver: str, args) -> dict:
-    from dlg_jax.attack.engine import AttackConfig, RunOptions, run_attack
+    from dlg_jax.attack.engine import AttackConfig, RunOptions, continue_from, run_attack
     from dlg_jax.attack.solvers import SolverConfig
     from dlg_jax.data.datasets import get_dataset
     from dlg_jax.metrics import evaluate
@@ -100,35 +109,49 @@ def run_case(name: str, solver: str, args) -> dict:
     images = images.reshape(args.targets, batch, *source.input_shape).astype(dtype)
     labels = labels.reshape(args.targets, batch)
     grads = shared_gradients(model, params, images, labels)
-    iterations = args.lbfgs_iterations if solver == "lbfgs" else args.lm_iterations
-    config = AttackConfig(restarts=args.restarts, iterations=iterations, solver=SolverConfig(solver),
-                          tolerance=args.tolerance, dummy_init=init, box=(0.0, 1.0) if box else None,
-                          seed=args.seed, dtype=dtype)
-    options = RunOptions(chunk_size=args.chunk_size, block=1 if solver != "lbfgs" else 100, snapshots=0)
-    started = time.perf_counter()
-    result = run_attack(model, params, grads, batch, config, run=options)
+    stages = ("lbfgs", "lm") if solver == "lbfgs+lm" else (solver,)
+    started, start, results = time.perf_counter(), None, []
+    for stage in stages:
+        iterations = args.lbfgs_iterations if stage == "lbfgs" else args.lm_iterations
+        config = AttackConfig(restarts=args.restarts, iterations=iterations, solver=SolverConfig(stage),
+                              tolerance=args.tolerance, dummy_init=init, box=(0.0, 1.0) if box else None,
+                              seed=args.seed, dtype=dtype, tv_weight=args.tv_weight if stage == "lbfgs" else 0.0)
+        options = RunOptions(chunk_size=args.chunk_size, block=100 if stage == "lbfgs" else 1, snapshots=0)
+        results.append(run_attack(model, params, grads, batch, config, start=start, run=options))
+        start = continue_from(results[-1])
     wall = time.perf_counter() - started
+    result = results[-1]
     metrics = evaluate(np.clip(result.best_images, 0, 1), images, result.best_labels, labels)
     best = result.best_restart
     rows = np.arange(args.targets)
     solutions = [distinct_solutions(result.images[t], result.converged[t], images[t]) for t in rows]
     norm = np.array([sum(float(np.vdot(g[t], g[t])) for g in jax.tree.leaves(grads)) for t in rows])
-    return {
+    row = {
         "case": name, "solver": solver, "dataset": dataset, "batch_size": batch,
         "classes": model.num_classes, "dummy_init": init, "box": box, "targets": args.targets,
         "restarts": args.restarts, "iterations_budget": iterations,
+        "tv_weight": args.tv_weight if "lbfgs" in stages else 0.0,
         "recovered": int(np.sum(np.all(metrics.slot_psnr >= 30.0, axis=1))),
         "slot_psnr": np.round(metrics.slot_psnr, 2).tolist(),
         "label_accuracy": metrics.label_accuracy.tolist(),
         "relative_objective": (result.loss[rows, best] / norm).tolist(),
         "outside_data_range": np.mean((result.best_images < 0) | (result.best_images > 1), axis=(1, 2, 3, 4)).tolist(),
         "iterations": result.iterations[rows, best].tolist(),
-        "evaluations": result.evaluations[rows, best].tolist(),
-        "evaluations_all_restarts": int(result.evaluations.sum()),
+        "evaluations": sum(r.evaluations[rows, best] for r in results).tolist(),
+        "evaluations_all_restarts": int(sum(r.evaluations.sum() for r in results)),
         "converged_restarts": result.converged.sum(axis=1).tolist(),
         "exact_solutions": [s[0] for s in solutions], "exact_at_truth": [s[1] for s in solutions],
-        "run_seconds": result.run_seconds, "compile_seconds": result.compile_seconds, "wall_seconds": wall,
+        "run_seconds": sum(r.run_seconds for r in results),
+        "compile_seconds": sum(r.compile_seconds for r in results), "wall_seconds": wall,
     }
+    if len(results) == 2:  # the L-BFGS stage's end, for what the finishing stage changed
+        first = results[0]
+        stage1 = evaluate(np.clip(first.best_images, 0, 1), images, first.best_labels, labels)
+        row.update(stage1_slot_psnr=np.round(stage1.slot_psnr, 2).tolist(),
+                   stage1_relative_objective=(first.loss[rows, first.best_restart] / norm).tolist(),
+                   stage1_iterations=first.iterations[rows, best].tolist(),
+                   stage1_run_seconds=first.run_seconds)
+    return row
 
 
 def run_jaxopt(name: str, args) -> dict:
@@ -226,6 +249,8 @@ def main(argv=None):
     parser.add_argument("--lbfgs-iterations", type=common.positive_int("lbfgs iterations"), default=3000)
     parser.add_argument("--lm-iterations", type=common.positive_int("lm iterations"), default=40)
     parser.add_argument("--tolerance", type=common.nonnegative_float("tolerance"), default=1e-8)
+    parser.add_argument("--tv-weight", type=common.nonnegative_float("tv weight"), default=0.0,
+                        help="total-variation prior of the L-BFGS stage (lbfgs, lbfgs+lm; default 0)")
     parser.add_argument("--chunk-size", type=common.positive_int("chunk size"), default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--float64", action="store_true")

@@ -60,6 +60,27 @@ def test_same_seed_same_result_and_other_seed_differs(lenet, two_targets):
     assert not np.allclose(first.images, other.images)
 
 
+def test_a_given_start_is_where_the_restarts_begin(lenet, two_targets):
+    """``start`` = the dummies the seed would draw gives the same run; ``continue_from`` a run starts the
+    next one at its end (its first objective value is the first run's final one)."""
+    from dlg_jax.attack.engine import continue_from, initial_dummy
+    from dlg_jax.attack.objectives import Dummy
+
+    model, params = lenet
+    _, _, grads = two_targets
+    drawn = run_attack(model, params, grads, 1, QUICK, run=QUICK_RUN)
+    starts = [[initial_dummy(QUICK.seed, t, r, 1, model.input_shape, model.num_classes, True, np.float32)
+               for r in range(QUICK.restarts)] for t in range(2)]
+    given = Dummy(*(np.array([[getattr(d, leaf) for d in row] for row in starts]) for leaf in Dummy._fields))
+    np.testing.assert_array_equal(run_attack(model, params, grads, 1, QUICK, run=QUICK_RUN, start=given).images,
+                                  drawn.images)
+    continued = run_attack(model, params, grads, 1, QUICK, run=QUICK_RUN, start=continue_from(drawn))
+    np.testing.assert_allclose(continued.loss_history[..., 0], drawn.loss, rtol=1e-5)
+    assert np.all(continued.loss <= drawn.loss)
+    with pytest.raises(DLGInputError, match=r"start.images must have shape \(2, 3, 1, 32, 32, 3\)"):
+        run_attack(model, params, grads, 1, QUICK, run=QUICK_RUN, start=Dummy(given.images[:, :2], given.label_logits))
+
+
 def test_a_failing_restart_is_frozen_and_does_not_poison_the_others(lenet, two_targets):
     """Target 0's gradient overflows the objective (inf) for all its restarts; target 1 is unaffected."""
     model, params = lenet

@@ -1,7 +1,7 @@
 """The attack engine: what is solved and how.
 
 - :mod:`~dlg_jax.attack.engine`: :class:`AttackConfig` (what is solved), :class:`RunOptions` (how it runs),
-  :func:`run_attack` (targets x restarts vmapped, chunked
+  :func:`run_attack` (targets x restarts vmapped, chunked, from drawn or given starts: :func:`continue_from`)
   and sharded), :class:`AttackResult`;
 - :mod:`~dlg_jax.attack.objectives`: the gradient-matching objectives (L2, cosine, TAG, priors) and the
   least-squares residual;
@@ -14,10 +14,11 @@
   :mod:`~dlg_jax.attack.precision`, :mod:`~dlg_jax.attack.compile_cache`.
 """
 
-from dlg_jax.attack.engine import AttackConfig, AttackResult, RunOptions, run_attack
+from dlg_jax.attack.engine import AttackConfig, AttackResult, RunOptions, continue_from, run_attack
 from dlg_jax.attack.labels import recover_labels
 from dlg_jax.attack.presets import attack_preset
 from dlg_jax.attack.solvers import SolverConfig, make_solver
 
-__all__ = ["AttackConfig", "AttackResult", "RunOptions", "SolverConfig", "attack_preset", "make_solver", "recover_labels",
+__all__ = ["AttackConfig", "AttackResult", "RunOptions", "SolverConfig", "attack_preset", "continue_from", "make_solver",
+           "recover_labels",
            "run_attack"]

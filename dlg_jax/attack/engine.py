@@ -452,9 +452,11 @@ class _Plan(NamedTuple):
     problems: int
     chunk: int
     mesh: jax.sharding.Mesh | None
+    start: Dummy | None = None  # starting dummies [T, R, ...] (None: drawn by initial_dummy)
 
 
-def _plan(model, params, target_grads, batch_size, config, run, fixed_labels, bn_statistics=None) -> _Plan:
+def _plan(model, params, target_grads, batch_size, config, run, fixed_labels, bn_statistics=None,
+          start=None) -> _Plan:
     if not isinstance(config, AttackConfig):
         raise DLGInputError(f"config must be an AttackConfig, got {type(config).__name__}")
     if not isinstance(run, RunOptions):
@@ -499,7 +501,8 @@ def _plan(model, params, target_grads, batch_size, config, run, fixed_labels, bn
     per_device = -(-problems // devices)
     plan = _Plan(model, params, target_grads, fixed_targets, fixed_labels, bn_statistics, batch_size, config, run,
                  joint, problems, _whole_targets(min(run.chunk_size or default_chunk_size(), per_device) * devices,
-                                                 config, devices), mesh)
+                                                 config, devices), mesh,
+                 _checked_start(start, model, targets, batch_size, config, joint))
     if run.memory_budget is None:
         return plan
     from dlg_jax.attack.memory import chunk_for_budget, compiled_bytes, format_bytes
@@ -562,14 +565,37 @@ def _placed(tree, mesh, spec):
     return jax.device_put(tree, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(spec)))
 
 
+def _checked_start(start, model: Model, targets: int, batch_size: int, config: AttackConfig,
+                   joint: bool) -> Dummy | None:
+    """``start`` (a :class:`Dummy` of numpy or jax arrays, images ``[T, R, B, *input_shape]`` and, with
+    joint labels, label logits ``[T, R, B, *label_axes, K]``) cast to the attack's dtype, or a
+    ``DLGInputError`` naming the leaf whose shape differs."""
+    if start is None:
+        return None
+    if not isinstance(start, Dummy):
+        raise DLGInputError(f"start must be a Dummy (images, label_logits), got {type(start).__name__}")
+    lead = (targets, config.restarts, batch_size)
+    wanted = {"images": (*lead, *model.input_shape),
+              "label_logits": (*lead, *model.label_axes, model.num_classes) if joint else None}
+    for name, shape in wanted.items():
+        got = getattr(start, name)
+        if (None if got is None else tuple(np.shape(got))) != shape:
+            raise DLGInputError(f"start.{name} must have shape {shape} (targets, restarts, batch, ...) for this "
+                                f"attack, got {None if got is None else tuple(np.shape(got))}")
+    dtype = jnp.dtype(config.dtype)
+    return Dummy(jnp.asarray(start.images, dtype),
+                 None if start.label_logits is None else jnp.asarray(start.label_logits, dtype))
+
+
 def _chunk_inputs(plan: _Plan, ids: np.ndarray) -> tuple[Dummy, Context]:
     """The starting dummies and contexts of problems ``ids`` (``target = id // R``, ``restart = id % R``),
     placed on the plan's devices."""
     config, model = plan.config, plan.model
     target_ids, restart_ids = ids // config.restarts, ids % config.restarts
-    dummy = _initial_dummies(config.seed, jnp.asarray(target_ids), jnp.asarray(restart_ids), plan.batch_size,
-                             tuple(model.input_shape), model.num_classes, plan.joint, jnp.dtype(config.dtype),
-                             config.dummy_init, tuple(model.label_axes))
+    dummy = (_initial_dummies(config.seed, jnp.asarray(target_ids), jnp.asarray(restart_ids), plan.batch_size,
+                              tuple(model.input_shape), model.num_classes, plan.joint, jnp.dtype(config.dtype),
+                              config.dummy_init, tuple(model.label_axes)) if plan.start is None
+             else jax.tree.map(lambda leaf: leaf[target_ids, restart_ids], plan.start))
     dummy = _placed(dummy, plan.mesh, "problems")
     per_problem = (jax.tree.map(lambda g: g[target_ids], plan.target_grads), plan.fixed_targets[target_ids])
     group = (GroupMean(jnp.zeros_like(dummy.images), jnp.zeros(len(ids), dummy.images.dtype))
@@ -603,6 +629,7 @@ def run_attack(
     bn_statistics: Any = None,
     run: RunOptions = RunOptions(),
     progress: Callable[[Progress], None] | None = None,
+    start: Dummy | None = None,
 ) -> AttackResult:
     """Reconstruct the private batches behind ``T`` shared gradients.
 
@@ -611,11 +638,22 @@ def run_attack(
     strategies other than ``joint``; ``[T, B, *model.label_axes]`` for text models). ``bn_statistics``:
     the BN prior's reference statistics (with ``config.bn_prior``; the tree of
     :func:`~dlg_jax.models.batchnorm.reference_statistics`). ``run``: how it runs (chunks, devices, memory
-    budget, progress blocks, snapshots; :class:`RunOptions`). Returns an :class:`AttackResult`.
+    budget, progress blocks, snapshots; :class:`RunOptions`). ``start``: the starting dummies, a
+    :class:`~dlg_jax.attack.objectives.Dummy` with images ``[T, R, B, ...]`` and label logits
+    ``[T, R, B, K]`` (joint labels; else ``None``), e.g. another attack's final ones to finish its restarts
+    with another solver (:func:`continue_from`); ``None``: drawn by :func:`initial_dummy` from
+    ``config.seed`` and ``config.dummy_init``. Returns an :class:`AttackResult`.
     """
-    plan = _plan(model, params, target_grads, batch_size, config, run, fixed_labels, bn_statistics)
+    plan = _plan(model, params, target_grads, batch_size, config, run, fixed_labels, bn_statistics, start)
     with matmul_precision(config.precision):
         return _solve(plan, progress)
+
+
+def continue_from(result: AttackResult) -> Dummy:
+    """The final dummies of every restart of ``result`` as a ``start`` for :func:`run_attack` (images
+    ``[T, R, B, ...]``, label logits ``[T, R, B, K]`` or ``None``): e.g. Levenberg–Marquardt finishing the
+    restarts that L-BFGS began (its quadratic convergence near a zero of the residual)."""
+    return Dummy(result.images, result.label_logits)
 
 
 def lower_attack_step(model: Model, params: Any, target_grads: Any, batch_size: int,
