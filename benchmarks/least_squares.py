@@ -2,7 +2,7 @@
 on the same DLG problems, side by side in one run.
 
 Each *case* is a set of victims (``--targets`` batches of ``B`` images of an embedded dataset, image
-``t * B + b``), DLG's LeNet with ``K`` outputs and weights from ``fold_in(key(seed), 0x5EED)`` (as
+``t * B + b``), DLG's LeNet (or ``--model SPEC``, e.g. ``resnet20-sigmoid-bn``) with ``K`` outputs and weights from ``fold_in(key(seed), 0x5EED)`` (as
 ``dlg-jax attack``), joint labels (DLG) unless the case says otherwise, ``--restarts`` restarts per target.
 Every solver gets the same victims and the same starting dummies (:func:`dlg_jax.attack.engine.initial_dummy`)
 and stops a restart once ``J <= tolerance * ||dW||^2``. Reported per case and solver:
@@ -11,6 +11,8 @@ and stops a restart once ``J <= tolerance * ||dW||^2``. Reported per case and so
   by :func:`dlg_jax.metrics.evaluate`);
 - ``evaluations``: of the best restart, until it converged or the budget ran out (a Jacobian counts as
   its ``n`` JVPs; one JVP, VJP or residual ~ one objective+gradient evaluation of L-BFGS);
+- ``affine_recovered``: the same up to brightness and contrast (PSNR after the least-squares fit
+  ``a x + b`` per slot, :mod:`dlg_jax.metrics`): what a batch-normalised model's gradient can give;
 - ``outside_data_range``: the share of the best restart's pixels outside [0, 1] (a solution just outside
   the data range is a batch no camera took; the box excludes it);
 - ``run_seconds`` / ``compile_seconds``: wall time of :func:`~dlg_jax.attack.engine.run_attack` (all targets x
@@ -39,7 +41,7 @@ projected trial points for Levenberg–Marquardt, clipping after each step for L
     colour-b2-box colour-b2-k100-box colour-b4-box colour-b4-k100-box colour-b8-box colour-b8-k100-box
 
     python -m benchmarks.least_squares [--cases digits-b2 colour-b1] [--solvers lbfgs lm lm-cg] [--targets 2]
-        [--restarts 1] [--lbfgs-iterations 3000] [--lm-iterations 40] [--tv-weight 0] [--float64] [--out DIR]
+        [--model lenet] [--restarts 1] [--lbfgs-iterations 3000] [--lm-iterations 40] [--tv-weight 0] [--float64] [--out DIR]
         [--name least_squares]
 
 Writes ``<out>/<name>.json`` (atomically) after every case and solver.
@@ -97,13 +99,15 @@ def run_case(name: str, solver: str, args) -> dict:
     from dlg_jax.attack.solvers import SolverConfig
     from dlg_jax.data.datasets import get_dataset
     from dlg_jax.metrics import evaluate
-    from dlg_jax.models import build_model
+    from dlg_jax.models import build_model, parse_model_spec
     from dlg_jax.victim.gradients import shared_gradients
 
     dataset, batch, classes, init, box = CASES[name]
     source = get_dataset(dataset)
     dtype = "float64" if args.float64 else "float32"
-    model = build_model("lenet", source.input_shape, classes or source.num_classes)
+    architecture, options = parse_model_spec(args.model)
+    options.setdefault("num_classes", classes or source.num_classes)
+    model = build_model(architecture, source.input_shape, **options)
     params = model.init(jax.random.fold_in(jax.random.key(args.seed), 0x5EED), dtype=np.dtype(dtype))
     images, labels = source.examples(np.arange(args.targets * batch))
     images = images.reshape(args.targets, batch, *source.input_shape).astype(dtype)
@@ -127,12 +131,14 @@ def run_case(name: str, solver: str, args) -> dict:
     solutions = [distinct_solutions(result.images[t], result.converged[t], images[t]) for t in rows]
     norm = np.array([sum(float(np.vdot(g[t], g[t])) for g in jax.tree.leaves(grads)) for t in rows])
     row = {
-        "case": name, "solver": solver, "dataset": dataset, "batch_size": batch,
+        "case": name, "solver": solver, "model": args.model, "dataset": dataset, "batch_size": batch,
         "classes": model.num_classes, "dummy_init": init, "box": box, "targets": args.targets,
         "restarts": args.restarts, "iterations_budget": iterations,
         "tv_weight": args.tv_weight if "lbfgs" in stages else 0.0,
         "recovered": int(np.sum(np.all(metrics.slot_psnr >= 30.0, axis=1))),
         "slot_psnr": np.round(metrics.slot_psnr, 2).tolist(),
+        "affine_recovered": int(np.sum(np.all(metrics.slot_affine_psnr >= 30.0, axis=1))),
+        "slot_affine_psnr": np.round(metrics.slot_affine_psnr, 2).tolist(),
         "label_accuracy": metrics.label_accuracy.tolist(),
         "relative_objective": (result.loss[rows, best] / norm).tolist(),
         "outside_data_range": np.mean((result.best_images < 0) | (result.best_images > 1), axis=(1, 2, 3, 4)).tolist(),
@@ -172,8 +178,8 @@ def run_jaxopt(name: str, args) -> dict:
     from dlg_jax.victim.gradients import shared_gradients
 
     dataset, batch, classes, init, box = CASES[name]
-    if box:
-        raise SystemExit(f"jaxopt-lm has no box; case {name!r} needs one")
+    if box or args.model != "lenet":
+        raise SystemExit(f"jaxopt-lm runs the lenet cases without a box; not {name!r} on {args.model!r}")
     source = get_dataset(dataset)
     dtype = "float64" if args.float64 else "float32"
     model = build_model("lenet", source.input_shape, classes or source.num_classes)
@@ -229,7 +235,8 @@ def run(args) -> dict:
         for solver in args.solvers:
             row = run_jaxopt(name, args) if solver == "jaxopt-lm" else run_case(name, solver, args)
             rows.append(row)
-            print(f"{name:>18} {solver:>6}: recovered {row['recovered']}/{row['targets']}, PSNR {row['slot_psnr']}, "
+            print(f"{name:>18} {solver:>6}: recovered {row['recovered']}/{row['targets']} "
+                  f"(up to a x + b: {row.get('affine_recovered', '-')}), PSNR {row['slot_psnr']}, "
                   f"evaluations {row['evaluations']}, iterations {row['iterations']}, "
                   f"run {row['run_seconds']:.1f} s, compile {row['compile_seconds']:.1f} s, "
                   f"exact solutions {row['exact_solutions']} (at truth {row['exact_at_truth']})", flush=True)
@@ -244,6 +251,7 @@ def main(argv=None):
     parser = common.make_parser("least_squares", __doc__.splitlines()[0], timing_options=False)
     parser.add_argument("--cases", nargs="+", action=common.Distinct, type=common.one_of("case", tuple(CASES)), default=("digits-b2",))
     parser.add_argument("--solvers", nargs="+", action=common.Distinct, type=common.one_of("solver", SOLVERS), default=SOLVERS[:3])
+    parser.add_argument("--model", default="lenet", help="model spec (default lenet; e.g. resnet20-sigmoid-bn)")
     parser.add_argument("--targets", type=common.positive_int("targets"), default=2)
     parser.add_argument("--restarts", type=common.positive_int("restarts"), default=1)
     parser.add_argument("--lbfgs-iterations", type=common.positive_int("lbfgs iterations"), default=3000)

@@ -461,8 +461,8 @@ def attack_batches(
     ``run``: how the engine runs (default :func:`text_run_options` of the config's iterations). ``dummy``:
     ``"bag"`` (token weights over the bag of input tokens, one engine run per batch) or ``"embeddings"``
     (free word embeddings, DLG's; batches of one shape in one run); see the module doc. ``peel``: with the
-    bag dummy, the ``bias`` labels and refinement, a batch the refinement leaves unreproduced is solved again sentence by
-    sentence (:func:`peel_sentences`)."""
+    bag dummy, the ``bias`` labels and refinement, a batch the refinement leaves unreproduced is solved
+    again sentence by sentence (:func:`peel_sentences`)."""
     config = text_attack_config() if config is None else config
     run = text_run_options(config.iterations) if run is None else run
     check_choice("text label strategy", labels, TEXT_LABELS)
@@ -502,16 +502,11 @@ def _attack_group(group, originals, texts, out, model, config, run, dummy, peel,
         q = np.asarray(_mean_prediction(net, params), np.float64)
         bias = np.asarray(grads["decoder"]["bias"], np.float64)
         label_bags = count_labels(bias, q, size * len(masked))  # [T, BM] sorted
-    fixed_positions = np.zeros((size, length), bool)
-    fixed_positions[:, [0, *masked]] = True
-    if size == 1:
-        fixed_positions[:, length - 1] = True  # one sentence: L is its length, [SEP] ends it
+    free, groups = _refinement_moves(size, length, masked, sep_last=size == 1)
     if dummy == "embeddings":
         solved, results = _embedding_runs(net, params, grads, size, config, run, progress, label_bags)
     else:
-        known = [(0, vocabularies.CLS), *((m, vocabularies.MASK) for m in masked)]
-        if size == 1:
-            known.append((length - 1, vocabularies.SEP))
+        known = _known_tokens(length, masked, sep_last=size == 1)
         solved, results = [], []
         for t in range(len(group)):
             one, result = _bag_run(net, table, params, np.flatnonzero(bag_of_tokens(embedding_grads[t])),
@@ -525,11 +520,8 @@ def _attack_group(group, originals, texts, out, model, config, run, dummy, peel,
         target = (embedding_grads[t], jax.tree.map(lambda g: g[t], grads))
         distance_fn = discrete_distance_fn(net, masked, table, params, *target)
         scale = sum(float(jnp.vdot(g, g)) for g in jax.tree.leaves(target))
-        free = ~fixed_positions
         bag_ids = bag & (np.arange(vocab.size) != vocabularies.MASK)
         k = int(min(bag_ids.sum(), CANDIDATES))
-        groups = [[(b, l) for l in range(length) if free[b, l]] for b in range(size)]
-        groups.append([(b, l) for b in range(size) for l in masked])  # labels change slots
         variants = sorted({(refine, restrict), *([(False, False), (True, True)] if compare else [])})
         decodings = {}
         for refined, restricted in variants:
@@ -552,9 +544,9 @@ def _attack_group(group, originals, texts, out, model, config, run, dummy, peel,
         name = ("refined" if refine else "nearest") + ("+bag" if restrict else "")
         if (refine and peel and dummy == "bag" and label_bags is not None and size > 1
                 and decodings[name]["distance"] > REPRODUCED * scale):
-            peeled, distance, rounds = peel_sentences(net, table, params, masked, target, decodings[name]["ids"],
-                                                      decodings[name]["distance"], label_bags[t], config, run,
-                                                      swaps, scale)
+            peeled, distance, rounds = peel_sentences(net, table, params, masked, target, distance_fn,
+                                                      decodings[name]["ids"], decodings[name]["distance"],
+                                                      label_bags[t], config, run, swaps, scale)
             name = "peeled" + ("+bag" if restrict else "")
             decodings[name] = {"ids": peeled, "scores": score(originals[t], peeled, vocab), "distance": distance,
                                "rounds": rounds}
@@ -567,6 +559,25 @@ def _attack_group(group, originals, texts, out, model, config, run, dummy, peel,
             scores=chosen["scores"], decodings=decodings, decoding=name, vocab=vocab,
         )
     return results
+
+
+def _known_tokens(length: int, masked: tuple[int, ...], sep_last: bool) -> list[tuple[int, int]]:
+    """The ``(position, token)`` pairs the attacker knows in every sentence: [CLS] first, [MASK] at the
+    masked positions and, with ``sep_last`` (a batch of one sentence: ``L`` is its length), [SEP] last."""
+    return [(0, vocabularies.CLS), *((m, vocabularies.MASK) for m in masked),
+            *([(length - 1, vocabularies.SEP)] if sep_last else [])]
+
+
+def _refinement_moves(size: int, length: int, masked: tuple[int, ...], sep_last: bool):
+    """What :func:`refine_tokens` may change in a batch ``[B, L]``: ``free [B, L]`` (every position but the
+    known ones) and the swap groups (each sentence's free positions, and the labels at the masked
+    positions of all sentences, which may trade slots)."""
+    free = np.ones((size, length), bool)
+    for position, _ in _known_tokens(length, masked, sep_last):
+        free[:, position] = False
+    groups = [[(b, l) for l in range(length) if free[b, l]] for b in range(size)]
+    groups.append([(b, l) for b in range(size) for l in masked])
+    return free, groups
 
 
 def _decoded(embeddings, table, candidates, slot_labels, masked, sep_last: bool) -> np.ndarray:
@@ -671,11 +682,12 @@ def _bag_run(net, table, params, bag, embedding_grad, grads, size, config, run, 
     return solved, result
 
 
-def peel_sentences(net, table, params, masked, target, ids, distance, label_bag, config, run, swaps, scale,
-                   rounds: int | None = None) -> tuple[np.ndarray, float, int]:
+def peel_sentences(net, table, params, masked, target, distance_fn, ids, distance, label_bag, config, run, swaps,
+                   scale, rounds: int | None = None) -> tuple[np.ndarray, float, int]:
     """Solve a batch sentence by sentence: keep the recovered sentences the gradient certifies and attack
     the rest again as a smaller batch (the bag dummy, then the refinement), for ``rounds`` rounds (default
-    ``B``); a new batch is kept only if its exact distance is lower. Returns ``(ids [B, L], distance,
+    ``B``); a new batch is kept only if its exact distance (``distance_fn``, the batch's
+    :func:`discrete_distance_fn`; ``distance``: that of ``ids``) is lower. Returns ``(ids [B, L], distance,
     rounds run)``.
 
     The batch's gradient is a sum over its sentences, ``dW = sum_b g_b`` with ``g_b`` the gradient of
@@ -691,7 +703,7 @@ def peel_sentences(net, table, params, masked, target, ids, distance, label_bag,
     embedding_grad, grads = (np.asarray(target[0], np.float64), jax.tree.map(lambda g: np.asarray(g, np.float64),
                                                                                 target[1]))
     size, length = ids.shape
-    distance_fn = discrete_distance_fn(net, masked, table, params, *target)
+    known = _known_tokens(length, masked, sep_last=False)  # sentences of a batch are padded: no [SEP] last
     done = 0
     for done in range(1, (size if rounds is None else rounds) + 1):
         u, encoder = sentence_input_gradients(net, masked, table, params, jnp.asarray(ids))
@@ -713,7 +725,6 @@ def peel_sentences(net, table, params, masked, target, ids, distance, label_bag,
         bag = np.union1d(np.flatnonzero(np.linalg.norm(residual, axis=-1) > 1e-3 * np.maximum(used, 1e-30)),
                          [vocabularies.CLS, vocabularies.MASK])
         sub_labels = np.asarray(sorted(labels_left.elements()))
-        known = [(0, vocabularies.CLS), *((m, vocabularies.MASK) for m in masked)]
         dtype = jnp.dtype(config.dtype)
         sub_target = (jnp.asarray(sub_embedding, dtype), jax.tree.map(lambda g: jnp.asarray(g, dtype), sub_grads))
         solved, _ = _bag_run(net, table, params, bag, sub_target[0], jax.tree.map(lambda g: g[None], sub_target[1]),
@@ -722,10 +733,7 @@ def peel_sentences(net, table, params, masked, target, ids, distance, label_bag,
         candidates[bag] = True
         candidates[vocabularies.MASK] = False
         sub_ids = _decoded(solved.embeddings, table, candidates, solved.labels, masked, sep_last=False)
-        free = np.ones(sub_ids.shape, bool)
-        free[:, [0, *masked]] = False
-        groups = [[(b, l) for l in range(length) if free[b, l]] for b in range(len(rest))]
-        groups.append([(b, l) for b in range(len(rest)) for l in masked])
+        free, groups = _refinement_moves(len(rest), length, masked, sep_last=False)
         sub_distance = discrete_distance_fn(net, masked, table, params, *sub_target)
         sub_ids, _, _ = refine_tokens(
             sub_distance, sub_ids, free, _nearest_k(solved.embeddings, table, min(CANDIDATES, len(bag)), candidates),

@@ -289,15 +289,16 @@ def test_peeling_keeps_the_certified_sentence_and_solves_the_other_again():
     scale = sum(float(jnp.vdot(g, g)) for g in jax.tree.leaves(target))
     wrong = ids.copy()
     wrong[1, [2, 6]] = ids[1, [6, 2]]
-    distance = float(discrete_distance_fn(net, masked, table, params, *target)(wrong[None])[0])
+    distance_fn = discrete_distance_fn(net, masked, table, params, *target)
+    distance = float(distance_fn(wrong[None])[0])
     config = text_attack_config(restarts=2, iterations=300)
-    peeled, value, rounds = peel_sentences(net, table, params, masked, target, wrong, distance,
-                                           np.sort(ids[:, list(masked)].ravel()), config,
-                                           text_run_options(300), True, scale, rounds=1)
+    labels = np.sort(ids[:, list(masked)].ravel())
+    peeled, value, rounds = peel_sentences(net, table, params, masked, target, distance_fn, wrong, distance, labels,
+                                           config, text_run_options(300), True, scale, rounds=1)
     assert peeled.tolist() == ids.tolist() and value < 1e-6 * scale and rounds == 1
     # from the private batch, every sentence is certified: nothing is left to attack again
-    same, value, _ = peel_sentences(net, table, params, masked, target, ids, 1.0, np.sort(ids[:, list(masked)].ravel()),
-                                    config, text_run_options(300), True, scale)
+    same, value, _ = peel_sentences(net, table, params, masked, target, distance_fn, ids, 1.0, labels, config,
+                                    text_run_options(300), True, scale)
     assert same.tolist() == ids.tolist() and value == 1.0
 
 
