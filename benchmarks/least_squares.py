@@ -17,6 +17,7 @@ and stops a restart once ``J <= tolerance * ||dW||^2``. Reported per case and so
   the data range is a batch no camera took; the box excludes it);
 - ``run_seconds`` / ``compile_seconds``: wall time of :func:`~dlg_jax.attack.engine.run_attack` (all targets x
   restarts; ``run`` excludes compilation);
+- ``restart_relative_objective``, ``restart_worst_slot_psnr`` ``[T][R]``: every restart's end;
 - ``exact_solutions``: for each target, how many *distinct* exact solutions its converged restarts found
   (two converged restarts are the same solution when their images agree to >= 30 dB after matching
   slots), and how many of those are the private batch (``exact_at_truth``): with several restarts this
@@ -37,7 +38,7 @@ time counted as compilation.
 Cases (``--cases``, one or more; ``box`` cases start from U(0, 1) and keep the images in [0, 1]:
 projected trial points for Levenberg–Marquardt, clipping after each step for L-BFGS)::
 
-    colour-b1 digits-b1 faces-b1 digits-b2 digits-b4 digits-b8 colour-b2 colour-b2-k100 colour-b2-uniform
+    colour-b1 digits-b1 faces-b1 digits-b2 digits-b4 digits-b8 digits-b8-box colour-b2 colour-b2-k100 colour-b2-uniform
     colour-b2-box colour-b2-k100-box colour-b4-box colour-b4-k100-box colour-b8-box colour-b8-k100-box
 
     python -m benchmarks.least_squares [--cases digits-b2 colour-b1] [--solvers lbfgs lm lm-cg] [--targets 2]
@@ -62,6 +63,7 @@ CASES = {
     "digits-b2": ("digits", 2, None, "randn", False),
     "digits-b4": ("digits", 4, None, "randn", False),
     "digits-b8": ("digits", 8, None, "randn", False),
+    "digits-b8-box": ("digits", 8, None, "uniform", True),
     "colour-b2": ("colour", 2, None, "randn", False),
     "colour-b2-k100": ("colour", 2, 100, "randn", False),
     "colour-b2-uniform": ("colour", 2, None, "uniform", False),
@@ -141,6 +143,10 @@ def run_case(name: str, solver: str, args) -> dict:
         "slot_affine_psnr": np.round(metrics.slot_affine_psnr, 2).tolist(),
         "label_accuracy": metrics.label_accuracy.tolist(),
         "relative_objective": (result.loss[rows, best] / norm).tolist(),
+        "restart_relative_objective": (result.loss / norm[:, None]).tolist(),
+        "restart_worst_slot_psnr": [[round(float(evaluate(np.clip(result.images[t, r], 0, 1)[None], images[t][None],
+                                                          result.labels[t, r][None], labels[t][None]).slot_psnr.min()), 2)
+                                     for r in range(args.restarts)] for t in rows],
         "outside_data_range": np.mean((result.best_images < 0) | (result.best_images > 1), axis=(1, 2, 3, 4)).tolist(),
         "iterations": result.iterations[rows, best].tolist(),
         "evaluations": sum(r.evaluations[rows, best] for r in results).tolist(),
