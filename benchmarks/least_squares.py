@@ -2,8 +2,9 @@
 on the same DLG problems, side by side in one run.
 
 Each *case* is a set of victims (``--targets`` batches of ``B`` images of an embedded dataset, image
-``t * B + b``), DLG's LeNet (or ``--model SPEC``, e.g. ``resnet20-sigmoid-bn``) with ``K`` outputs and weights from ``fold_in(key(seed), 0x5EED)`` (as
-``dlg-jax attack``), joint labels (DLG) unless the case says otherwise, ``--restarts`` restarts per target.
+``t * B + b``), DLG's LeNet (or ``--model SPEC``, e.g. ``resnet20-sigmoid-bn``) with ``K`` outputs and
+weights from ``fold_in(key(seed), 0x5EED)`` (as ``dlg-jax attack``), joint labels (DLG) unless the case
+says otherwise, ``--restarts`` restarts per target.
 Every solver gets the same victims and the same starting dummies (:func:`dlg_jax.attack.engine.initial_dummy`)
 and stops a restart once ``J <= tolerance * ||dW||^2``. Reported per case and solver:
 
@@ -39,12 +40,12 @@ time counted as compilation.
 Cases (``--cases``, one or more; ``box`` cases start from U(0, 1) and keep the images in [0, 1]:
 projected trial points for Levenberg–Marquardt, clipping after each step for L-BFGS)::
 
-    colour-b1 digits-b1 faces-b1 digits-b2 digits-b4 digits-b8 digits-b8-box colour-b2 colour-b2-k100 colour-b2-uniform
-    colour-b2-box colour-b2-k100-box colour-b4-box colour-b4-k100-box colour-b8-box colour-b8-k100-box
+    colour-b1 digits-b1 faces-b1 digits-b2 digits-b4 digits-b8 digits-b8-box colour-b2 colour-b2-k100
+    colour-b2-uniform colour-b2-box colour-b2-k100-box colour-b4-box colour-b4-k100-box colour-b8-box colour-b8-k100-box
 
     python -m benchmarks.least_squares [--cases digits-b2 colour-b1] [--solvers lbfgs lm lm-cg] [--targets 2]
-        [--model lenet] [--restarts 1] [--lbfgs-iterations 3000] [--lm-iterations 40] [--tv-weight 0] [--float64] [--out DIR]
-        [--name least_squares]
+        [--model lenet] [--restarts 1] [--lbfgs-iterations 3000] [--lm-iterations 40] [--tv-weight 0]
+        [--float64] [--out DIR] [--name least_squares]
 
 Writes ``<out>/<name>.json`` (atomically) after every case and solver.
 """
@@ -148,9 +149,9 @@ def run_case(name: str, solver: str, args) -> dict:
         "label_accuracy": metrics.label_accuracy.tolist(),
         "relative_objective": (result.loss[rows, best] / norm).tolist(),
         "restart_relative_objective": (result.loss / norm[:, None]).tolist(),
-        "restart_worst_slot_psnr": [[round(float(evaluate(np.clip(result.images[t, r], 0, 1)[None], images[t][None],
-                                                          result.labels[t, r][None], labels[t][None]).slot_psnr.min()), 2)
-                                     for r in range(args.restarts)] for t in rows],
+        "restart_worst_slot_psnr": [np.round(evaluate(
+            np.clip(result.images[t], 0, 1), np.repeat(images[t][None], args.restarts, 0), result.labels[t],
+            np.repeat(labels[t][None], args.restarts, 0)).slot_psnr.min(axis=1), 2).tolist() for t in rows],
         "outside_data_range": np.mean((result.best_images < 0) | (result.best_images > 1), axis=(1, 2, 3, 4)).tolist(),
         "iterations": result.iterations[rows, best].tolist(),
         "evaluations": sum(r.evaluations[rows, best] for r in results).tolist(),

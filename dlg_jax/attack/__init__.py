@@ -1,8 +1,8 @@
 """The attack engine: what is solved and how.
 
 - :mod:`~dlg_jax.attack.engine`: :class:`AttackConfig` (what is solved), :class:`RunOptions` (how it runs),
-  :func:`run_attack` (targets x restarts vmapped, chunked, from drawn or given starts: :func:`continue_from`)
-  and sharded), :class:`AttackResult`;
+  :func:`run_attack` (targets x restarts vmapped, chunked and sharded; from drawn starts or given ones,
+  e.g. :func:`continue_from` another attack), :class:`AttackResult`;
 - :mod:`~dlg_jax.attack.objectives`: the gradient-matching objectives (L2, cosine, TAG, priors) and the
   least-squares residual;
 - :mod:`~dlg_jax.attack.solvers`: :class:`SolverConfig` and the solver factory (lockstep L-BFGS in
@@ -20,5 +20,4 @@ from dlg_jax.attack.presets import attack_preset
 from dlg_jax.attack.solvers import SolverConfig, make_solver
 
 __all__ = ["AttackConfig", "AttackResult", "RunOptions", "SolverConfig", "attack_preset", "continue_from", "make_solver",
-           "recover_labels",
-           "run_attack"]
+           "recover_labels", "run_attack"]

@@ -579,9 +579,11 @@ def _checked_start(start, model: Model, targets: int, batch_size: int, config: A
               "label_logits": (*lead, *model.label_axes, model.num_classes) if joint else None}
     for name, shape in wanted.items():
         got = getattr(start, name)
-        if (None if got is None else tuple(np.shape(got))) != shape:
-            raise DLGInputError(f"start.{name} must have shape {shape} (targets, restarts, batch, ...) for this "
-                                f"attack, got {None if got is None else tuple(np.shape(got))}")
+        got = None if got is None else tuple(np.shape(got))
+        if got != shape:
+            wants = (f"must have shape {shape} (targets, restarts, batch, ...) for this attack" if shape
+                     else "must be None: the labels are fixed")
+            raise DLGInputError(f"start.{name} {wants}, got {got}")
     dtype = jnp.dtype(config.dtype)
     return Dummy(jnp.asarray(start.images, dtype),
                  None if start.label_logits is None else jnp.asarray(start.label_logits, dtype))
