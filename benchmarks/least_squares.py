@@ -21,15 +21,29 @@ and stops a restart once ``J <= tolerance * ||dW||^2``. Reported per case and so
   restarts; ``run`` excludes compilation);
 - ``restart_relative_objective``, ``restart_worst_slot_psnr`` ``[T][R]``: every restart's end;
 - ``exact_solutions``: for each target, how many *distinct* exact solutions its converged restarts found
-  (two converged restarts are the same solution when their images agree to >= 30 dB after matching
-  slots), and how many of those are the private batch (``exact_at_truth``): with several restarts this
-  counts the zeros of the residual that the starts reach.
+  (two converged restarts are the same solution when their unclipped images agree to >= 30 dB after
+  matching slots; up to ``a x + b`` per slot for a model with batch norm), and how many of those are the
+  private batch (``exact_at_truth``): with several restarts this counts the zeros of the residual that
+  the starts reach. ``distinct_ends`` / ``distinct_ends_at_truth``: the same count over the restarts
+  that end at or below ``--distinct-below`` (relative objective; L-BFGS's ends are rarely exact zeros);
+  ``restarts_at_truth``: how many restarts end at the private batch (every slot >= 30 dB, unclipped; up
+  to ``a x + b`` with batch norm): which starts reach the right solution.
 
 ``lbfgs+lm`` is a two-stage strategy: ``--lbfgs-iterations`` of the lockstep L-BFGS (with ``--tv-weight``,
 Inverting Gradients' total-variation prior, in this stage only), then ``--lm-iterations`` of the materialised
 Levenberg–Marquardt on the plain l2 residual from every restart's L-BFGS end
 (:func:`dlg_jax.attack.engine.continue_from`): L-BFGS restarts choose the basin, Levenberg–Marquardt
 finishes it to an exact zero; its row reports both stages (``stage1_*``: the L-BFGS end).
+
+Starts and priors for the L-BFGS stage: ``--labels`` (labels read off the gradient and held fixed,
+:func:`dlg_jax.attack.labels.recover_labels`: a label-informed start), ``--bn-prior W`` (GradInversion's
+batch-norm statistics prior, reference statistics from 512 images outside the targets, as
+:func:`dlg_jax.pipeline.bn_reference`), and ``--coarse F [F ...]``: continuation from low-resolution
+problems. Stage ``F`` solves ``--coarse-iterations`` of L-BFGS for dummies of ``H/F x W/F`` pixels that
+the model sees bilinearly upsampled to ``H x W`` (:func:`coarse_problem`: the same weights and shared
+gradient, ``n / F^2`` unknowns, a smooth family of batches), and its ends, upsampled, start the next stage
+(the next factor, then the solvers). ``coarse_worst_slot_psnr [T][R]`` and ``coarse_relative_objective``
+report where the last coarse stage left every restart.
 
 ``jaxopt-lm`` runs ``jaxopt.LevenbergMarquardt`` (materialised Jacobian, Cholesky; no box) on the same
 residual (:func:`dlg_jax.attack.objectives.make_residual`) and starts, one problem at a time (its update computes
@@ -45,13 +59,16 @@ projected trial points for Levenberg–Marquardt, clipping after each step for L
 
     python -m benchmarks.least_squares [--cases digits-b2 colour-b1] [--solvers lbfgs lm lm-cg] [--targets 2]
         [--model lenet] [--restarts 1] [--lbfgs-iterations 3000] [--lm-iterations 40] [--tv-weight 0]
+        [--labels joint] [--bn-prior 0] [--coarse F ...] [--coarse-iterations 1000] [--distinct-below REL]
         [--float64] [--out DIR] [--name least_squares]
 
 Writes ``<out>/<name>.json`` (atomically) after every case and solver.
 """
 
+import dataclasses
 import time
 
+import flax.linen as nn
 import jax
 import numpy as np
 
@@ -80,30 +97,69 @@ SOLVERS = ("lbfgs", "lm", "lm-cg", "jaxopt-lm", "lbfgs+lm")
 SAME_SOLUTION_PSNR = 30.0
 
 
-def distinct_solutions(images: np.ndarray, converged: np.ndarray, truth: np.ndarray) -> tuple[int, int]:
-    """Of one target's restarts ``images [R, B, H, W, C]`` with ``converged [R]``: the number of distinct
-    solutions among the converged ones (greedy clustering: a restart joins the first cluster whose
-    representative it matches to >= 30 dB per slot after slot matching) and how many match ``truth``."""
+def same_batch(a: np.ndarray, b: np.ndarray, affine: bool) -> bool:
+    """Whether batches ``a, b [B, H, W, C]`` agree to >= 30 dB in every slot after matching slots (unclipped
+    images; ``affine``: up to ``a x + b`` per slot, what a batch-normalised model's gradient fixes)."""
     from dlg_jax.metrics import evaluate
 
-    def same(a, b):
-        metrics = evaluate(np.clip(a, 0, 1)[None], np.clip(b, 0, 1)[None], np.zeros((1, len(a)), int),
-                           np.zeros((1, len(a)), int))
-        return bool(np.all(metrics.slot_psnr >= SAME_SOLUTION_PSNR))
+    metrics = evaluate(a[None], b[None], np.zeros((1, len(a)), int), np.zeros((1, len(a)), int), lpips=False)
+    return bool(np.all((metrics.slot_affine_psnr if affine else metrics.slot_psnr) >= SAME_SOLUTION_PSNR))
 
+
+def distinct_solutions(images: np.ndarray, selected: np.ndarray, truth: np.ndarray, affine: bool) -> tuple[int, int]:
+    """Of one target's restarts ``images [R, B, H, W, C]``: the number of distinct batches among the
+    ``selected [R]`` ones (greedy clustering: a restart joins the first cluster whose representative is
+    :func:`same_batch`) and how many of them are ``truth``."""
     representatives = []
-    for image in images[np.asarray(converged, bool)]:
-        if not any(same(image, r) for r in representatives):
+    for image in images[np.asarray(selected, bool)]:
+        if not any(same_batch(image, r, affine) for r in representatives):
             representatives.append(image)
-    return len(representatives), sum(same(r, truth) for r in representatives)
+    return len(representatives), sum(same_batch(r, truth, affine) for r in representatives)
+
+
+class _Upsampled(nn.Module):
+    """``inner`` applied to ``x [B, h, w, C]`` bilinearly resized to ``shape = (H, W, C)``."""
+
+    inner: nn.Module
+    shape: tuple[int, ...]
+
+    @nn.compact
+    def __call__(self, x, **kwargs):
+        return self.inner(jax.image.resize(x, (x.shape[0], *self.shape), "linear"), **kwargs)
+
+
+def coarse_problem(model, params, grads, factor: int):
+    """The victim ``model`` seen through bilinear upsampling from ``(H/factor, W/factor)``: the coarse
+    :class:`~dlg_jax.models.Model` and its ``params`` and shared ``grads`` (the same arrays, nested one level
+    deeper). Its attack solves for ``n / factor^2`` unknowns against the unchanged gradient."""
+    from dlg_jax.models import FixedCollections
+
+    height, width, channels = model.input_shape
+    if height % factor or width % factor:
+        raise SystemExit(f"--coarse {factor} must divide the image size {height} x {width}")
+    fixed = None if model.fixed is None else FixedCollections(
+        {name: {"inner": tree} for name, tree in model.fixed.collections.items()})
+    coarse = dataclasses.replace(model, name=f"{model.name}@{height // factor}x{width // factor}", fixed=fixed,
+                                 module=_Upsampled(model.module, tuple(model.input_shape)),
+                                 input_shape=(height // factor, width // factor, channels))
+    return coarse, {"inner": params}, {"inner": grads}
+
+
+def upsampled(dummy, shape: tuple[int, ...]):
+    """``dummy`` with images ``[T, R, B, h, w, C]`` bilinearly resized to ``[T, R, B, *shape]``."""
+    images = jax.image.resize(dummy.images, (*dummy.images.shape[:3], *shape), "linear")
+    return dummy._replace(images=np.asarray(images, dummy.images.dtype))
 
 
 def run_case(name: str, solver: str, args) -> dict:
     from dlg_jax.attack.engine import AttackConfig, RunOptions, continue_from, run_attack
+    from dlg_jax.attack.labels import recover_labels
     from dlg_jax.attack.solvers import SolverConfig
     from dlg_jax.data.datasets import get_dataset
     from dlg_jax.metrics import evaluate
     from dlg_jax.models import build_model, parse_model_spec
+    from dlg_jax.models.batchnorm import has_batchnorm, reference_statistics
+    from dlg_jax.pipeline import BN_REFERENCE_IMAGES
     from dlg_jax.victim.gradients import shared_gradients
 
     dataset, batch, classes, init, box = CASES[name]
@@ -117,52 +173,87 @@ def run_case(name: str, solver: str, args) -> dict:
     images = images.reshape(args.targets, batch, *source.input_shape).astype(dtype)
     labels = labels.reshape(args.targets, batch)
     grads = shared_gradients(model, params, images, labels)
-    stages = ("lbfgs", "lm") if solver == "lbfgs+lm" else (solver,)
+    fixed_labels = recover_labels(args.labels, model, params, grads, batch)
+    reference = np.arange(args.targets * batch, args.targets * batch + BN_REFERENCE_IMAGES)
+    bn_statistics = (reference_statistics(model, params, source.examples(reference)[0].astype(dtype))
+                     if args.bn_prior else None)
+    affine = has_batchnorm(model)
+    stages = [("coarse", factor) for factor in args.coarse]
+    stages += [(stage, 1) for stage in (("lbfgs", "lm") if solver == "lbfgs+lm" else (solver,))]
+    if args.bn_prior and (args.coarse or solver != "lbfgs"):
+        raise SystemExit("--bn-prior is for the lbfgs solver without --coarse")
     started, start, results = time.perf_counter(), None, []
-    for stage in stages:
-        iterations = args.lbfgs_iterations if stage == "lbfgs" else args.lm_iterations
-        config = AttackConfig(restarts=args.restarts, iterations=iterations, solver=SolverConfig(stage),
-                              tolerance=args.tolerance, dummy_init=init, box=(0.0, 1.0) if box else None,
-                              seed=args.seed, dtype=dtype, tv_weight=args.tv_weight if stage == "lbfgs" else 0.0)
-        options = RunOptions(chunk_size=args.chunk_size, block=100 if stage == "lbfgs" else 1, snapshots=0)
-        results.append(run_attack(model, params, grads, batch, config, start=start, run=options))
+    for stage, factor in stages:
+        iterations = {"coarse": args.coarse_iterations, "lbfgs": args.lbfgs_iterations}.get(stage, args.lm_iterations)
+        attacked, weights, shared = (coarse_problem(model, params, grads, factor) if factor > 1
+                                     else (model, params, grads))
+        if start is not None and start.images.shape[3:] != tuple(attacked.input_shape):
+            start = upsampled(start, tuple(attacked.input_shape))
+        lbfgs = stage != "lm"
+        config = AttackConfig(restarts=args.restarts, iterations=iterations,
+                              solver=SolverConfig("lbfgs" if lbfgs else stage), tolerance=args.tolerance,
+                              dummy_init=init, box=(0.0, 1.0) if box else None, seed=args.seed, dtype=dtype,
+                              labels=args.labels, tv_weight=args.tv_weight if lbfgs else 0.0,
+                              bn_prior=args.bn_prior if lbfgs else 0.0)
+        options = RunOptions(chunk_size=args.chunk_size, block=100 if lbfgs else 1, snapshots=0)
+        results.append(run_attack(attacked, weights, shared, batch, config, fixed_labels=fixed_labels,
+                                  bn_statistics=bn_statistics, start=start, run=options))
         start = continue_from(results[-1])
     wall = time.perf_counter() - started
     result = results[-1]
     metrics = evaluate(np.clip(result.best_images, 0, 1), images, result.best_labels, labels)
     # up to a x + b from the unclipped images: a batch-normalised model's reconstruction is a x + b, often far
     # outside [0, 1]
-    affine = evaluate(result.best_images, images, result.best_labels, labels).slot_affine_psnr
+    affine_psnr = evaluate(result.best_images, images, result.best_labels, labels).slot_affine_psnr
     best = result.best_restart
     rows = np.arange(args.targets)
-    solutions = [distinct_solutions(result.images[t], result.converged[t], images[t]) for t in rows]
     norm = np.array([sum(float(np.vdot(g[t], g[t])) for g in jax.tree.leaves(grads)) for t in rows])
+    relative = result.loss / norm[:, None]
+    distinct_below = args.tolerance if args.distinct_below is None else args.distinct_below
+    solutions = [distinct_solutions(result.images[t], result.converged[t], images[t], affine) for t in rows]
+    ends = [distinct_solutions(result.images[t], relative[t] <= distinct_below, images[t], affine) for t in rows]
+
+    def restart_psnr(ends: np.ndarray, ends_labels: np.ndarray, clip: bool, column: str) -> list:
+        """``[T][R]``: every restart's worst slot of ``ends [T, R, B, H, W, C]`` against the private batch."""
+        return [np.round(getattr(evaluate(
+            np.clip(ends[t], 0, 1) if clip else ends[t], np.repeat(images[t][None], args.restarts, 0),
+            ends_labels[t], np.repeat(labels[t][None], args.restarts, 0), lpips=False), column).min(axis=1), 2).tolist()
+            for t in rows]
+
+    at_truth = restart_psnr(result.images, result.labels, False, "slot_affine_psnr" if affine else "slot_psnr")
     row = {
         "case": name, "solver": solver, "model": args.model, "dataset": dataset, "batch_size": batch,
         "classes": model.num_classes, "dummy_init": init, "box": box, "targets": args.targets,
-        "restarts": args.restarts, "iterations_budget": iterations,
-        "tv_weight": args.tv_weight if "lbfgs" in stages else 0.0,
+        "restarts": args.restarts, "iterations_budget": iterations, "labels": args.labels,
+        "tv_weight": args.tv_weight if "lbfgs" in dict(stages) else 0.0, "bn_prior": args.bn_prior,
+        "coarse": list(args.coarse), "coarse_iterations": args.coarse_iterations if args.coarse else 0,
         "recovered": int(np.sum(np.all(metrics.slot_psnr >= 30.0, axis=1))),
         "slot_psnr": np.round(metrics.slot_psnr, 2).tolist(),
-        "affine_recovered": int(np.sum(np.all(affine >= 30.0, axis=1))),
-        "slot_affine_psnr": np.round(affine, 2).tolist(),
+        "affine_recovered": int(np.sum(np.all(affine_psnr >= 30.0, axis=1))),
+        "slot_affine_psnr": np.round(affine_psnr, 2).tolist(),
         "label_accuracy": metrics.label_accuracy.tolist(),
-        "relative_objective": (result.loss[rows, best] / norm).tolist(),
-        "restart_relative_objective": (result.loss / norm[:, None]).tolist(),
-        "restart_worst_slot_psnr": [np.round(evaluate(
-            np.clip(result.images[t], 0, 1), np.repeat(images[t][None], args.restarts, 0), result.labels[t],
-            np.repeat(labels[t][None], args.restarts, 0)).slot_psnr.min(axis=1), 2).tolist() for t in rows],
+        "relative_objective": relative[rows, best].tolist(),
+        "restart_relative_objective": relative.tolist(),
+        "restart_worst_slot_psnr": restart_psnr(result.images, result.labels, True, "slot_psnr"),
+        "restarts_at_truth": [int(np.sum(np.asarray(p) >= 30.0)) for p in at_truth],
         "outside_data_range": np.mean((result.best_images < 0) | (result.best_images > 1), axis=(1, 2, 3, 4)).tolist(),
         "iterations": result.iterations[rows, best].tolist(),
         "evaluations": sum(r.evaluations[rows, best] for r in results).tolist(),
         "evaluations_all_restarts": int(sum(r.evaluations.sum() for r in results)),
         "converged_restarts": result.converged.sum(axis=1).tolist(),
         "exact_solutions": [s[0] for s in solutions], "exact_at_truth": [s[1] for s in solutions],
+        "distinct_below": distinct_below, "ends_below": [int(np.sum(r <= distinct_below)) for r in relative],
+        "distinct_ends": [e[0] for e in ends], "distinct_ends_at_truth": [e[1] for e in ends],
         "run_seconds": sum(r.run_seconds for r in results),
         "compile_seconds": sum(r.compile_seconds for r in results), "wall_seconds": wall,
     }
-    if len(results) == 2:  # the L-BFGS stage's end, for what the finishing stage changed
-        first = results[0]
+    if args.coarse:  # where the last coarse stage left every restart, upsampled to the full size
+        coarse = results[len(args.coarse) - 1]
+        full = upsampled(continue_from(coarse), tuple(model.input_shape)).images
+        row.update(coarse_relative_objective=(coarse.loss / norm[:, None]).tolist(),
+                   coarse_worst_slot_psnr=restart_psnr(full, coarse.labels, True, "slot_psnr"))
+    if solver == "lbfgs+lm":  # the L-BFGS stage's end, for what the finishing stage changed
+        first = results[-2]
         stage1 = evaluate(np.clip(first.best_images, 0, 1), images, first.best_labels, labels)
         row.update(stage1_slot_psnr=np.round(stage1.slot_psnr, 2).tolist(),
                    stage1_relative_objective=(first.loss[rows, first.best_restart] / norm).tolist(),
@@ -259,6 +350,8 @@ def run(args) -> dict:
 
 
 def main(argv=None):
+    from dlg_jax.attack.labels import LABEL_STRATEGIES
+
     parser = common.make_parser("least_squares", __doc__.splitlines()[0], timing_options=False)
     parser.add_argument("--cases", nargs="+", action=common.Distinct, type=common.one_of("case", tuple(CASES)), default=("digits-b2",))
     parser.add_argument("--solvers", nargs="+", action=common.Distinct, type=common.one_of("solver", SOLVERS), default=SOLVERS[:3])
@@ -270,6 +363,16 @@ def main(argv=None):
     parser.add_argument("--tolerance", type=common.nonnegative_float("tolerance"), default=1e-8)
     parser.add_argument("--tv-weight", type=common.nonnegative_float("tv weight"), default=0.0,
                         help="total-variation prior of the L-BFGS stage (lbfgs, lbfgs+lm; default 0)")
+    parser.add_argument("--labels", type=common.one_of("label strategy", LABEL_STRATEGIES), default="joint",
+                        help="joint (DLG, default) or labels read off the gradient and held fixed")
+    parser.add_argument("--bn-prior", type=common.nonnegative_float("bn prior"), default=0.0,
+                        help="GradInversion's batch-norm prior in the L-BFGS solver (a model with batch norm)")
+    parser.add_argument("--coarse", nargs="+", type=common.positive_int("coarse factor"), default=(),
+                        help="continuation: L-BFGS stages at 1/F of the resolution first (e.g. 4 2)")
+    parser.add_argument("--coarse-iterations", type=common.positive_int("coarse iterations"), default=1000)
+    parser.add_argument("--distinct-below", type=common.nonnegative_float("distinct below"), default=None,
+                        help="count distinct ends among restarts at or below this relative objective "
+                             "(default: the tolerance)")
     parser.add_argument("--chunk-size", type=common.positive_int("chunk size"), default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--float64", action="store_true")
