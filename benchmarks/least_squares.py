@@ -40,9 +40,10 @@ Starts and priors for the L-BFGS stage: ``--labels`` (labels read off the gradie
 batch-norm statistics prior, reference statistics from 512 images outside the targets, as
 :func:`dlg_jax.pipeline.bn_reference`), and ``--coarse F [F ...]``: continuation from low-resolution
 problems. Stage ``F`` solves ``--coarse-iterations`` of L-BFGS for dummies of ``H/F x W/F`` pixels that
-the model sees bilinearly upsampled to ``H x W`` (:func:`coarse_problem`: the same weights and shared
-gradient, ``n / F^2`` unknowns, a smooth family of batches), and its ends, upsampled, start the next stage
-(the next factor, then the solvers). ``coarse_worst_slot_psnr [T][R]`` and ``coarse_relative_objective``
+the model sees bilinearly upsampled to ``H x W`` (:mod:`dlg_jax.attack.coarse`: the same weights and shared
+gradient, ``n / F^2`` unknowns, a smooth family of batches; ``AttackConfig.coarse`` in the API and
+``dlg-jax attack --coarse``), and its ends, upsampled, start the next stage (the next factor, then the
+solvers). ``coarse_worst_slot_psnr [T][R]`` and ``coarse_relative_objective``
 report where the last coarse stage left every restart.
 
 ``jaxopt-lm`` runs ``jaxopt.LevenbergMarquardt`` (materialised Jacobian, Cholesky; no box) on the same
@@ -56,6 +57,8 @@ projected trial points for Levenberg–Marquardt, clipping after each step for L
 
     colour-b1 digits-b1 faces-b1 digits-b2 digits-b4 digits-b8 digits-b8-box colour-b2 colour-b2-k100
     colour-b2-uniform colour-b2-box colour-b2-k100-box colour-b4-box colour-b4-k100-box colour-b8-box colour-b8-k100-box
+    colour-b2-k100-uniform colour-b4-uniform colour-b4-k100-uniform colour-b8-uniform colour-b8-k100-uniform
+    digits-b8-uniform
 
     python -m benchmarks.least_squares [--cases digits-b2 colour-b1] [--solvers lbfgs lm lm-cg] [--targets 2]
         [--model lenet] [--restarts 1] [--lbfgs-iterations 3000] [--lm-iterations 40] [--tv-weight 0]
@@ -65,10 +68,8 @@ projected trial points for Levenberg–Marquardt, clipping after each step for L
 Writes ``<out>/<name>.json`` (atomically) after every case and solver.
 """
 
-import dataclasses
 import time
 
-import flax.linen as nn
 import jax
 import numpy as np
 
@@ -92,6 +93,12 @@ CASES = {
     "colour-b4-k100-box": ("colour", 4, 100, "uniform", True),
     "colour-b8-box": ("colour", 8, None, "uniform", True),
     "colour-b8-k100-box": ("colour", 8, 100, "uniform", True),
+    "colour-b2-k100-uniform": ("colour", 2, 100, "uniform", False),
+    "colour-b4-uniform": ("colour", 4, None, "uniform", False),
+    "colour-b4-k100-uniform": ("colour", 4, 100, "uniform", False),
+    "colour-b8-uniform": ("colour", 8, None, "uniform", False),
+    "colour-b8-k100-uniform": ("colour", 8, 100, "uniform", False),
+    "digits-b8-uniform": ("digits", 8, None, "uniform", False),
 }
 SOLVERS = ("lbfgs", "lm", "lm-cg", "jaxopt-lm", "lbfgs+lm")
 SAME_SOLUTION_PSNR = 30.0
@@ -117,41 +124,8 @@ def distinct_solutions(images: np.ndarray, selected: np.ndarray, truth: np.ndarr
     return len(representatives), sum(same_batch(r, truth, affine) for r in representatives)
 
 
-class _Upsampled(nn.Module):
-    """``inner`` applied to ``x [B, h, w, C]`` bilinearly resized to ``shape = (H, W, C)``."""
-
-    inner: nn.Module
-    shape: tuple[int, ...]
-
-    @nn.compact
-    def __call__(self, x, **kwargs):
-        return self.inner(jax.image.resize(x, (x.shape[0], *self.shape), "linear"), **kwargs)
-
-
-def coarse_problem(model, params, grads, factor: int):
-    """The victim ``model`` seen through bilinear upsampling from ``(H/factor, W/factor)``: the coarse
-    :class:`~dlg_jax.models.Model` and its ``params`` and shared ``grads`` (the same arrays, nested one level
-    deeper). Its attack solves for ``n / factor^2`` unknowns against the unchanged gradient."""
-    from dlg_jax.models import FixedCollections
-
-    height, width, channels = model.input_shape
-    if height % factor or width % factor:
-        raise SystemExit(f"--coarse {factor} must divide the image size {height} x {width}")
-    fixed = None if model.fixed is None else FixedCollections(
-        {name: {"inner": tree} for name, tree in model.fixed.collections.items()})
-    coarse = dataclasses.replace(model, name=f"{model.name}@{height // factor}x{width // factor}", fixed=fixed,
-                                 module=_Upsampled(model.module, tuple(model.input_shape)),
-                                 input_shape=(height // factor, width // factor, channels))
-    return coarse, {"inner": params}, {"inner": grads}
-
-
-def upsampled(dummy, shape: tuple[int, ...]):
-    """``dummy`` with images ``[T, R, B, h, w, C]`` bilinearly resized to ``[T, R, B, *shape]``."""
-    images = jax.image.resize(dummy.images, (*dummy.images.shape[:3], *shape), "linear")
-    return dummy._replace(images=np.asarray(images, dummy.images.dtype))
-
-
 def run_case(name: str, solver: str, args) -> dict:
+    from dlg_jax.attack.coarse import check_coarse, coarse_problem, resized
     from dlg_jax.attack.engine import AttackConfig, RunOptions, continue_from, run_attack
     from dlg_jax.attack.labels import recover_labels
     from dlg_jax.attack.solvers import SolverConfig
@@ -174,7 +148,7 @@ def run_case(name: str, solver: str, args) -> dict:
     labels = labels.reshape(args.targets, batch)
     grads = shared_gradients(model, params, images, labels)
     fixed_labels = recover_labels(args.labels, model, params, grads, batch)
-    reference = np.arange(args.targets * batch, args.targets * batch + BN_REFERENCE_IMAGES)
+    reference = np.arange(args.targets * batch, source.size)[:BN_REFERENCE_IMAGES]
     bn_statistics = (reference_statistics(model, params, source.examples(reference)[0].astype(dtype))
                      if args.bn_prior else None)
     affine = has_batchnorm(model)
@@ -182,13 +156,13 @@ def run_case(name: str, solver: str, args) -> dict:
     stages += [(stage, 1) for stage in (("lbfgs", "lm") if solver == "lbfgs+lm" else (solver,))]
     if args.bn_prior and (args.coarse or solver != "lbfgs"):
         raise SystemExit("--bn-prior is for the lbfgs solver without --coarse")
+    check_coarse(tuple(args.coarse), model)
     started, start, results = time.perf_counter(), None, []
     for stage, factor in stages:
         iterations = {"coarse": args.coarse_iterations, "lbfgs": args.lbfgs_iterations}.get(stage, args.lm_iterations)
         attacked, weights, shared = (coarse_problem(model, params, grads, factor) if factor > 1
                                      else (model, params, grads))
-        if start is not None and start.images.shape[3:] != tuple(attacked.input_shape):
-            start = upsampled(start, tuple(attacked.input_shape))
+        start = None if start is None else resized(start, tuple(attacked.input_shape))
         lbfgs = stage != "lm"
         config = AttackConfig(restarts=args.restarts, iterations=iterations,
                               solver=SolverConfig("lbfgs" if lbfgs else stage), tolerance=args.tolerance,
@@ -249,7 +223,7 @@ def run_case(name: str, solver: str, args) -> dict:
     }
     if args.coarse:  # where the last coarse stage left every restart, upsampled to the full size
         coarse = results[len(args.coarse) - 1]
-        full = upsampled(continue_from(coarse), tuple(model.input_shape)).images
+        full = resized(continue_from(coarse), tuple(model.input_shape)).images
         row.update(coarse_relative_objective=(coarse.loss / norm[:, None]).tolist(),
                    coarse_worst_slot_psnr=restart_psnr(full, coarse.labels, True, "slot_psnr"))
     if solver == "lbfgs+lm":  # the L-BFGS stage's end, for what the finishing stage changed

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dlg_jax.attack.coarse import check_coarse, coarse_problem, resized
 from dlg_jax.attack.labels import LABEL_STRATEGIES, is_joint
 from dlg_jax.attack.objectives import (
     DISTANCES,
@@ -115,6 +116,11 @@ class AttackConfig:
     consistency term (:mod:`dlg_jax.attack.objectives`); the BN prior needs the reference statistics
     (``run_attack(bn_statistics=...)``), group consistency ``restarts >= 2`` and updates the group mean
     every ``group_every`` iterations (module docstring).
+    ``coarse``: continuation from low resolution (:mod:`dlg_jax.attack.coarse`), factors ``F`` (integers
+    >= 2, strictly decreasing, e.g. ``(4, 2)``; each must divide the image height and width): before the
+    full-resolution attack, ``coarse_iterations`` of the same solver for dummies of ``H/F x W/F`` pixels
+    that the model sees upsampled, each stage starting from the previous one's ends (priors other than TV
+    apply in the full-resolution stage only).
     """
 
     restarts: int = 8
@@ -135,6 +141,8 @@ class AttackConfig:
     dtype: str = "float32"
     batch_update: str = "joint"
     dummy_init: str = "randn"
+    coarse: tuple[int, ...] = ()
+    coarse_iterations: int = 1000
 
     def __post_init__(self):
         check_positive_int("restarts", self.restarts)
@@ -151,6 +159,13 @@ class AttackConfig:
         check_prior_weights(tv_weight=self.tv_weight, bn_prior=self.bn_prior,
                             group_consistency=self.group_consistency)
         check_positive_int("group_every", self.group_every)
+        check_positive_int("coarse_iterations", self.coarse_iterations)
+        coarse = tuple(self.coarse) if isinstance(self.coarse, (tuple, list)) else (self.coarse,)
+        if not all(isinstance(f, (int, np.integer)) and not isinstance(f, bool) and f >= 2 for f in coarse) \
+                or list(coarse) != sorted(set(coarse), reverse=True):
+            raise DLGInputError(f"coarse must be strictly decreasing integer factors >= 2, e.g. (4, 2); "
+                                f"got {self.coarse!r}")
+        object.__setattr__(self, "coarse", tuple(int(f) for f in coarse))
         if self.solver.least_squares:
             clashes = [f"{name}={value}" for name, value in (("tv_weight", self.tv_weight), ("bn_prior", self.bn_prior),
                                                               ("group_consistency", self.group_consistency)) if value]
@@ -187,6 +202,8 @@ class AttackResult:
     Snapshots are taken at ``S`` evenly spaced iterations of the budget; ``snapshot_iterations`` says which
     iteration each one actually shows: a restart that converged (or a run that stopped early) at
     iteration ``i`` shows its final dummy, iteration ``i``, in every later snapshot.
+    With coarse stages (``AttackConfig.coarse``), ``evaluations``, the times and ``restart_iterations``
+    include them; ``iterations``, the histories and snapshots are the full-resolution stage's.
     """
 
     images: np.ndarray
@@ -644,11 +661,33 @@ def run_attack(
     :class:`~dlg_jax.attack.objectives.Dummy` with images ``[T, R, B, ...]`` and label logits
     ``[T, R, B, K]`` (joint labels; else ``None``), e.g. another attack's final ones to finish its restarts
     with another solver (:func:`continue_from`); ``None``: drawn by :func:`initial_dummy` from
-    ``config.seed`` and ``config.dummy_init``. Returns an :class:`AttackResult`.
+    ``config.seed`` and ``config.dummy_init``; with ``config.coarse`` the start (given or drawn at the
+    coarse size) begins the coarsest stage. Returns an :class:`AttackResult`.
     """
     plan = _plan(model, params, target_grads, batch_size, config, run, fixed_labels, bn_statistics, start)
+    check_coarse(config.coarse, model)
+    stages = []  # the coarse stages' results, coarsest first
+    if config.coarse:
+        coarse_config = dataclasses.replace(config, coarse=(), iterations=config.coarse_iterations, bn_prior=0.0,
+                                            group_consistency=0.0)
+        for factor in config.coarse:
+            coarse_model, coarse_params, coarse_grads = coarse_problem(model, params, target_grads, factor)
+            stages.append(run_attack(
+                coarse_model, coarse_params, coarse_grads, batch_size, coarse_config, fixed_labels=fixed_labels,
+                run=dataclasses.replace(run, snapshots=0),
+                start=None if start is None else resized(start, coarse_model.input_shape)))
+            start = continue_from(stages[-1])
+        plan = plan._replace(start=_checked_start(resized(start, model.input_shape), model, plan.problems //
+                                                  config.restarts, batch_size, config, plan.joint))
     with matmul_precision(config.precision):
-        return _solve(plan, progress)
+        result = _solve(plan, progress)
+    if not stages:
+        return result
+    return dataclasses.replace(
+        result, evaluations=result.evaluations + sum(stage.evaluations for stage in stages),
+        compile_seconds=result.compile_seconds + sum(stage.compile_seconds for stage in stages),
+        run_seconds=result.run_seconds + sum(stage.run_seconds for stage in stages),
+        restart_iterations=result.restart_iterations + sum(stage.restart_iterations for stage in stages))
 
 
 def continue_from(result: AttackResult) -> Dummy:

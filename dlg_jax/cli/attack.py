@@ -106,6 +106,12 @@ def _register_common_attack(subparsers):
                              "statistics, as a client computes its gradient in training mode")
     parser.add_argument("--labels", default=None, choices=LABEL_STRATEGIES,
                         help="label strategy (default: the attack's, dlg joint, ig auto)")
+    parser.add_argument("--coarse", type=positive_int, nargs="+", metavar="F", default=None,
+                        help="continuation from low resolution: first attack images of 1/F the height and width "
+                             "(upsampled for the model), then each next factor, then the full size; strictly "
+                             "decreasing factors >= 2 that divide the image size, e.g. 4 2 (default: none)")
+    parser.add_argument("--coarse-iterations", type=positive_int, default=None,
+                        help="iterations of each coarse stage (default: 1000)")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--index", type=int, nargs="+", default=None,
                        help="dataset index of each target's first image (default: 0)")
@@ -169,7 +175,8 @@ def attack_config_from_args(args, **overrides):
     if not args.no_compilation_cache:
         enable_compilation_cache()
     options = {name: getattr(args, name, None) for name in ("restarts", "iterations", "tolerance", "labels",
-                                                   "batch_update", "dummy_init", "bn_prior", "group_consistency")}
+                                                   "batch_update", "dummy_init", "bn_prior", "group_consistency",
+                                                   "coarse", "coarse_iterations")}
     options = {name: value for name, value in options.items() if value is not None}
     if getattr(args, "box", None) is not None:
         options["box"] = tuple(args.box)
