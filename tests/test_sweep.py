@@ -7,6 +7,7 @@ so they share one compiled program) and a shared JAX compilation cache, so that 
 at most once.
 """
 
+import dataclasses
 import json
 import os
 import random
@@ -188,6 +189,10 @@ def test_threat_model_axes_compose_with_defenses_and_keep_one_step_points_as_the
         11, 12, 41, 42}
     one_step = next(p for p in grid.points if not p.threat and p.defense == "none")
     assert one_step.id == parse_grid("[axes]\ndefense = 'none'").points[0].id  # stored points are found again
+    # attack options added later (coarse stages) leave the keys of points without them as they were
+    assert "coarse" not in one_step.key()["config"]
+    with_coarse = dataclasses.replace(one_step, config=dataclasses.replace(one_step.config, coarse=(2,)))
+    assert with_coarse.key()["config"]["coarse"] == [2] and with_coarse.id != one_step.id
     with pytest.raises(DLGInputError, match="axes.clients: must be an integer >= 1, got 0"):
         parse_grid("[axes]\nclients = [0]")
     with pytest.raises(DLGInputError, match="aggregate"):

@@ -8,6 +8,8 @@
 - :mod:`~dlg_jax.attack.solvers`: :class:`SolverConfig` and the solver factory (lockstep L-BFGS in
   :mod:`~dlg_jax.attack.lockstep_lbfgs`, Levenberg-Marquardt in :mod:`~dlg_jax.attack.levenberg_marquardt`,
   optax/jaxopt L-BFGS, Adam);
+- :mod:`~dlg_jax.attack.coarse`: continuation from low resolution (``AttackConfig.coarse``: coarse stages
+  whose ends start the full-resolution attack);
 - :mod:`~dlg_jax.attack.labels`: label recovery from the last layer's gradient (iDLG and batch rules);
 - :mod:`~dlg_jax.attack.presets`: the published attacks' settings (DLG, iDLG, Inverting Gradients);
 - placement and numerics: :mod:`~dlg_jax.attack.memory` (chunk sizes from a memory budget),

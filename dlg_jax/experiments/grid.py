@@ -124,6 +124,8 @@ class Point:
     def key(self) -> dict:
         """Everything that determines this point's numbers, as plain JSON data (sorted keys)."""
         config = dataclasses.asdict(self.config)
+        if not config["coarse"]:  # no coarse stages: the key (and id) of a point from before they existed
+            del config["coarse"], config["coarse_iterations"]
         return json.loads(json.dumps({
             "attack": self.attack, "model": self.model, "model_options": dict(self.model_options),
             "dataset": self.dataset, "data_options": dict(self.data_options), "batch_size": self.batch_size,
