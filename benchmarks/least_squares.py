@@ -106,9 +106,13 @@ SAME_SOLUTION_PSNR = 30.0
 
 def same_batch(a: np.ndarray, b: np.ndarray, affine: bool) -> bool:
     """Whether batches ``a, b [B, H, W, C]`` agree to >= 30 dB in every slot after matching slots (unclipped
-    images; ``affine``: up to ``a x + b`` per slot, what a batch-normalised model's gradient fixes)."""
+    images; ``affine``: up to ``a x + b`` per slot, what a batch-normalised model's gradient fixes, with
+    every slot first scaled to [0, 1] by its own minimum and maximum so that the decibels do not depend on
+    the scale either reconstruction happens to have)."""
     from dlg_jax.metrics import evaluate
 
+    if affine:
+        a, b = (np.stack([(s - s.min()) / max(np.ptp(s), 1e-12) for s in x]) for x in (a, b))
     metrics = evaluate(a[None], b[None], np.zeros((1, len(a)), int), np.zeros((1, len(a)), int), lpips=False)
     return bool(np.all((metrics.slot_affine_psnr if affine else metrics.slot_psnr) >= SAME_SOLUTION_PSNR))
 
