@@ -160,7 +160,7 @@ def run_case(name: str, solver: str, args) -> dict:
     stages += [(stage, 1) for stage in (("lbfgs", "lm") if solver == "lbfgs+lm" else (solver,))]
     if args.bn_prior and (args.coarse or solver != "lbfgs"):
         raise SystemExit("--bn-prior is for the lbfgs solver without --coarse")
-    check_coarse(tuple(args.coarse), model)
+    check_coarse(AttackConfig(coarse=tuple(args.coarse)).coarse, model)  # decreasing factors >= 2 that divide H, W
     started, start, results = time.perf_counter(), None, []
     for stage, factor in stages:
         iterations = {"coarse": args.coarse_iterations, "lbfgs": args.lbfgs_iterations}.get(stage, args.lm_iterations)
