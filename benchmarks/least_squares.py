@@ -129,8 +129,8 @@ def distinct_solutions(images: np.ndarray, selected: np.ndarray, truth: np.ndarr
 
 
 def run_case(name: str, solver: str, args) -> dict:
-    from dlg_jax.attack.coarse import check_coarse, coarse_problem, resized
-    from dlg_jax.attack.engine import AttackConfig, RunOptions, continue_from, run_attack
+    from dlg_jax.attack.coarse import resized
+    from dlg_jax.attack.engine import AttackConfig, RunOptions, coarse_stages, continue_from, run_attack
     from dlg_jax.attack.labels import recover_labels
     from dlg_jax.attack.solvers import SolverConfig
     from dlg_jax.data.datasets import get_dataset
@@ -156,26 +156,30 @@ def run_case(name: str, solver: str, args) -> dict:
     bn_statistics = (reference_statistics(model, params, source.examples(reference)[0].astype(dtype))
                      if args.bn_prior else None)
     affine = has_batchnorm(model)
-    stages = [("coarse", factor) for factor in args.coarse]
-    stages += [(stage, 1) for stage in (("lbfgs", "lm") if solver == "lbfgs+lm" else (solver,))]
+    stages = ("lbfgs", "lm") if solver == "lbfgs+lm" else (solver,)
     if args.bn_prior and (args.coarse or solver != "lbfgs"):
         raise SystemExit("--bn-prior is for the lbfgs solver without --coarse")
-    check_coarse(AttackConfig(coarse=tuple(args.coarse)).coarse, model)  # decreasing factors >= 2 that divide H, W
-    started, start, results = time.perf_counter(), None, []
-    for stage, factor in stages:
-        iterations = {"coarse": args.coarse_iterations, "lbfgs": args.lbfgs_iterations}.get(stage, args.lm_iterations)
-        attacked, weights, shared = (coarse_problem(model, params, grads, factor) if factor > 1
-                                     else (model, params, grads))
-        start = None if start is None else resized(start, tuple(attacked.input_shape))
-        lbfgs = stage != "lm"
-        config = AttackConfig(restarts=args.restarts, iterations=iterations,
-                              solver=SolverConfig("lbfgs" if lbfgs else stage), tolerance=args.tolerance,
-                              dummy_init=init, box=(0.0, 1.0) if box else None, seed=args.seed, dtype=dtype,
-                              labels=args.labels, tv_weight=args.tv_weight if lbfgs else 0.0,
-                              bn_prior=args.bn_prior if lbfgs else 0.0)
-        options = RunOptions(chunk_size=args.chunk_size, block=100 if lbfgs else 1, snapshots=0)
-        results.append(run_attack(attacked, weights, shared, batch, config, fixed_labels=fixed_labels,
-                                  bn_statistics=bn_statistics, start=start, run=options))
+
+    def config_for(stage: str, **coarse) -> AttackConfig:
+        lbfgs = stage == "lbfgs"
+        return AttackConfig(restarts=args.restarts, iterations=args.lbfgs_iterations if lbfgs else args.lm_iterations,
+                            solver=SolverConfig(stage), tolerance=args.tolerance, dummy_init=init,
+                            box=(0.0, 1.0) if box else None, seed=args.seed, dtype=dtype, labels=args.labels,
+                            tv_weight=args.tv_weight if lbfgs else 0.0, bn_prior=args.bn_prior if lbfgs else 0.0,
+                            **coarse)
+
+    def options_for(stage: str) -> RunOptions:
+        return RunOptions(chunk_size=args.chunk_size, block=100 if stage == "lbfgs" else 1, snapshots=0)
+
+    started = time.perf_counter()
+    # the engine's coarse stages (L-BFGS), run apart so that their ends can be scored below
+    results = coarse_stages(model, params, grads, batch, config_for("lbfgs", coarse=tuple(args.coarse),
+                                                                    coarse_iterations=args.coarse_iterations),
+                            fixed_labels=fixed_labels, run=options_for("lbfgs"))
+    start = resized(continue_from(results[-1]), tuple(model.input_shape)) if results else None
+    for stage in stages:
+        results.append(run_attack(model, params, grads, batch, config_for(stage), fixed_labels=fixed_labels,
+                                  bn_statistics=bn_statistics, start=start, run=options_for(stage)))
         start = continue_from(results[-1])
     wall = time.perf_counter() - started
     result = results[-1]
@@ -202,8 +206,8 @@ def run_case(name: str, solver: str, args) -> dict:
     row = {
         "case": name, "solver": solver, "model": args.model, "dataset": dataset, "batch_size": batch,
         "classes": model.num_classes, "dummy_init": init, "box": box, "targets": args.targets,
-        "restarts": args.restarts, "iterations_budget": iterations, "labels": args.labels,
-        "tv_weight": args.tv_weight if "lbfgs" in dict(stages) else 0.0, "bn_prior": args.bn_prior,
+        "restarts": args.restarts, "iterations_budget": config_for(stages[-1]).iterations, "labels": args.labels,
+        "tv_weight": args.tv_weight if "lbfgs" in stages else 0.0, "bn_prior": args.bn_prior,
         "coarse": list(args.coarse), "coarse_iterations": args.coarse_iterations if args.coarse else 0,
         "recovered": int(np.sum(np.all(metrics.slot_psnr >= 30.0, axis=1))),
         "slot_psnr": np.round(metrics.slot_psnr, 2).tolist(),

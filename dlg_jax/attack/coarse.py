@@ -6,16 +6,18 @@ dummies ``u [B, H/F, W/F, C]`` that the model sees bilinearly upsampled, ``x' = 
     min_u  D(grad_W loss(F(U_F(u); W), y'), dW)
 
 ``n / F^2`` unknowns against the same ``m`` equations, over a family of smooth batches. Its ends,
-upsampled, start the next stage (the next, smaller factor, then the full resolution). Why it helps: a
-colour batch has several batches with (nearly) the same gradient, most of them with high-frequency
-content; the coarse problems cannot express those, so they lead the restarts into the basin of the
-smooth batch closest to the private one (measured in ``docs/solvers.md``: colour batches of two that
-L-BFGS from a random start never recovers).
+upsampled, start the next stage (the next, smaller factor, then the full resolution). Why it helps: at
+full size a colour batch has a whole family of batches with its gradient (the gradient's Jacobian has
+fewer independent rows than the batch has pixels), and random starts end at different members of it;
+a coarse batch has far fewer unknowns than those rows, so the gradient pins it down, every restart ends
+the coarse stages at the same batch near the private one's smooth version, and the full-size solver
+starts there (measured in ``docs/solvers.md``: colour batches of two that L-BFGS from a random start
+never recovers).
 
 :func:`coarse_problem` builds the coarse victim (:class:`Upsampled` wraps the model's module; its params
 and shared gradient are the originals nested under ``"inner"``); :func:`resized` moves a
 :class:`~dlg_jax.attack.objectives.Dummy` between resolutions; :func:`check_coarse` validates the
-factors against a model.
+factors against a model; :func:`dlg_jax.attack.engine.coarse_stages` runs the stages.
 """
 
 import dataclasses

@@ -665,20 +665,11 @@ def run_attack(
     coarse size) begins the coarsest stage. Returns an :class:`AttackResult`.
     """
     plan = _plan(model, params, target_grads, batch_size, config, run, fixed_labels, bn_statistics, start)
-    check_coarse(config.coarse, model)
-    stages = []  # the coarse stages' results, coarsest first
-    if config.coarse:
-        coarse_config = dataclasses.replace(config, coarse=(), iterations=config.coarse_iterations, bn_prior=0.0,
-                                            group_consistency=0.0)
-        for factor in config.coarse:
-            coarse_model, coarse_params, coarse_grads = coarse_problem(model, params, target_grads, factor)
-            stages.append(run_attack(
-                coarse_model, coarse_params, coarse_grads, batch_size, coarse_config, fixed_labels=fixed_labels,
-                run=dataclasses.replace(run, snapshots=0),
-                start=None if start is None else resized(start, coarse_model.input_shape)))
-            start = continue_from(stages[-1])
-        plan = plan._replace(start=_checked_start(resized(start, model.input_shape), model, plan.problems //
-                                                  config.restarts, batch_size, config, plan.joint))
+    stages = coarse_stages(model, params, target_grads, batch_size, config, fixed_labels=fixed_labels, run=run,
+                           start=start)
+    if stages:
+        plan = plan._replace(start=_checked_start(resized(continue_from(stages[-1]), model.input_shape), model,
+                                                  plan.problems // config.restarts, batch_size, config, plan.joint))
     with matmul_precision(config.precision):
         result = _solve(plan, progress)
     if not stages:
@@ -688,6 +679,27 @@ def run_attack(
         compile_seconds=result.compile_seconds + sum(stage.compile_seconds for stage in stages),
         run_seconds=result.run_seconds + sum(stage.run_seconds for stage in stages),
         restart_iterations=result.restart_iterations + sum(stage.restart_iterations for stage in stages))
+
+
+def coarse_stages(model: Model, params: Any, target_grads: Any, batch_size: int, config: AttackConfig, *,
+                  fixed_labels: np.ndarray | None = None, run: RunOptions = RunOptions(),
+                  start: Dummy | None = None) -> list[AttackResult]:
+    """The coarse stages of ``config.coarse`` (:mod:`dlg_jax.attack.coarse`), coarsest first: each is an
+    attack of ``config.coarse_iterations`` on the victim seen through upsampling from ``1/F`` of its
+    size, started from the previous stage's ends (the first from ``start`` resized, or from dummies drawn
+    at its size); priors other than TV and snapshots are off. ``[]`` without coarse stages.
+    :func:`run_attack` starts its full-size attack from the last one's ends, upsampled."""
+    check_coarse(config.coarse, model)
+    stage_config = dataclasses.replace(config, coarse=(), iterations=config.coarse_iterations, bn_prior=0.0,
+                                       group_consistency=0.0)
+    stages = []
+    for factor in config.coarse:
+        coarse_model, coarse_params, coarse_grads = coarse_problem(model, params, target_grads, factor)
+        stages.append(run_attack(coarse_model, coarse_params, coarse_grads, batch_size, stage_config,
+                                 fixed_labels=fixed_labels, run=dataclasses.replace(run, snapshots=0),
+                                 start=None if start is None else resized(start, coarse_model.input_shape)))
+        start = continue_from(stages[-1])
+    return stages
 
 
 def continue_from(result: AttackResult) -> Dummy:
